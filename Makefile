@@ -1,0 +1,51 @@
+# Two commands for a newcomer:  `make run`  and  `make test`.
+# Everything else here is what those two need on a fresh machine.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STARTER_BUNDLE ?= build/bundles/starter
+APT_PACKAGES := mosquitto mosquitto-clients libsystemd-dev pkg-config
+PYTEST_ARGS ?=
+
+.PHONY: run test test-all setup system-packages bundle bench lint clean
+
+run: setup bundle
+	$(BIN)/python -m agent.demo --bundle $(STARTER_BUNDLE)
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-all: setup
+	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
+
+setup: system-packages $(VENV)/.installed
+
+# apt where we can (root or passwordless sudo); otherwise say what is missing and go on:
+# only the broker tests and systemd-python need these.
+system-packages:
+	@scripts/ensure-system-packages.sh $(APT_PACKAGES)
+
+# torch and executorch are pinned together and installed in ONE pip command (see pyproject).
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==2.13.0" "executorch==1.5.1" -e ".[dev,bench]"
+	@if pkg-config --exists libsystemd 2>/dev/null; then \
+	    $(BIN)/python -m pip install --quiet -e ".[systemd]" || echo "systemd-python failed to build; notify falls back to the raw socket protocol"; \
+	 else echo "libsystemd-dev missing: systemd-python skipped (notify falls back to the raw socket protocol)"; fi
+	@touch $@
+
+bundle: $(STARTER_BUNDLE)/manifest.json
+
+$(STARTER_BUNDLE)/manifest.json: | $(VENV)/.installed
+	$(BIN)/mobizo-export --preset starter --out $(STARTER_BUNDLE)
+
+bench: setup
+	$(BIN)/mobizo-bench zo --shape starter
+
+lint: setup
+	$(BIN)/ruff check agent exporter tests
+	$(BIN)/mypy agent exporter
+
+clean:
+	rm -rf build .pytest_cache

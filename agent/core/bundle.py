@@ -1,0 +1,191 @@
+"""The model bundle manifest: what ``mobizo-export`` writes and every consumer reads.
+
+A bundle directory holds::
+
+    manifest.json        this model, serialized
+    train.pte            MP-LoRA training program, one method per (slices, batch) shape
+    infer.pte            generation program (KV cache), LoRA-B as a runtime input
+    adapter/             the initial adapter, PEFT layout (A random & frozen, B zero)
+    tokenizer/           Hugging Face tokenizer files
+
+Pure: pydantic + json only, so the daemon can read a manifest without torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.core.lora_layout import LoraLayout
+from agent.errors import BundleError
+
+BUNDLE_FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+TRAIN_PROGRAM = "train.pte"
+INFER_PROGRAM = "infer.pte"
+ADAPTER_DIR = "adapter"
+TOKENIZER_DIR = "tokenizer"
+
+Backend = Literal["xnnpack", "portable"]
+QuantScheme = Literal["none", "8da8w", "8da4w"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelShape(_Strict):
+    """Architecture numbers of the base model (from its config.json)."""
+
+    family: str = Field(description="row of exporter.families, e.g. 'llama' or 'qwen2'")
+    vocab_size: int = Field(ge=1)
+    hidden_size: int = Field(ge=1)
+    num_layers: int = Field(ge=1)
+    num_heads: int = Field(ge=1)
+    num_kv_heads: int = Field(ge=1)
+    head_dim: int = Field(ge=1)
+    intermediate_size: int = Field(ge=1)
+    max_position_embeddings: int = Field(ge=1)
+    num_params: int = Field(ge=1, description="base model parameters")
+
+
+class LoraSpec(_Strict):
+    """Which linears carry LoRA and how big it is."""
+
+    rank: int = Field(ge=1)
+    alpha: float = Field(gt=0)
+    targets: tuple[str, ...]
+    layers: tuple[int, ...]
+    num_params: int = Field(ge=1, description="length of one flat LoRA-B row")
+    a_sha256: str = Field(description="hash of the frozen LoRA-A tensors baked into the programs")
+
+
+class TrainShape(_Strict):
+    """One exported training method: ``method(tokens[b,T], loss_mask[b,T], lora_b[S,P]) -> [S]``."""
+
+    method: str
+    slices: int = Field(ge=1, description="S: models evaluated in one call")
+    batch: int = Field(ge=1, description="b: sequences per slice")
+
+
+class TrainProgramSpec(_Strict):
+    program: str = TRAIN_PROGRAM
+    max_length: int = Field(ge=2, description="T: every sequence is padded/truncated to this")
+    shapes: tuple[TrainShape, ...]
+
+    def method_for(self, slices: int, batch: int) -> TrainShape | None:
+        return next((s for s in self.shapes if s.slices == slices and s.batch == batch), None)
+
+    @property
+    def max_slices(self) -> int:
+        return max(s.slices for s in self.shapes)
+
+
+class InferProgramSpec(_Strict):
+    program: str = INFER_PROGRAM
+    max_context: int = Field(ge=2, description="KV cache length: prompt + generated tokens")
+    prefill_chunk: int = Field(ge=1, description="tokens per prefill call")
+    methods: tuple[str, ...] = ("prefill", "decode")
+
+
+class TokenizerSpec(_Strict):
+    path: str = TOKENIZER_DIR
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int = 0
+    has_chat_template: bool = False
+
+
+class BaseCheckpoint(_Strict):
+    source: str = Field(description="checkpoint directory or preset name it was exported from")
+    sha256: str = Field(description="hash over the checkpoint's weight files")
+    random_weights: bool = Field(
+        default=False, description="true for the starter preset: its weights are random"
+    )
+    note: str = ""
+
+
+class BundleManifest(_Strict):
+    """Everything a consumer needs to trust and use a bundle."""
+
+    format_version: int = BUNDLE_FORMAT_VERSION
+    created_at: str
+    base: BaseCheckpoint
+    model: ModelShape
+    lora: LoraSpec
+    train: TrainProgramSpec
+    infer: InferProgramSpec
+    tokenizer: TokenizerSpec
+    backend: Backend = "xnnpack"
+    quantize: QuantScheme = "none"
+    versions: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def bundle_id(self) -> str:
+        """Identity of the base an adapter is trained for: weights, LoRA-A, quantization.
+
+        Adapters are interchangeable exactly between bundles with the same id.
+        """
+        key = json.dumps(
+            [self.base.sha256, self.lora.a_sha256, self.lora.rank, self.lora.alpha,
+             list(self.lora.targets), list(self.lora.layers), self.quantize],
+        )
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def read_manifest(bundle_dir: Path) -> BundleManifest:
+    """Read and validate ``bundle_dir/manifest.json``; raise BundleError with a fix if unusable."""
+    path = Path(bundle_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise BundleError(
+            f"{bundle_dir} is not a model bundle (no {MANIFEST_NAME}); "
+            "create one with `mobizo-export --preset starter --out DIR` or from a checkpoint"
+        )
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path} is unreadable ({exc}); re-export the bundle") from exc
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if version != BUNDLE_FORMAT_VERSION:
+        raise BundleError(
+            f"{bundle_dir} has bundle format {version!r}, this agent reads format "
+            f"{BUNDLE_FORMAT_VERSION}; re-export it with this version of mobizo-export"
+        )
+    try:
+        manifest = BundleManifest.model_validate(raw)
+    except ValidationError as exc:
+        raise BundleError(f"{path} is invalid: {exc}; re-export the bundle") from exc
+    for name in (manifest.train.program, manifest.infer.program, ADAPTER_DIR, TOKENIZER_DIR):
+        if not (Path(bundle_dir) / name).exists():
+            raise BundleError(f"{bundle_dir} is incomplete: {name} is missing; re-export it")
+    return manifest
+
+
+def lora_layout_of(manifest: BundleManifest) -> LoraLayout:
+    """The flat LoRA-B layout of a bundle, rebuilt from its manifest."""
+    m = manifest.model
+    q_out = m.num_heads * m.head_dim
+    kv_out = m.num_kv_heads * m.head_dim
+    dims = {
+        "q_proj": (m.hidden_size, q_out),
+        "k_proj": (m.hidden_size, kv_out),
+        "v_proj": (m.hidden_size, kv_out),
+        "o_proj": (q_out, m.hidden_size),
+        "gate_proj": (m.hidden_size, m.intermediate_size),
+        "up_proj": (m.hidden_size, m.intermediate_size),
+        "down_proj": (m.intermediate_size, m.hidden_size),
+    }
+    layout = LoraLayout.build(
+        layer_dims=dims, layers=manifest.lora.layers, targets=manifest.lora.targets,
+        rank=manifest.lora.rank, alpha=manifest.lora.alpha,
+    )
+    if layout.num_params != manifest.lora.num_params:
+        raise BundleError(
+            f"manifest says {manifest.lora.num_params} LoRA-B values but its shapes give "
+            f"{layout.num_params}; the bundle is inconsistent, re-export it"
+        )
+    return layout
