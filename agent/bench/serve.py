@@ -1,0 +1,222 @@
+"""``mobizo-bench serve``: the inference service against eager transformers, and hot-swap cost.
+
+One run, one machine, side by side:
+
+1. Speed: the same prompt, the same adapter (random LoRA-B, published and active), greedy,
+   a fixed number of generated tokens (``ignore_eos``). The service is measured through its
+   HTTP API (its ``timings``: prefill and decode time inside the worker) and end to end;
+   eager is transformers ``generate`` on the bundle's base model with the adapter merged
+   (``exporter.reference``), prefill timed as one forward over the prompt.
+2. Parity: how many of the generated tokens agree between the two (greedy, so they should,
+   up to float round-off on near-ties).
+3. Hot-swap: while a client keeps sending requests, the active adapter is switched N times
+   (registry ``activate`` + ``POST /v1/admin/reload-adapter``). Reported: control-request
+   latency p50/p99 (validate + swap + HTTP), the in-service swap time alone, watcher-only
+   switches (file-only publishes noticed by polling), and failed requests.
+
+Targets (issue 3): service generation ≥ eager; switch p99 < 50 ms; zero failed requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HELP = "inference service vs eager transformers: tokens/s, adapter switch latency"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
+    parser.add_argument("--prompt-tokens", type=int, default=64)
+    parser.add_argument("--gen-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per engine")
+    parser.add_argument("--switches", type=int, default=40, help="adapter switches under load")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for both engines")
+    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def run(bundle: Path, *, prompt_tokens: int = 64, gen_tokens: int = 64, repeats: int = 3,
+        switches: int = 40, threads: int | None = None) -> dict[str, Any]:
+    """Run every measurement; returns a JSON-able dict."""
+    import torch
+
+    from agent.io.adapter_fs import AdapterValidator, write_adapter
+    from agent.io.http import Client
+    from agent.services.inference.service import InferenceService, ServeConfig
+    from exporter.reference import eager_generate, load_base_model, load_lora_a, merged_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    work = Path(tempfile.mkdtemp(prefix="mobizo-bench-serve-"))
+    validator = AdapterValidator(bundle)
+    rng = np.random.default_rng(0)
+    flats = [(rng.standard_normal(validator.layout.num_params) * 0.02).astype(np.float32)
+             for _ in range(2)]
+    for k, flat in enumerate(flats):
+        write_adapter(work / f"a{k}", validator.layout, flat, validator.a_tensors)
+
+    svc = InferenceService(bundle, work / "state", ServeConfig(
+        listen="127.0.0.1:0", threads=threads, watch_interval_s=0.01))
+    results: dict[str, Any] = {"bundle": str(bundle), "bundle_id": svc.bundle_id,
+                               "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
+                               "threads": threads or torch.get_num_threads()}
+    versions = [svc.registry.publish(work / f"a{k}", activate=False) for k in range(2)]
+    svc.registry.activate(versions[0])
+    svc.start()
+    try:
+        assert svc.address is not None
+        client = Client(*svc.address)
+        assert client.post("/v1/admin/reload-adapter").json["version"] == versions[0]
+        # a prompt of exactly prompt_tokens tokens
+        vocab = svc.codec.tok
+        base_ids = svc.codec.encode_prompt("The quick brown fox jumps over the lazy dog. " * 64)
+        prompt_ids = base_ids[:prompt_tokens]
+        prompt = vocab.decode(prompt_ids)
+        if svc.codec.encode_prompt(prompt) != prompt_ids:
+            raise RuntimeError("the benchmark prompt does not round-trip through the tokenizer")
+        req = {"prompt": prompt, "max_tokens": gen_tokens, "temperature": 0, "ignore_eos": True}
+        client.complete(**req)  # warm-up
+        svc_runs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            body = client.complete(**req).json
+            wall = time.perf_counter() - t0
+            svc_runs.append((body["timings"], wall, body))
+        svc_tokens = svc.codec.encode_prompt(svc_runs[-1][2]["choices"][0]["text"])
+        results["service"] = {
+            "prompt_tok_s": float(np.median([t["prompt_per_second"] for t, _, _ in svc_runs])),
+            "gen_tok_s": float(np.median([t["predicted_per_second"] for t, _, _ in svc_runs])),
+            "end_to_end_s": float(np.median([w for _, w, _ in svc_runs])),
+        }
+
+        # eager transformers, same base, same adapter merged
+        manifest = validator.manifest
+        hf = load_base_model(manifest, work)
+        model = merged_model(hf, validator.layout, load_lora_a(bundle, validator.layout),
+                             flats[0])
+        ids = torch.tensor([prompt_ids], dtype=torch.long)
+        with torch.no_grad():
+            model(ids)  # type: ignore[operator]  # warm-up
+            eager_generate(model, prompt_ids, 4)
+            pre, gen, eager_tokens = [], [], []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model(ids)  # type: ignore[operator]
+                pre.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                out = model.generate(  # type: ignore[operator]
+                    ids, max_new_tokens=gen_tokens, min_new_tokens=gen_tokens, do_sample=False,
+                    attention_mask=torch.ones_like(ids),
+                    pad_token_id=manifest.tokenizer.pad_token_id)
+                gen.append(time.perf_counter() - t0)
+                eager_tokens = out[0, ids.shape[1]:].tolist()
+        p, g = float(np.median(pre)), float(np.median(gen))
+        results["eager"] = {"prompt_tok_s": prompt_tokens / p,
+                            "gen_tok_s": gen_tokens / max(g - p, 1e-9), "end_to_end_s": g}
+        agree = 0
+        for a, b in zip(svc_tokens, eager_tokens, strict=False):
+            if a != b:
+                break
+            agree += 1
+        results["parity"] = {"greedy_prefix_agreement": agree, "of": gen_tokens}
+        results["switch"] = _switches(svc, client, versions, switches)
+    finally:
+        svc.stop()
+    results["targets"] = {
+        "gen_speed_ge_eager": results["service"]["gen_tok_s"] >= results["eager"]["gen_tok_s"],
+        "switch_p99_lt_50ms": results["switch"]["control_p99_ms"] < 50,
+        "zero_failed": results["switch"]["failed_requests"] == 0,
+    }
+    return results
+
+
+def _switches(svc: Any, client: Any, versions: list[str], n: int) -> dict[str, Any]:
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                statuses.append(client.complete("load", max_tokens=8, temperature=0).status)
+            except OSError:
+                statuses.append(-1)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    control, swap, watched = [], [], []
+    try:
+        for i in range(n):
+            target = versions[(i + 1) % 2]
+            svc.registry.activate(target)
+            if i % 2 == 0:  # by control request
+                t0 = time.perf_counter()
+                r = client.post("/v1/admin/reload-adapter").json
+                control.append((time.perf_counter() - t0) * 1000)
+                swap.append(r["seconds"] * 1000)
+            else:  # file-only: wait for the watcher
+                t0 = time.perf_counter()
+                while svc.slot.version != target:
+                    time.sleep(0.001)
+                watched.append((time.perf_counter() - t0) * 1000)
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        loader.join()
+    return {
+        "switches": n, "requests_during": len(statuses),
+        "failed_requests": sum(1 for s in statuses if s != 200),
+        "control_p50_ms": _percentile(control, 50), "control_p99_ms": _percentile(control, 99),
+        "swap_only_p50_ms": _percentile(swap, 50), "swap_only_p99_ms": _percentile(swap, 99),
+        "watcher_p50_ms": _percentile(watched, 50), "watcher_p99_ms": _percentile(watched, 99),
+        "watch_interval_ms": svc.config.watch_interval_s * 1000,
+    }
+
+
+def format_table(r: dict[str, Any]) -> str:
+    s, e, sw = r["service"], r["eager"], r["switch"]
+    lines = [
+        f"bundle {r['bundle_id']}  prompt {r['prompt_tokens']} tok  gen {r['gen_tokens']} tok"
+        f"  threads {r['threads']}",
+        "| engine | prompt tok/s | gen tok/s | end-to-end s |",
+        "|---|---|---|---|",
+        f"| ExecuTorch service (HTTP) | {s['prompt_tok_s']:.0f} | {s['gen_tok_s']:.1f} | "
+        f"{s['end_to_end_s']:.3f} |",
+        f"| eager transformers generate | {e['prompt_tok_s']:.0f} | {e['gen_tok_s']:.1f} | "
+        f"{e['end_to_end_s']:.3f} |",
+        "",
+        f"greedy agreement: {r['parity']['greedy_prefix_agreement']}/{r['parity']['of']} tokens",
+        f"adapter switches under load: {sw['switches']}, requests during: "
+        f"{sw['requests_during']}, failed: {sw['failed_requests']}",
+        f"control request p50 {sw['control_p50_ms']:.2f} ms, p99 {sw['control_p99_ms']:.2f} ms;"
+        f" swap alone p50 {sw['swap_only_p50_ms']:.2f} ms, p99 {sw['swap_only_p99_ms']:.2f} ms;"
+        f" watcher ({sw['watch_interval_ms']:.0f} ms poll) p50 {sw['watcher_p50_ms']:.1f} ms,"
+        f" p99 {sw['watcher_p99_ms']:.1f} ms",
+        "targets: " + ", ".join(f"{k}={'PASS' if v else 'FAIL'}" for k, v in r["targets"].items()),
+    ]
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    results = run(args.bundle, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
+                  repeats=args.repeats, switches=args.switches, threads=args.threads)
+    print(format_table(results))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+    return 0 if all(results["targets"].values()) else 1
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="mobizo-bench serve", description=HELP)
+    add_arguments(parser)
+    raise SystemExit(main(parser.parse_args()))

@@ -1,0 +1,68 @@
+"""``mobizo-agent install``: venv, systemd units, user, directories and config into a root."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path, PurePosixPath
+
+from agent.deploy.actions import apply
+from agent.deploy.host import read_host_facts
+from agent.deploy.install import InstallOptions, find_source, plan_install
+from agent.deploy.layout import DEFAULT_PREFIX, SERVICE_USER
+
+HELP = "install units, users, venv and config"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prefix", default=str(DEFAULT_PREFIX),
+                        help="install prefix on the target (venv, profiles); default %(default)s")
+    parser.add_argument("--root", default="/",
+                        help="target system root (an image or a test dir); default /")
+    parser.add_argument("--board", default=None,
+                        help="board profile (firmware_configs/NAME.toml); default: detected "
+                        "(only when --root is /)")
+    parser.add_argument("--no-venv", action="store_true",
+                        help="do not build the virtual environment (units still run PREFIX/venv)")
+    parser.add_argument("--bundle", default=None,
+                        help="model bundle directory (mobizo-export output) to copy to "
+                        "/var/lib/mobizo-agent/bundle, where the units look for it")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    parser.add_argument("--source", default=None,
+                        help="source checkout to install from; default: the one this runs from")
+    parser.add_argument("--python", default=None,
+                        help="interpreter that creates the venv; default: this one")
+    parser.add_argument("--pip-args", default="",
+                        help="extra pip arguments, one string (e.g. '--index-url URL')")
+    parser.add_argument("--notify-reload", choices=("auto", "yes", "no"), default="auto",
+                        help="Type=notify-reload drop-in (systemd >= 253); auto: when the live "
+                        "systemd is new enough")
+
+
+def main(args: argparse.Namespace) -> int:
+    source = Path(args.source).resolve() if args.source else find_source()
+    opts = InstallOptions(
+        source=source,
+        root=Path(args.root),
+        prefix=PurePosixPath(args.prefix),
+        board=args.board,
+        venv=not args.no_venv,
+        pip_args=tuple(shlex.split(args.pip_args)),
+        notify_reload=args.notify_reload,
+        bundle=Path(args.bundle) if args.bundle else None,
+        **({"python": args.python} if args.python else {}),
+    )
+    host = read_host_facts(SERVICE_USER)
+    plan, layout = plan_install(opts, host)
+    if not plan.actions:
+        print(f"mobizo-agent is already installed in {layout.root} (prefix {layout.prefix}): "
+              "nothing to do")
+    elif args.dry_run:
+        print("dry run: install would")
+        for line in plan.describe():
+            print("  " + line)
+    else:
+        apply(plan.actions)
+    for note in plan.notes:
+        print(f"note: {note}")
+    return 0

@@ -1,0 +1,179 @@
+"""[mqtt] section: the optional fleet link to an MQTT 3.1.1 / 5 broker.
+
+The agent works fully offline; with ``enabled = false`` (the default) nothing here is used.
+Secrets never live in the TOML file: ``password_file`` names a file (or a systemd credential,
+see ``LoadCredential=`` / ``$CREDENTIALS_DIRECTORY``) whose first line is the password.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agent.errors import ConfigError
+
+_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class MqttTlsConfig(BaseModel):
+    """TLS towards the broker: server verification by CA, optional client certificate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=False, description="use TLS (port is usually 8883)")
+    ca_file: Path | None = Field(
+        default=None, description="PEM CA bundle that signed the broker; default: system CAs"
+    )
+    cert_file: Path | None = Field(default=None, description="PEM client certificate (mutual TLS)")
+    key_file: Path | None = Field(default=None, description="PEM private key of cert_file")
+    insecure_skip_hostname_check: bool = Field(
+        default=False, description="accept a broker certificate whose name does not match host"
+    )
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> MqttTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("mqtt.tls: set both cert_file and key_file, or neither")
+        return self
+
+
+class MqttConfig(BaseModel):
+    """How to reach the fleet controller's MQTT broker. Disabled by default: the agent works offline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=False, description="connect to a fleet broker")
+    host: str = Field(default="127.0.0.1", description="broker host name or address")
+    port: int = Field(default=1883, ge=1, le=65535, description="broker TCP port")
+    fleet: str = Field(default="default", pattern=_NAME, description="fleet name in topics")
+    device_id: str | None = Field(
+        default=None, pattern=_NAME,
+        description="this device's id in topics; default: /etc/machine-id or the host name",
+    )
+    protocol: Literal["5", "3.1.1"] = Field(
+        default="5", description="MQTT protocol version; 3.1.1 for old brokers"
+    )
+    client_id: str | None = Field(
+        default=None, max_length=64,
+        description="MQTT client id; default: mobizo-<fleet>-<device_id>",
+    )
+    username: str | None = Field(default=None, max_length=256, description="broker user name")
+    password_file: str | None = Field(
+        default=None,
+        description="file whose first line is the broker password; a bare name is looked up in "
+        "$CREDENTIALS_DIRECTORY (systemd LoadCredential=)",
+    )
+    tls: MqttTlsConfig = Field(default_factory=MqttTlsConfig, description="TLS settings")
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive interval")
+    qos: Literal[0, 1] = Field(
+        default=1, description="QoS for state, availability, replies and jobs (telemetry is 0)"
+    )
+    reconnect_min_s: float = Field(default=1.0, gt=0, le=60, description="first reconnect delay")
+    reconnect_max_s: float = Field(default=60.0, gt=0, le=3600, description="longest reconnect delay")
+    reconnect_jitter: float = Field(
+        default=0.5, ge=0, le=1,
+        description="fraction of each delay drawn at random, so a fleet does not reconnect in step",
+    )
+    state_interval_s: float = Field(
+        default=300.0, ge=1, le=86400, description="republish the retained state at least this often"
+    )
+    state_poll_s: float = Field(
+        default=1.0, gt=0, le=60, description="how often the state is checked for changes"
+    )
+    telemetry_interval_s: float = Field(
+        default=30.0, ge=0.05, le=86400, description="publish a telemetry message this often"
+    )
+    telemetry_max_points: int = Field(
+        default=256, ge=1, le=100_000,
+        description="most loss-curve points per telemetry message (older ones are dropped)",
+    )
+    spool_max_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=4096, le=2**34,
+        description="offline spool size bound; the oldest telemetry goes first",
+    )
+    spool_max_age_s: float = Field(
+        default=7 * 86400.0, ge=1, le=365 * 86400.0,
+        description="offline telemetry older than this is dropped",
+    )
+    command_max_payload_bytes: int = Field(
+        default=64 * 1024, ge=256, le=16 * 1024 * 1024,
+        description="larger command / desired-config payloads get an error result",
+    )
+    max_packet_bytes: int = Field(
+        default=1024 * 1024, ge=1024, le=256 * 1024 * 1024,
+        description="MQTT 5 Maximum Packet Size announced to the broker (it drops larger ones)",
+    )
+    inbox_max: int = Field(
+        default=10_000, ge=10, le=1_000_000,
+        description="messages waiting for the worker; beyond this new ones are dropped and logged",
+    )
+    job_timeout_s: float = Field(
+        default=6 * 3600.0, gt=0, le=7 * 86400.0,
+        description="a job still running after this is marked TIMED_OUT",
+    )
+    max_queued_jobs: int = Field(
+        default=16, ge=1, le=10_000, description="jobs waiting beyond this are REJECTED"
+    )
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> MqttConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError(
+                f"mqtt.reconnect_max_s ({self.reconnect_max_s}) must be >= "
+                f"reconnect_min_s ({self.reconnect_min_s})"
+            )
+        return self
+
+    def resolved_client_id(self, device_id: str) -> str:
+        """The MQTT client id to use for ``device_id``."""
+        return self.client_id or f"mobizo-{self.fleet}-{device_id}"[:64]
+
+    def read_password(self, environ: dict[str, str] | None = None) -> str | None:
+        """Read the password from ``password_file`` (or the systemd credentials directory).
+
+        Args:
+            environ: environment to look up ``CREDENTIALS_DIRECTORY`` in; default ``os.environ``.
+
+        Returns:
+            The first line of the file without its line ending, or None when no file is set.
+
+        Raises:
+            ConfigError: the file is set but cannot be read.
+        """
+        if self.password_file is None:
+            return None
+        env = os.environ if environ is None else environ
+        path = Path(self.password_file)
+        candidates = [path]
+        if not path.is_absolute() and env.get("CREDENTIALS_DIRECTORY"):
+            candidates.insert(0, Path(env["CREDENTIALS_DIRECTORY"]) / path)
+        for candidate in candidates:
+            if candidate.is_file():
+                try:
+                    text = candidate.read_text(encoding="utf-8")
+                except OSError as exc:
+                    raise ConfigError(
+                        f"mqtt.password_file: cannot read {candidate}: {exc}; check its permissions"
+                    ) from exc
+                return text.splitlines()[0] if text else ""
+        raise ConfigError(
+            f"mqtt.password_file: {self.password_file!r} not found (looked in "
+            f"{', '.join(str(c) for c in candidates)}); create it or set LoadCredential="
+        )
+
+
+def default_device_id(machine_id_file: Path = Path("/etc/machine-id")) -> str:
+    """A stable device id when the config names none: the machine id, else the host name."""
+    try:
+        text = machine_id_file.read_text(encoding="ascii").strip()
+        if text:
+            return text[:64]
+    except OSError:
+        pass
+    import re
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64] or "device"

@@ -1,0 +1,478 @@
+"""Fleet commands: wire models, the protocols the daemon implements, and pure dispatch.
+
+A request arrives on ``<prefix>/cmd/<name>`` as JSON (:class:`CommandRequest`). It is answered
+with a :class:`CommandResult` on the MQTT 5 response topic (correlation data echoed), else on
+the payload's ``reply_to``, else on ``<prefix>/cmd-result/<request_id>`` (MQTT 3.1.1 clients).
+Short commands are answered with their outcome; long ones (``train-now``, ``rollback``,
+``purge-data``) become jobs (see :mod:`agent.core.jobs`) and are answered with the job's
+status, then progress is published on ``<prefix>/jobs/<id>``.
+
+Nothing here touches the network: :func:`parse_command` turns bytes into a typed request or an
+error result, and :func:`execute` calls the :class:`CommandHandler`. A malformed request is an
+error result, never an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent.core.topics import valid_id, valid_publish_topic
+from agent.errors import MobizoError
+
+WIRE_VERSION = 1
+
+
+class _Wire(BaseModel):
+    """Base of every inbound wire model: unknown keys are an error the sender sees."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    """Base of outbound models: tolerant readers (the controller) ignore new keys."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+# --- errors the handler raises ----------------------------------------------------------
+
+
+class CommandRejected(MobizoError):
+    """The device will not do this now (busy, constraints, policy). Becomes ``rejected``."""
+
+
+class CommandFailed(MobizoError):
+    """The command was attempted and failed. Becomes ``failed``."""
+
+
+ErrorCode = Literal[
+    "bad_request", "unknown_command", "payload_too_large", "expired", "rejected", "failed",
+    "timed_out", "internal",
+]
+
+
+class ErrorInfo(_Out):
+    code: ErrorCode
+    message: str
+
+
+# --- arguments ------------------------------------------------------------------------
+
+
+class NoArgs(_Wire):
+    pass
+
+
+class TrainNowArgs(_Wire):
+    max_steps: int | None = Field(default=None, ge=1, le=10_000_000, description="step budget")
+    ignore_constraints: bool = Field(
+        default=False, description="train even when the device is busy / on battery (testing)"
+    )
+
+
+class PauseArgs(_Wire):
+    reason: str = Field(default="paused by the fleet controller", max_length=200)
+
+
+class RollbackArgs(_Wire):
+    version: int | str | None = Field(
+        default=None, description="adapter version to activate; None: the previous one"
+    )
+
+
+class PurgeDataArgs(_Wire):
+    before: datetime | None = Field(
+        default=None, description="delete interactions older than this; None: all of them"
+    )
+
+
+class SetLogLevelArgs(_Wire):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+# --- outputs --------------------------------------------------------------------------
+
+
+class Ack(_Out):
+    message: str = ""
+
+
+class TrainNowOutput(_Out):
+    outcome: str = Field(description="e.g. completed, stopped, rejected_by_eval")
+    steps: int = 0
+    loss: float | None = None
+    adapter_version: int | str | None = None
+
+
+class RollbackOutput(_Out):
+    active_version: int | str | None
+
+
+class PurgeDataOutput(_Out):
+    deleted: int
+
+
+class AdapterInfo(_Out):
+    version: int | str | None = None
+    eval_metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class BurstInfo(_Out):
+    steps: int = 0
+    loss: float | None = None
+    duration_s: float | None = None
+    outcome: str | None = None
+    finished_at: float | None = None
+
+
+class ConstraintsInfo(_Out):
+    power: str | None = Field(default=None, description="e.g. mains, charging, battery")
+    battery_pct: float | None = None
+    thermal: str | None = Field(default=None, description="e.g. nominal, moderate, severe")
+    idle: bool | None = None
+
+
+class StateDocument(_Out):
+    """The retained ``state`` document. The daemon fills it; counts only, never content."""
+
+    state: str = Field(default="unknown", description="e.g. idle, training, paused, error")
+    reason: str = ""
+    adapter: AdapterInfo = Field(default_factory=AdapterInfo)
+    last_burst: BurstInfo | None = None
+    constraints: ConstraintsInfo = Field(default_factory=ConstraintsInfo)
+    store_counts: dict[str, int] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    # Filled by the fleet link, not the daemon:
+    session_seq: int | None = Field(default=None, description="bdSeq of the publishing session")
+    ts: float | None = None
+
+
+# --- other wire documents -------------------------------------------------------------
+
+
+class Availability(_Out):
+    """``available`` payload. ``session_seq`` is the Sparkplug bdSeq: a will whose seq is
+    older than the seq in the device's state document is a late death of an old session."""
+
+    status: Literal["online", "offline", "stopped"]
+    session_seq: int
+    device_id: str
+    ts: float | None = None
+
+
+class DesiredConfig(_Wire):
+    version: int = Field(ge=0, description="monotonic; versions <= the applied one are ignored")
+    config: dict[str, Any] = Field(description="runtime overrides, same shape as the TOML file")
+
+
+class ReportedConfig(_Out):
+    version: int | None = Field(description="the version in effect (None: no override ever)")
+    status: Literal["applied", "rejected"]
+    rejected_version: int | None = None
+    errors: list[str] = Field(default_factory=list)
+    ts: float | None = None
+
+
+class ApplyResult(_Out):
+    """What :class:`DesiredConfigSink` answers: the applied version, or validation errors."""
+
+    applied_version: int | None = None
+    errors: list[str] = Field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class TelemetryPoint(_Out):
+    ts: float
+    step: int | None = None
+    loss: float | None = None
+    extra: dict[str, float] = Field(default_factory=dict)
+
+
+class Telemetry(_Out):
+    ts: float
+    session_seq: int
+    points: list[TelemetryPoint] = Field(default_factory=list)
+    resources: dict[str, float] = Field(default_factory=dict)
+
+
+class JobView(_Out):
+    job_id: str
+    command: str
+    status: str
+    progress: float | None = None
+    message: str = ""
+    result: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+    created_at: float
+    updated_at: float
+
+
+class CommandRequest(_Wire):
+    """A command request. Every field is optional: ``{}`` is a valid ``status`` request."""
+
+    request_id: str | None = Field(default=None, description="echoed; names the 3.1.1 reply topic")
+    args: dict[str, Any] = Field(default_factory=dict)
+    expires_at: float | datetime | None = Field(
+        default=None, description="epoch seconds or ISO 8601; later than this it is not run"
+    )
+    reply_to: str | None = Field(default=None, description="reply topic for MQTT 3.1.1 clients")
+    job_id: str | None = Field(default=None, description="idempotency key for long commands")
+
+    @field_validator("request_id", "job_id")
+    @classmethod
+    def _safe_id(cls, value: str | None) -> str | None:
+        if value is not None and not valid_id(value):
+            raise ValueError("use 1-128 of A-Z a-z 0-9 _ . : -")
+        return value
+
+    @field_validator("reply_to")
+    @classmethod
+    def _topic(cls, value: str | None) -> str | None:
+        if value is not None and not valid_publish_topic(value):
+            raise ValueError("not a topic one can publish to (empty or has wildcards)")
+        return value
+
+    def expiry_epoch(self) -> float | None:
+        if self.expires_at is None:
+            return None
+        if isinstance(self.expires_at, datetime):
+            stamp = self.expires_at
+            if stamp.tzinfo is None:
+                stamp = stamp.replace(tzinfo=timezone.utc)
+            return stamp.timestamp()
+        return float(self.expires_at)
+
+
+class CommandResult(_Out):
+    v: int = WIRE_VERSION
+    request_id: str | None
+    command: str
+    device_id: str
+    ok: bool
+    result: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+    job: JobView | None = None
+    duplicate: bool = Field(default=False, description="a repeat of a job id already known")
+    ts: float
+
+
+# --- protocols the daemon implements --------------------------------------------------
+
+
+@runtime_checkable
+class JobContext(Protocol):
+    """Handed to long commands: report progress, and stop early when asked."""
+
+    def report(self, fraction: float | None, message: str) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
+
+class CommandHandler(Protocol):
+    """What the fleet link asks the daemon to do. Raise CommandRejected / CommandFailed."""
+
+    def train_now(self, args: TrainNowArgs, job: JobContext) -> TrainNowOutput: ...
+
+    def pause(self, reason: str) -> Ack: ...
+
+    def resume(self) -> Ack: ...
+
+    def rollback(self, version: int | str | None, job: JobContext) -> RollbackOutput: ...
+
+    def status(self) -> StateDocument: ...
+
+    def purge_data(self, before: datetime | None, job: JobContext) -> PurgeDataOutput: ...
+
+    def set_log_level(self, level: str) -> Ack: ...
+
+
+class StateSource(Protocol):
+    """The daemon's current state, read by the link on change checks and periodically."""
+
+    def current_state(self) -> StateDocument: ...
+
+
+class DesiredConfigSink(Protocol):
+    """Validates and applies desired overrides (persisted by the config layer)."""
+
+    def apply(self, version: int, document: dict[str, Any]) -> ApplyResult: ...
+
+
+# --- the command table ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    name: str
+    args_model: type[_Wire]
+    long: bool  # runs as a job
+
+
+COMMANDS: dict[str, CommandSpec] = {
+    spec.name: spec
+    for spec in (
+        CommandSpec("train-now", TrainNowArgs, long=True),
+        CommandSpec("pause", PauseArgs, long=False),
+        CommandSpec("resume", NoArgs, long=False),
+        CommandSpec("rollback", RollbackArgs, long=True),
+        CommandSpec("status", NoArgs, long=False),
+        CommandSpec("purge-data", PurgeDataArgs, long=True),
+        CommandSpec("set-log-level", SetLogLevelArgs, long=False),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ParsedCommand:
+    spec: CommandSpec
+    request: CommandRequest
+    args: BaseModel
+
+
+@dataclass(frozen=True)
+class ParseError:
+    code: ErrorCode
+    message: str
+    request_id: str | None = None
+    reply_to: str | None = None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ())) or "payload"
+        parts.append(f"{where}: {err.get('msg')}")
+    return "; ".join(parts)
+
+
+def _salvage(payload: bytes) -> tuple[str | None, str | None]:
+    """Best-effort request_id / reply_to from an invalid request, so the error can be routed."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    rid, reply = doc.get("request_id"), doc.get("reply_to")
+    rid = rid if isinstance(rid, str) and valid_id(rid) else None
+    reply = reply if isinstance(reply, str) and valid_publish_topic(reply) else None
+    return rid, reply
+
+
+def parse_command(
+    name: str, payload: bytes, *, now: float, max_payload_bytes: int
+) -> ParsedCommand | ParseError:
+    """Turn a command message into a typed request, or say why it cannot be one.
+
+    Args:
+        name: the command name from the topic.
+        payload: the raw message body (empty means ``{}``).
+        now: wall-clock time (epoch seconds) to judge ``expires_at`` against.
+        max_payload_bytes: larger payloads are refused without being parsed.
+    """
+    if len(payload) > max_payload_bytes:
+        return ParseError(
+            "payload_too_large",
+            f"payload is {len(payload)} bytes; the limit is {max_payload_bytes}",
+        )
+    rid, reply = _salvage(payload)
+    try:
+        request = CommandRequest.model_validate_json(payload or b"{}")
+    except ValidationError as exc:
+        return ParseError("bad_request", f"malformed request: {_describe(exc)}", rid, reply)
+    rid, reply = request.request_id, request.reply_to
+    spec = COMMANDS.get(name)
+    if spec is None:
+        known = ", ".join(sorted(COMMANDS))
+        return ParseError("unknown_command", f"unknown command {name!r}; known: {known}", rid, reply)
+    expiry = request.expiry_epoch()
+    if expiry is not None and now > expiry:
+        return ParseError("expired", f"request expired {now - expiry:.1f} s ago; not run", rid, reply)
+    try:
+        args = spec.args_model.model_validate(request.args)
+    except ValidationError as exc:
+        return ParseError("bad_request", f"bad args for {name}: {_describe(exc)}", rid, reply)
+    return ParsedCommand(spec, request, args)
+
+
+def execute(handler: CommandHandler, parsed: ParsedCommand, job: JobContext) -> BaseModel:
+    """Call the handler for ``parsed``. Exceptions propagate (see :func:`error_of`)."""
+    args: Any = parsed.args
+    name = parsed.spec.name
+    if name == "train-now":
+        return handler.train_now(args, job)
+    if name == "pause":
+        return handler.pause(args.reason)
+    if name == "resume":
+        return handler.resume()
+    if name == "rollback":
+        return handler.rollback(args.version, job)
+    if name == "status":
+        return handler.status()
+    if name == "purge-data":
+        return handler.purge_data(args.before, job)
+    if name == "set-log-level":
+        return handler.set_log_level(args.level)
+    raise AssertionError(f"command table and execute() disagree about {name!r}")
+
+
+def error_of(exc: BaseException) -> ErrorInfo:
+    """The error result for an exception raised by a handler."""
+    if isinstance(exc, CommandRejected):
+        return ErrorInfo(code="rejected", message=str(exc))
+    if isinstance(exc, CommandFailed | MobizoError):
+        return ErrorInfo(code="failed", message=str(exc))
+    return ErrorInfo(code="internal", message=f"{type(exc).__name__}: {exc}")
+
+
+class _NoJob:
+    def report(self, fraction: float | None, message: str) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
+NO_JOB: JobContext = _NoJob()
+
+
+def run_short(
+    handler: CommandHandler, parsed: ParsedCommand, *, device_id: str,
+    clock: Callable[[], float] = time.time,
+) -> CommandResult:
+    """Run a short command now and build its result (handler errors become error results)."""
+    try:
+        output = execute(handler, parsed, NO_JOB)
+    except Exception as exc:  # noqa: BLE001 - any handler failure is an error reply, not a crash
+        return CommandResult(
+            request_id=parsed.request.request_id, command=parsed.spec.name, device_id=device_id,
+            ok=False, error=error_of(exc), ts=clock(),
+        )
+    return CommandResult(
+        request_id=parsed.request.request_id, command=parsed.spec.name, device_id=device_id,
+        ok=True, result=output.model_dump(mode="json"), ts=clock(),
+    )
+
+
+def error_result(
+    err: ParseError, *, command: str, device_id: str, now: float
+) -> CommandResult:
+    return CommandResult(
+        request_id=err.request_id, command=command, device_id=device_id, ok=False,
+        error=ErrorInfo(code=err.code, message=err.message), ts=now,
+    )

@@ -1,0 +1,304 @@
+"""The MobiZO zeroth-order estimator (P-RGE, arXiv 2409.15520 §3), pure and runtime-free.
+
+One step t, for a flat LoRA-B vector ``B`` [P] (shared/DESIGN.md §2):
+
+1. step seed ``s_t = mix(run_seed, t)`` — a pure function, so a resumed run redraws it;
+2. for i in 0..q−1: ``z_i = randn(P)`` from a ``torch.Generator`` seeded by ``mix(s_t, i)``;
+   the z_i are regenerated whenever needed and never stored all at once;
+3. losses ``L⁺_i = L(B + ε z_i)``, ``L⁻_i = L(B − ε z_i)`` on the same batch;
+4. projected gradients ``g_i = (L⁺_i − L⁻_i) / (2ε)``, optionally clipped to ``|g_i| ≤ clip``;
+5. ZO-SGD: ``B ← B − lr · (1/q) Σ_i g_i z_i``.
+
+How the 2q losses are evaluated is the mode — the estimator is the same in all three, so for
+the same seeds they give the same g_i up to the program's float rounding:
+
+- ``mezo``: 2q sequential calls of one slice (the MeZO baseline, Malladi et al. 2023);
+- ``prge``: P-RGE outer loop, two calls of q slices (all ``+``, then all ``−``);
+- ``prge-dual``: P-RGE outer + inner loop, one call of 2q slices (``+`` rows 0..q−1,
+  ``−`` rows q..2q−1).
+
+A program may have more slices than a mode needs (one exported shape serves every smaller q):
+the extra rows are filled with the unperturbed B and their losses ignored.
+
+The loss function is anything with the :class:`LossFn` shape: the ExecuTorch ``TrainProgram``,
+the eager reference, or an analytic function in the tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+
+Mode = Literal["mezo", "prge", "prge-dual"]
+MODES: tuple[Mode, ...] = ("mezo", "prge", "prge-dual")
+Schedule = Literal["constant", "linear", "cosine"]
+SCHEDULES: tuple[Schedule, ...] = ("constant", "linear", "cosine")
+
+# Paper defaults (arXiv 2409.15520 §5): ε = 1e-2, lr 5e-5 … 1e-4, q = 4 with q·b = 16.
+DEFAULT_EPS = 1e-2
+DEFAULT_LR = 1e-4
+DEFAULT_Q = 4
+DEFAULT_QUERY_BATCH = 4
+
+_MASK64 = (1 << 64) - 1
+
+
+@runtime_checkable
+class LossFn(Protocol):
+    """A batch of per-slice losses: ``losses(tokens[b,T], mask[b,T], lora_b[S,P]) -> [S]``.
+
+    ``slices`` and ``batch`` are the one (S, b) shape the function accepts.
+    """
+
+    slices: int
+    batch: int
+
+    def losses(
+        self, tokens: torch.Tensor, loss_mask: torch.Tensor, lora_b: torch.Tensor
+    ) -> torch.Tensor: ...
+
+
+def _splitmix64(x: int) -> int:
+    """SplitMix64 finalizer (Steele et al. 2014): a cheap, well-mixed 64-bit hash."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def step_seed(run_seed: int, step: int) -> int:
+    """The seed s_t of step ``step`` of a run: a pure function of (run seed, step)."""
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    return _splitmix64(_splitmix64(run_seed & _MASK64) ^ step) & ((1 << 63) - 1)
+
+
+def perturbation(seed_t: int, index: int, num_params: int) -> torch.Tensor:
+    """z_i = randn(P) for query ``index`` of the step with seed ``seed_t`` (float32, CPU)."""
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(_splitmix64(seed_t ^ _splitmix64(index + 1)) & ((1 << 63) - 1))
+    return torch.randn(num_params, generator=gen, dtype=torch.float32)
+
+
+def slices_needed(mode: Mode, q: int) -> int:
+    """S of one call in ``mode``: 1 (mezo), q (prge) or 2q (prge-dual)."""
+    if q < 1:
+        raise ValueError(f"q must be >= 1, got {q}")
+    if mode == "mezo":
+        return 1
+    if mode == "prge":
+        return q
+    if mode == "prge-dual":
+        return 2 * q
+    raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+
+
+def calls_per_step(mode: Mode, q: int) -> int:
+    """Program calls one step makes: 2q (mezo), 2 (prge) or 1 (prge-dual)."""
+    return {"mezo": 2 * q, "prge": 2, "prge-dual": 1}[mode]
+
+
+def _perturbed(b: torch.Tensor, z: torch.Tensor, eps: float, sign: int) -> torch.Tensor:
+    # Two separate ops (no fused add-with-alpha): every mode builds bit-identical rows.
+    step = z * eps
+    return b + step if sign > 0 else b - step
+
+
+def _call(fn: LossFn, tokens: torch.Tensor, mask: torch.Tensor, rows: list[torch.Tensor],
+          base: torch.Tensor) -> torch.Tensor:
+    """Call ``fn`` on ``rows`` padded with the unperturbed ``base`` up to ``fn.slices``."""
+    if len(rows) > fn.slices:
+        raise ValueError(f"{len(rows)} perturbed models do not fit a {fn.slices}-slice program")
+    stack = torch.stack(rows + [base] * (fn.slices - len(rows)))
+    out = fn.losses(tokens, mask, stack)
+    return out.detach().to(torch.float64).reshape(-1)[: len(rows)]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The 2q losses of one step and the q projected gradients (before clipping)."""
+
+    loss_plus: tuple[float, ...]
+    loss_minus: tuple[float, ...]
+    eps: float
+
+    @property
+    def q(self) -> int:
+        return len(self.loss_plus)
+
+    @property
+    def projected_grads(self) -> tuple[float, ...]:
+        return tuple((p - m) / (2.0 * self.eps) for p, m in zip(self.loss_plus, self.loss_minus,
+                                                                strict=True))
+
+    @property
+    def loss(self) -> float:
+        """Mean of all L⁺ and L⁻: the step's loss (≈ L(B) to O(ε²))."""
+        return (sum(self.loss_plus) + sum(self.loss_minus)) / (2 * self.q)
+
+
+def estimate(
+    fn: LossFn,
+    mode: Mode,
+    lora_b: torch.Tensor,
+    tokens: torch.Tensor,
+    loss_mask: torch.Tensor,
+    *,
+    seed_t: int,
+    q: int,
+    eps: float,
+) -> Estimate:
+    """Evaluate the 2q perturbed losses of one step in ``mode``.
+
+    Args:
+        fn: the loss function; ``fn.slices`` must be at least :func:`slices_needed`.
+        mode: how the losses are batched into calls (see module docstring).
+        lora_b: current flat B, float32 [P].
+        tokens: the step's batch [b, T] int64 (the same batch for every query).
+        loss_mask: [b, T] float32, 1 where a token is a target.
+        seed_t: the step seed (:func:`step_seed`).
+        q: number of queries (random directions).
+        eps: perturbation scale ε.
+
+    Raises:
+        ValueError: if ``fn`` has too few slices for the mode.
+    """
+    if lora_b.dim() != 1:
+        raise ValueError(f"lora_b must be a flat [P] vector, got shape {tuple(lora_b.shape)}")
+    need = slices_needed(mode, q)
+    if fn.slices < need:
+        raise ValueError(f"mode {mode} with q={q} needs {need} slices, the program has "
+                         f"{fn.slices}")
+    p = lora_b.numel()
+    if mode == "mezo":
+        plus, minus = [], []
+        for i in range(q):
+            z = perturbation(seed_t, i, p)
+            plus.append(float(_call(fn, tokens, loss_mask, [_perturbed(lora_b, z, eps, +1)],
+                                    lora_b)[0]))
+            minus.append(float(_call(fn, tokens, loss_mask, [_perturbed(lora_b, z, eps, -1)],
+                                     lora_b)[0]))
+        return Estimate(tuple(plus), tuple(minus), eps)
+    zs = [perturbation(seed_t, i, p) for i in range(q)]
+    rows_plus = [_perturbed(lora_b, z, eps, +1) for z in zs]
+    rows_minus = [_perturbed(lora_b, z, eps, -1) for z in zs]
+    del zs
+    if mode == "prge":
+        lp = _call(fn, tokens, loss_mask, rows_plus, lora_b)
+        lm = _call(fn, tokens, loss_mask, rows_minus, lora_b)
+    else:
+        both = _call(fn, tokens, loss_mask, rows_plus + rows_minus, lora_b)
+        lp, lm = both[:q], both[q:]
+    return Estimate(tuple(float(v) for v in lp), tuple(float(v) for v in lm), eps)
+
+
+def clip_grads(grads: tuple[float, ...], clip: float | None) -> tuple[float, ...]:
+    """Clip each |g_i| to ``clip`` (None or 0: no clipping). Non-finite g_i become 0."""
+    out = []
+    for g in grads:
+        if not math.isfinite(g):
+            g = 0.0  # a NaN/inf loss must not poison B; the step is skipped for this query
+        if clip:
+            g = max(-clip, min(clip, g))
+        out.append(g)
+    return tuple(out)
+
+
+def apply_update(
+    lora_b: torch.Tensor, grads: tuple[float, ...], *, seed_t: int, lr: float
+) -> torch.Tensor:
+    """ZO-SGD: return ``B − lr · (1/q) Σ g_i z_i``, regenerating each z_i from its seed."""
+    out = lora_b.clone()
+    q = len(grads)
+    for i, g in enumerate(grads):
+        if g == 0.0:
+            continue
+        z = perturbation(seed_t, i, out.numel())
+        out -= z * float(lr * g / q)
+    return out
+
+
+def learning_rate(
+    step: int,
+    *,
+    base_lr: float,
+    total_steps: int,
+    schedule: Schedule = "constant",
+    warmup_steps: int = 0,
+    min_lr_ratio: float = 0.0,
+) -> float:
+    """lr at ``step`` (0-based): linear warmup, then constant / linear / cosine decay.
+
+    The decay runs from the end of warmup to ``total_steps`` and floors at
+    ``base_lr · min_lr_ratio``.
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return base_lr
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, max(0.0, (step - warmup_steps) / span))
+    floor = base_lr * min_lr_ratio
+    if schedule == "linear":
+        return floor + (base_lr - floor) * (1.0 - progress)
+    if schedule == "cosine":
+        return floor + (base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown lr schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one ZO step did: the new B and the numbers the metrics line reports."""
+
+    lora_b: torch.Tensor
+    estimate: Estimate
+    projected_grads: tuple[float, ...]  # after clipping: the ones the update used
+    lr: float
+    seed_t: int
+
+
+def zo_step(
+    fn: LossFn,
+    mode: Mode,
+    lora_b: torch.Tensor,
+    tokens: torch.Tensor,
+    loss_mask: torch.Tensor,
+    *,
+    run_seed: int,
+    step: int,
+    q: int,
+    eps: float,
+    lr: float,
+    clip: float | None = None,
+) -> StepResult:
+    """One full MobiZO step: seeds → 2q losses → g_i → clipped → ZO-SGD update."""
+    seed_t = step_seed(run_seed, step)
+    est = estimate(fn, mode, lora_b, tokens, loss_mask, seed_t=seed_t, q=q, eps=eps)
+    grads = clip_grads(est.projected_grads, clip)
+    new_b = apply_update(lora_b, grads, seed_t=seed_t, lr=lr)
+    return StepResult(new_b, est, grads, lr, seed_t)
+
+
+@dataclass
+class AnalyticLoss:
+    """A :class:`LossFn` from a plain function of B: ``f(B [P]) -> scalar``; ignores tokens.
+
+    For tests and benchmarks of the estimator without a model.
+    """
+
+    f: Callable[[torch.Tensor], torch.Tensor]
+    slices: int = 1
+    batch: int = 1
+    calls: int = 0
+
+    def losses(
+        self, tokens: torch.Tensor, loss_mask: torch.Tensor, lora_b: torch.Tensor
+    ) -> torch.Tensor:
+        if lora_b.shape[0] != self.slices:
+            raise ValueError(f"expected {self.slices} slices, got {lora_b.shape[0]}")
+        self.calls += 1
+        return torch.stack([self.f(row) for row in lora_b]).to(torch.float32)

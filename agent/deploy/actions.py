@@ -1,0 +1,194 @@
+"""The steps install and uninstall take, as data: planned first, printed, then applied.
+
+Planning compares against what is on disk, so a plan holds only real changes: a second
+install plans nothing, and ``--dry-run`` prints exactly what a real run would do.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.config.atomic import atomic_write_bytes
+from agent.errors import MobizoError
+
+
+class DeployError(MobizoError):
+    """Install or uninstall cannot go on (a step failed, or the target looks wrong)."""
+
+
+@dataclass(frozen=True)
+class EnsureDir:
+    """Create a directory (and parents) or fix its mode; chown when ``owner`` is given."""
+
+    path: Path
+    mode: int
+    owner: tuple[int, int] | None = None
+
+    def describe(self) -> str:
+        return f"mkdir  {self.path} ({self.mode:04o})"
+
+
+@dataclass(frozen=True)
+class WriteFile:
+    """Write a file atomically (temp + fsync + rename)."""
+
+    path: Path
+    data: bytes
+    mode: int = 0o644
+    why: str = ""
+
+    def describe(self) -> str:
+        return f"write  {self.path}" + (f"  ({self.why})" if self.why else "")
+
+
+@dataclass(frozen=True)
+class CopyFile:
+    """Copy a (possibly large) file atomically, streaming; chown when ``owner`` is given."""
+
+    src: Path
+    path: Path
+    mode: int = 0o644
+    owner: tuple[int, int] | None = None
+
+    def describe(self) -> str:
+        return f"copy   {self.src} -> {self.path}"
+
+
+@dataclass(frozen=True)
+class RemovePath:
+    """Remove a file, a whole tree (``tree``), or a directory only if it is empty."""
+
+    path: Path
+    tree: bool = False
+    only_if_empty: bool = False
+
+    def describe(self) -> str:
+        kind = "rm -r " if self.tree else ("rmdir " if self.only_if_empty else "rm    ")
+        return f"{kind} {self.path}"
+
+
+@dataclass(frozen=True)
+class RunCommand:
+    """Run a program (pip, systemctl, ...); a non-zero exit stops the run."""
+
+    argv: tuple[str, ...]
+    why: str = ""
+    env: tuple[tuple[str, str], ...] = ()
+
+    def describe(self) -> str:
+        return "run    " + " ".join(self.argv) + (f"  ({self.why})" if self.why else "")
+
+
+Action = EnsureDir | WriteFile | CopyFile | RemovePath | RunCommand
+Runner = Callable[..., subprocess.CompletedProcess[bytes]]
+
+
+@dataclass
+class Plan:
+    """Planned actions plus notes for the operator (things not done, next steps)."""
+
+    actions: list[Action] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, action: Action) -> None:
+        self.actions.append(action)
+
+    def describe(self) -> list[str]:
+        return [a.describe() for a in self.actions]
+
+
+def file_differs(path: Path, data: bytes, mode: int) -> bool:
+    """Whether writing ``data`` with ``mode`` to ``path`` would change anything."""
+    try:
+        st = path.stat()
+        return (st.st_mode & 0o7777) != mode or path.read_bytes() != data
+    except FileNotFoundError:
+        return True
+
+
+def copy_differs(src: Path, dst: Path, mode: int) -> bool:
+    """Whether ``CopyFile(src, dst, mode)`` would change anything (compares content)."""
+    try:
+        st = dst.stat()
+    except FileNotFoundError:
+        return True
+    return (st.st_mode & 0o7777) != mode or not filecmp.cmp(src, dst, shallow=False)
+
+
+def dir_differs(path: Path, mode: int, owner: tuple[int, int] | None) -> bool:
+    """Whether ``EnsureDir(path, mode, owner)`` would change anything."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return True
+    if (st.st_mode & 0o7777) != mode:
+        return True
+    return owner is not None and (st.st_uid, st.st_gid) != owner
+
+
+def apply(
+    actions: Sequence[Action],
+    *,
+    run: Runner = subprocess.run,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Carry out ``actions`` in order, logging each one.
+
+    Raises:
+        DeployError: a command failed or a path could not be written.
+    """
+    for action in actions:
+        log(action.describe())
+        try:
+            _apply_one(action, run)
+        except OSError as exc:
+            raise DeployError(f"{action.describe().strip()}: {exc}") from exc
+
+
+def _apply_one(action: Action, run: Runner) -> None:
+    if isinstance(action, EnsureDir):
+        action.path.mkdir(parents=True, exist_ok=True)
+        os.chmod(action.path, action.mode)  # mkdir's mode is masked by the umask
+        if action.owner is not None:
+            os.chown(action.path, *action.owner)
+    elif isinstance(action, WriteFile):
+        atomic_write_bytes(action.path, action.data, mode=action.mode)
+    elif isinstance(action, CopyFile):
+        action.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{action.path.name}.", dir=action.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as out, open(action.src, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+                out.flush()
+                os.fchmod(out.fileno(), action.mode)
+                if action.owner is not None:
+                    os.fchown(out.fileno(), *action.owner)
+                os.fsync(out.fileno())
+            os.replace(tmp, action.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    elif isinstance(action, RemovePath):
+        if action.tree:
+            shutil.rmtree(action.path, ignore_errors=False)
+        elif action.only_if_empty:
+            if action.path.is_dir() and not any(action.path.iterdir()):
+                action.path.rmdir()
+        else:
+            action.path.unlink(missing_ok=True)
+    else:
+        env = {**os.environ, **dict(action.env)} if action.env else None
+        done = run(list(action.argv), env=env, check=False)
+        if done.returncode != 0:
+            raise DeployError(
+                f"`{' '.join(action.argv)}` failed with exit {done.returncode}"
+                + (f" ({action.why})" if action.why else "")
+                + "; fix the cause above and run the same command again (it is idempotent)"
+            )

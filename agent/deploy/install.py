@@ -1,0 +1,283 @@
+"""Plan an install of mobizo-agent into a root: venv, units, users, directories, config.
+
+:func:`plan_install` looks at the target and returns only the changes still needed (a second
+run plans nothing); :func:`agent.deploy.actions.apply` carries them out. The live-system steps
+(systemd-sysusers, systemd-tmpfiles, daemon-reload) are planned only when the root is ``/`` and
+systemd is running; an image or a test root gets them at first boot from
+systemd-sysusers.service and systemd-tmpfiles-setup.service, which read the same files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from agent.core.bundle import read_manifest
+from agent.deploy.actions import (
+    CopyFile,
+    DeployError,
+    EnsureDir,
+    Plan,
+    RunCommand,
+    WriteFile,
+    copy_differs,
+    dir_differs,
+    file_differs,
+)
+from agent.deploy.board import board_caps, choose_board
+from agent.deploy.host import HostFacts
+from agent.deploy.layout import (
+    AGENT_UNIT,
+    BOARD_DROPIN,
+    DEFAULT_PREFIX,
+    NOTIFY_RELOAD_DROPIN,
+    NOTIFY_RELOAD_EXAMPLE,
+    PINNED_REQUIREMENTS,
+    PREFIX_MARKER,
+    STATE_DIR,
+    STATE_SUBDIRS,
+    UNITS,
+    VENV_STAMP,
+    Layout,
+)
+from agent.deploy.render import decide_config, render_board_dropins, render_config, render_unit
+
+NotifyReload = Literal["auto", "yes", "no"]
+NOTIFY_RELOAD_MIN_SYSTEMD = 253  # Type=notify-reload appeared in systemd 253
+
+
+@dataclass(frozen=True)
+class InstallOptions:
+    """What ``mobizo-agent install`` was asked to do.
+
+    Attributes:
+        source: the source checkout (holds pyproject.toml, systemd/, firmware_configs/).
+        root: the target system's ``/``.
+        prefix: install prefix on the target (absolute).
+        board: board profile name, or None to detect (only when root is ``/``).
+        venv: build the virtual environment (``--no-venv`` turns it off).
+        python: interpreter that creates the venv.
+        pip_args: extra arguments for the one pip command (e.g. an index URL).
+        notify_reload: install the Type=notify-reload drop-in: yes, no, or auto (systemd >= 253
+            on a live root).
+        bundle: a model bundle directory to copy to /var/lib/mobizo-agent/bundle (the path
+            the inference unit and the config default name), or None.
+    """
+
+    source: Path
+    root: Path = Path("/")
+    prefix: PurePosixPath = DEFAULT_PREFIX
+    board: str | None = None
+    venv: bool = True
+    python: str = sys.executable
+    pip_args: tuple[str, ...] = ()
+    notify_reload: NotifyReload = "auto"
+    bundle: Path | None = None
+
+
+def find_source(start: Path | None = None) -> Path:
+    """The source checkout this code runs from (pyproject.toml + systemd/ + firmware_configs/).
+
+    Raises:
+        DeployError: running from an installed copy without a checkout; pass ``--source``.
+    """
+    here = Path(__file__).resolve() if start is None else Path(start).resolve()
+    for candidate in (here, *here.parents):
+        if all((candidate / n).exists() for n in ("pyproject.toml", "systemd", "firmware_configs")):
+            return candidate
+    raise DeployError(
+        "cannot find the mobizo-agent source checkout (pyproject.toml, systemd/, "
+        "firmware_configs/) above this installation: run install from a checkout "
+        "(`.venv/bin/mobizo-agent install`) or pass --source DIR"
+    )
+
+
+def check_source(source: Path) -> None:
+    """Raise DeployError unless ``source`` has every file install copies."""
+    needed = [source / "pyproject.toml", source / "firmware_configs"]
+    needed += [source / "systemd" / u for u in UNITS]
+    needed += [source / "systemd/README.md", source / "systemd" / NOTIFY_RELOAD_EXAMPLE]
+    needed += [source / "systemd/sysusers.d/mobizo-agent.conf"]
+    needed += [source / "systemd/tmpfiles.d/mobizo-agent.conf"]
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        raise DeployError(f"--source {source} is incomplete, missing: {', '.join(missing)}")
+
+
+def source_digest(source: Path) -> str:
+    """A digest of what pip would install from ``source`` (pyproject + package sources)."""
+    h = hashlib.sha256()
+    files = [source / "pyproject.toml"]
+    for package in ("agent", "exporter"):
+        files += sorted(p for p in (source / package).rglob("*") if p.is_file()
+                        and "__pycache__" not in p.parts)
+    for path in files:
+        h.update(str(path.relative_to(source)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def wants_notify_reload(choice: NotifyReload, root: Path, host: HostFacts) -> bool:
+    """Whether to install the Type=notify-reload drop-in."""
+    if choice != "auto":
+        return choice == "yes"
+    live = Path(root).resolve() == Path("/")
+    return bool(live and host.systemd_version and host.systemd_version >= NOTIFY_RELOAD_MIN_SYSTEMD)
+
+
+def plan_install(opts: InstallOptions, host: HostFacts) -> tuple[Plan, Layout]:
+    """Every change still needed to install into ``opts.root``.
+
+    Raises:
+        DeployError / ConfigError: bad source, unknown board, or a profile that does not validate.
+    """
+    check_source(opts.source)
+    layout = Layout(Path(opts.root), PurePosixPath(opts.prefix))
+    live = Path(opts.root).resolve() == Path("/")
+    plan = Plan()
+    profiles_src = opts.source / "firmware_configs"
+    board, reason = choose_board(opts.board, root=layout.root, profiles_dir=profiles_src)
+    caps = board_caps(board, profiles_src)
+    plan.notes.append(f"board profile: {board} ({reason}); machine: {host.arch}")
+
+    def ensure_dir(path: Path, mode: int, owner: tuple[int, int] | None = None) -> None:
+        if dir_differs(path, mode, owner):
+            plan.add(EnsureDir(path, mode, owner))
+
+    def write(path: Path, data: str | bytes, mode: int = 0o644, why: str = "") -> None:
+        raw = data.encode("utf-8") if isinstance(data, str) else data
+        if file_differs(path, raw, mode):
+            plan.add(WriteFile(path, raw, mode, why))
+
+    # 1. The prefix: marker (so uninstall knows it may remove it), profiles, venv.
+    ensure_dir(layout.prefix_dir, 0o755)
+    write(layout.prefix_dir / PREFIX_MARKER,
+          "mobizo-agent install prefix: `mobizo-agent uninstall` removes this directory\n")
+    ensure_dir(layout.profiles_dir, 0o755)
+    for profile in sorted(profiles_src.glob("*.toml")):
+        write(layout.profiles_dir / profile.name, profile.read_bytes())
+    docs = layout.prefix_dir / "share" / "systemd"
+    ensure_dir(docs.parent, 0o755)
+    ensure_dir(docs, 0o755)
+    for rel in ("README.md", NOTIFY_RELOAD_EXAMPLE):
+        write(docs / Path(rel).name, (opts.source / "systemd" / rel).read_bytes())
+    if opts.venv:
+        _plan_venv(plan, opts, layout)
+    else:
+        plan.notes.append(f"--no-venv: the units run {layout.executable}; make sure it exists")
+
+    # 2. Units, drop-ins, sysusers.d, tmpfiles.d.
+    systemd_src = opts.source / "systemd"
+    for unit in UNITS:
+        text = (systemd_src / unit).read_text(encoding="utf-8")
+        write(layout.unit_path(unit), render_unit(text, layout.prefix))
+    for unit, text in render_board_dropins(caps).items():
+        write(layout.dropin_dir(unit) / BOARD_DROPIN, text, why=f"caps of {board}")
+    reload_dropin = layout.dropin_dir(AGENT_UNIT) / NOTIFY_RELOAD_DROPIN
+    if wants_notify_reload(opts.notify_reload, layout.root, host):
+        write(reload_dropin, (systemd_src / NOTIFY_RELOAD_EXAMPLE).read_bytes(),
+              why="systemd >= 253: Type=notify-reload")
+    elif reload_dropin.exists():
+        plan.notes.append(f"kept {reload_dropin} (remove it by hand on systemd < 253)")
+    write(layout.sysusers_path, (systemd_src / "sysusers.d/mobizo-agent.conf").read_bytes())
+    write(layout.tmpfiles_path, (systemd_src / "tmpfiles.d/mobizo-agent.conf").read_bytes())
+
+    # 3. Directories (as tmpfiles.d says; owned by the service user once it exists).
+    owner = host.service_ids if live else None
+    ensure_dir(layout.config_dir, 0o755)
+    ensure_dir(layout.credentials_dir, 0o700)
+    ensure_dir(layout.state_dir, 0o750, owner)
+    for sub in STATE_SUBDIRS:
+        ensure_dir(layout.state_dir / sub, 0o750, owner)
+
+    if opts.bundle is not None:
+        _plan_bundle(plan, Path(opts.bundle), layout.state_dir / "bundle", owner)
+    elif not (layout.state_dir / "bundle" / "manifest.json").exists():
+        plan.notes.append(
+            f"no model bundle at {STATE_DIR}/bundle yet: mobizo-inference.service cannot start "
+            "without one; rerun with --bundle DIR (a `mobizo-export` output)"
+        )
+
+    # 4. agent.toml: never overwrite an edited one.
+    _plan_config(plan, layout, render_config(board, reason))
+
+    # 5. The live system: users, directories, unit reload.
+    if live and host.systemd_running:
+        if plan.actions or host.service_ids is None:
+            plan.add(RunCommand(("systemd-sysusers", str(layout.sysusers_path)),
+                                why="create user and group mobizo"))
+            plan.add(RunCommand(("systemd-tmpfiles", "--create", str(layout.tmpfiles_path)),
+                                why="directories and their owners"))
+            plan.add(RunCommand(("systemctl", "daemon-reload"), why="load the new units"))
+        plan.notes.append(
+            "start it: systemctl enable --now mobizo-inference.service mobizo-agent.service"
+        )
+    elif live:
+        plan.notes.append(
+            "systemd is not running here: user mobizo and the directory owners are made at "
+            "next boot (systemd-sysusers/-tmpfiles), or now with `systemd-sysusers` and "
+            "`systemd-tmpfiles --create`"
+        )
+    else:
+        plan.notes.append(
+            f"installed into {layout.root}: systemd-sysusers and systemd-tmpfiles create the "
+            "user and directories at its first boot"
+        )
+    return plan, layout
+
+
+def _plan_venv(plan: Plan, opts: InstallOptions, layout: Layout) -> None:
+    python = layout.venv_dir / "bin" / "python"
+    stamp_path = layout.venv_dir / VENV_STAMP
+    stamp = json.dumps({
+        "requirements": list(PINNED_REQUIREMENTS),
+        "source_digest": source_digest(opts.source),
+        "pip_args": list(opts.pip_args),
+    }, indent=2, sort_keys=True) + "\n"
+    try:
+        current = stamp_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        current = None
+    if current == stamp and python.exists():
+        return
+    if not python.exists():
+        plan.add(RunCommand((opts.python, "-m", "venv", str(layout.venv_dir)),
+                            why="virtual environment"))
+    # ONE pip command: torch and executorch resolved together (see layout.PINNED_REQUIREMENTS).
+    plan.add(RunCommand(
+        (str(python), "-m", "pip", "install", "--upgrade", *opts.pip_args,
+         *PINNED_REQUIREMENTS, str(opts.source)),
+        why="mobizo-agent with torch and executorch pinned together",
+    ))
+    plan.add(WriteFile(stamp_path, stamp.encode("utf-8"), 0o644, "what the venv was built from"))
+
+
+def _plan_bundle(plan: Plan, src: Path, dst: Path, owner: tuple[int, int] | None) -> None:
+    read_manifest(src)  # BundleError with a fix if it is not a complete bundle
+    if dir_differs(dst, 0o755, owner):
+        plan.add(EnsureDir(dst, 0o755, owner))
+    for path in sorted(src.rglob("*")):  # sorted: a directory comes before its files
+        target = dst / path.relative_to(src)
+        if path.is_dir():
+            if dir_differs(target, 0o755, owner):
+                plan.add(EnsureDir(target, 0o755, owner))
+        elif path.is_file() and copy_differs(path, target, 0o644):
+            plan.add(CopyFile(path, target, 0o644, owner))
+
+
+def _plan_config(plan: Plan, layout: Layout, wanted: str) -> None:
+    path = layout.config_path
+    new_path = path.with_name(path.name + ".new")
+    existing = path.read_text(encoding="utf-8") if path.is_file() else None
+    existing_new = new_path.read_text(encoding="utf-8") if new_path.is_file() else None
+    decision = decide_config(existing, existing_new, wanted)
+    if decision.action in ("create", "replace"):
+        plan.add(WriteFile(path, wanted.encode("utf-8"), 0o644, decision.reason))
+    elif decision.action == "keep-write-new":
+        plan.add(WriteFile(new_path, wanted.encode("utf-8"), 0o644, decision.reason))
+        plan.notes.append(f"{path}: {decision.reason}")
+    elif decision.action == "keep":
+        plan.notes.append(f"{path}: {decision.reason}")

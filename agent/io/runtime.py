@@ -1,0 +1,164 @@
+"""Thin adapter over the ExecuTorch runtime: the only module that imports ``executorch.runtime``.
+
+- :class:`TrainProgram`: one method of a bundle's ``train.pte`` (one static (slices, batch)
+  shape), ``losses(tokens, loss_mask, lora_b) -> [S]``.
+- :class:`InferProgram`: the ``prefill``/``decode`` methods of ``infer.pte``; they share the
+  KV cache (mutable buffers exported with ``share_mutable_buffers``), and take LoRA-B as an
+  input on every call, so switching adapters costs nothing.
+
+Programs are loaded from their path, so the runtime reads the file through its own data
+loader instead of a Python bytes copy that would stay resident next to XNNPACK's packed
+weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agent.core.bundle import BundleManifest, read_manifest
+from agent.errors import BundleError
+
+log = logging.getLogger(__name__)
+
+
+def _load_program(path: Path):  # -> executorch.runtime.Program
+    from executorch.runtime import Runtime, Verification
+
+    if not path.is_file():
+        raise BundleError(f"{path} is missing; re-export the bundle")
+    try:
+        return Runtime.get().load_program(path, verification=Verification.Minimal)
+    except Exception as exc:  # the pybinding raises RuntimeError/ValueError with codes
+        raise BundleError(f"ExecuTorch cannot load {path} ({exc}); re-export the bundle with "
+                          "this version of mobizo-export") from exc
+
+
+class TrainProgram:
+    """One loaded method of ``train.pte``: evaluates ``slices`` LoRA-B rows on ``batch`` sequences.
+
+    Args:
+        bundle_dir: the model bundle.
+        slices: S, the number of LoRA-B rows per call (2q for P-RGE dual, q for P-RGE, 1 for
+            MeZO and evaluation).
+        batch: b, sequences per slice.
+        threads: accepted for interface symmetry; the ExecuTorch thread pool is process-wide
+            and resizing it at run time deadlocked (DESIGN §3), so pin threads with taskset.
+    """
+
+    def __init__(self, bundle_dir: Path, *, slices: int, batch: int,
+                 threads: int | None = None,  manifest: BundleManifest | None = None) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest = manifest or read_manifest(self.bundle_dir)
+        spec = self.manifest.train
+        shape = spec.method_for(slices, batch)
+        if shape is None:
+            have = ", ".join(f"(slices={s.slices}, batch={s.batch})" for s in spec.shapes)
+            raise BundleError(
+                f"{self.bundle_dir} has no train method for slices={slices}, batch={batch}; "
+                f"it has {have}. Choose one of those, or re-export with --slices/--batch "
+                "including these values"
+            )
+        self.slices, self.batch = slices, batch
+        self.max_length = spec.max_length
+        self.num_params = self.manifest.lora.num_params
+        self.threads = threads
+        self._program = _load_program(self.bundle_dir / spec.program)
+        self._method = self._program.load_method(shape.method)
+        self.method_name = shape.method
+
+    def losses(self, tokens: torch.Tensor, loss_mask: torch.Tensor,
+               lora_b: torch.Tensor) -> torch.Tensor:
+        """Per-slice mean token cross-entropy [S] (float32).
+
+        Args:
+            tokens: [b, t] int token ids, t <= max_length; shorter rows are right-padded.
+            loss_mask: [b, t]; 1 where token t is a target (predicted from position t-1).
+            lora_b: [S, P] float32, one flat LoRA-B row per slice.
+        """
+        tokens = torch.as_tensor(tokens, dtype=torch.long)
+        loss_mask = torch.as_tensor(loss_mask, dtype=torch.float32)
+        lora_b = torch.as_tensor(lora_b, dtype=torch.float32)
+        b, t = tokens.shape
+        if b != self.batch or loss_mask.shape != tokens.shape:
+            raise ValueError(f"expected tokens and loss_mask [{self.batch}, <= "
+                             f"{self.max_length}], got {tuple(tokens.shape)} and "
+                             f"{tuple(loss_mask.shape)}")
+        if t > self.max_length:
+            raise ValueError(f"sequence length {t} exceeds the bundle's max_length "
+                             f"{self.max_length}; truncate, or re-export with --max-length")
+        if lora_b.shape != (self.slices, self.num_params):
+            raise ValueError(f"expected lora_b [{self.slices}, {self.num_params}], "
+                             f"got {tuple(lora_b.shape)}")
+        if t < self.max_length:  # right-pad: causal attention keeps padding out of real tokens
+            pad = self.max_length - t
+            tokens = torch.nn.functional.pad(tokens, (0, pad))
+            loss_mask = torch.nn.functional.pad(loss_mask, (0, pad))
+        out = self._method.execute([tokens.contiguous(), loss_mask.contiguous(),
+                                    lora_b.contiguous()])
+        return out[0].clone()
+
+
+class InferProgram:
+    """The generation program: a KV cache shared by ``prefill`` (fixed chunk) and ``decode``.
+
+    ``forward(ids, start_pos, lora_b)`` feeds ``ids`` at positions ``start_pos..`` and returns
+    the float32 logits [vocab] after the last one. Positions after the ones written are masked
+    inside the program, so moving ``start_pos`` back (a new conversation, or re-using a shared
+    prefix) needs no clearing; :meth:`reset` exists for callers that want to say so.
+    """
+
+    def __init__(self, bundle_dir: Path, *, threads: int | None = None,
+                 manifest: BundleManifest | None = None) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest = manifest or read_manifest(self.bundle_dir)
+        spec = self.manifest.infer
+        self.max_context = spec.max_context
+        self.chunk = spec.prefill_chunk
+        self.vocab_size = self.manifest.model.vocab_size
+        self.num_params = self.manifest.lora.num_params
+        self.threads = threads
+        self._program = _load_program(self.bundle_dir / spec.program)
+        self._prefill = self._program.load_method("prefill")
+        self._decode = self._program.load_method("decode")
+
+    def reset(self) -> None:
+        """Start a new sequence (nothing to clear: unwritten positions are masked)."""
+
+    def forward(self, token_ids: Sequence[int], start_pos: int,
+                lora_b: np.ndarray) -> np.ndarray:
+        ids = [int(i) for i in token_ids]
+        if not ids:
+            raise ValueError("forward() needs at least one token")
+        if start_pos < 0 or start_pos + len(ids) > self.max_context:
+            raise ValueError(
+                f"positions {start_pos}..{start_pos + len(ids) - 1} do not fit the context of "
+                f"{self.max_context} tokens; shorten the prompt or re-export with --max-context"
+            )
+        row = torch.as_tensor(np.asarray(lora_b, dtype=np.float32)).reshape(1, -1)
+        if row.shape[1] != self.num_params:
+            raise ValueError(f"lora_b has {row.shape[1]} values, the bundle needs "
+                             f"{self.num_params}")
+        pos, i, logits = start_pos, 0, None
+        c = self.chunk
+        while i < len(ids):
+            rest = len(ids) - i
+            if rest > 1 and pos + c <= self.max_context:
+                n = min(rest, c)
+                chunk = torch.zeros(1, c, dtype=torch.long)
+                chunk[0, :n] = torch.tensor(ids[i : i + n])
+                # padding beyond n writes cache slots that later tokens overwrite before
+                # anything attends to them
+                logits = self._prefill.execute(
+                    [chunk, torch.tensor([pos]), torch.tensor([n - 1]), row])[0]
+            else:
+                n = 1
+                logits = self._decode.execute(
+                    [torch.tensor([[ids[i]]]), torch.tensor([pos]), torch.tensor([0]), row])[0]
+            i += n
+            pos += n
+        return logits.reshape(-1).numpy().astype(np.float32, copy=True)

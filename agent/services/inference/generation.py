@@ -1,0 +1,139 @@
+"""Text generation with a KV cache over an inference program, and the tokenizer around it.
+
+The program (``agent.io.runtime.InferProgram``: ``bundle/infer.pte`` on ExecuTorch/XNNPACK)
+keeps the KV cache inside; one call feeds tokens at given positions and returns the logits of
+the last one. The adapter is the flat LoRA-B vector passed on every call, so switching
+adapters costs nothing here: the caller simply passes another array.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from agent.services.inference.sampling import SamplingParams, StopScanner, choose_token
+
+
+class InferProgramLike(Protocol):
+    """What the generator needs from ``agent.io.runtime.InferProgram``."""
+
+    max_context: int
+    vocab_size: int
+
+    def reset(self) -> None: ...
+
+    def forward(self, token_ids: Sequence[int], start_pos: int,
+                lora_b: np.ndarray) -> np.ndarray: ...
+
+
+class TextCodec:
+    """The bundle's Hugging Face tokenizer: chat template, encode, decode, end tokens."""
+
+    def __init__(self, tokenizer: Any, extra_eos: Sequence[int | None] = ()) -> None:
+        self.tok = tokenizer
+        eos = {tokenizer.eos_token_id, *extra_eos}
+        self.eos_ids = frozenset(int(i) for i in eos if i is not None)
+        self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
+
+    @classmethod
+    def from_dir(cls, path: Path, extra_eos: Sequence[int | None] = ()) -> TextCodec:
+        from transformers import AutoTokenizer
+
+        return cls(AutoTokenizer.from_pretrained(str(path)), extra_eos)
+
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        if self.has_chat_template:
+            text = self.tok.apply_chat_template(list(messages), add_generation_prompt=True,
+                                                tokenize=False)
+        else:  # a plain transcript for models without a template
+            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+        return list(self.tok.encode(text, add_special_tokens=False))
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return list(self.tok.encode(prompt, add_special_tokens=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tok.decode(list(ids), skip_special_tokens=True))
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    finish_reason: str  # "stop" | "length" | "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+    prefill_s: float
+    decode_s: float
+
+
+class Generator:
+    """Runs one request at a time on the program (the caller serialises)."""
+
+    def __init__(self, program: InferProgramLike, codec: TextCodec,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.program = program
+        self.codec = codec
+        self._clock = clock
+
+    @property
+    def max_context(self) -> int:
+        return int(self.program.max_context)
+
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        lora_b: np.ndarray,
+        *,
+        on_delta: Callable[[str], None] | None = None,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> GenerationResult:
+        """Generate a completion of ``prompt_ids`` with adapter ``lora_b``.
+
+        ``on_delta`` receives each new piece of text (stop strings never leak into it).
+        """
+        n_prompt = len(prompt_ids)
+        if not 0 < n_prompt < self.max_context:
+            raise ValueError(f"prompt of {n_prompt} tokens does not fit the context "
+                             f"of {self.max_context}")
+        budget = min(params.max_tokens, self.max_context - n_prompt)
+        rng = np.random.default_rng(params.seed)
+        scanner = StopScanner(params.stop)
+        t0 = self._clock()
+        self.program.reset()
+        logits = self.program.forward(list(prompt_ids), 0, lora_b)
+        t1 = self._clock()
+        out: list[int] = []
+        text, finish, pos = "", "length", n_prompt
+        while len(out) < budget:
+            token = choose_token(logits, params, rng)
+            if token in self.codec.eos_ids and not params.ignore_eos:
+                finish = "stop"
+                break
+            out.append(token)
+            text = self.codec.decode(out)
+            delta = scanner.feed(text)
+            if delta and on_delta is not None:
+                on_delta(delta)
+            if scanner.stopped:
+                finish = "stop"
+                break
+            if cancelled():
+                finish = "cancelled"
+                break
+            if len(out) >= budget:
+                break
+            logits = self.program.forward([token], pos, lora_b)
+            pos += 1
+        tail = scanner.finish(text)
+        if tail and on_delta is not None:
+            on_delta(tail)
+        return GenerationResult(
+            text=text[: scanner.emitted], finish_reason=finish, prompt_tokens=n_prompt,
+            completion_tokens=len(out), prefill_s=t1 - t0, decode_s=self._clock() - t1,
+        )

@@ -1,0 +1,95 @@
+"""``mobizo-export``: turn a Hugging Face checkpoint (or the starter preset) into a model bundle."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from agent.core.lora_layout import CANONICAL_TARGETS
+from agent.errors import MobizoError
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mobizo-export", description=__doc__)
+    p.add_argument("checkpoint", nargs="?", type=Path,
+                   help="local Hugging Face checkpoint dir (config.json, *.safetensors, tokenizer)")
+    p.add_argument("--preset", choices=["starter"],
+                   help="export a built-in model instead (starter: small random Llama)")
+    p.add_argument("--out", type=Path, required=True, help="bundle directory to create")
+    p.add_argument("--targets", default=",".join(CANONICAL_TARGETS),
+                   help="comma-separated LoRA targets (default: all seven projections)")
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--alpha", type=float, default=32.0)
+    p.add_argument("--lora-layers", default="all", help="all | last-quarter | last-K")
+    p.add_argument("--slices", type=_ints, default=(1, 2, 4, 8),
+                   help="slice counts S to export (default 1,2,4,8: q up to 4 in dual mode)")
+    p.add_argument("--batch", type=_ints, default=(2,),
+                   help="per-slice batch sizes b to export (default 2)")
+    p.add_argument("--max-length", type=int, default=256, help="training sequence length T")
+    p.add_argument("--max-context", type=int, default=1024, help="generation context (KV cache)")
+    p.add_argument("--prefill-chunk", type=int, default=32)
+    p.add_argument("--backend", choices=["xnnpack", "portable"], default="xnnpack")
+    p.add_argument("--quantize", default="none",
+                   help="weight quantization; only 'none' is implemented so far")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bench-forward", action="store_true",
+                   help="also export plain-forward methods (for mobizo-bench)")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(message)s")
+    if args.quantize != "none":
+        print(f"mobizo-export: --quantize {args.quantize} is not implemented yet; only 'none' "
+              "(float32) is supported in this version", file=sys.stderr)
+        return 2
+    if (args.checkpoint is None) == (args.preset is None):
+        print("mobizo-export: give either CHECKPOINT_DIR or --preset starter", file=sys.stderr)
+        return 2
+    from exporter.export import export_bundle
+    from exporter.options import ExportOptions
+
+    try:
+        opts = ExportOptions(
+            targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
+            rank=args.rank, alpha=args.alpha, lora_layers=args.lora_layers,
+            slices=args.slices, batch=args.batch, max_length=args.max_length,
+            max_context=args.max_context, prefill_chunk=args.prefill_chunk,
+            backend=args.backend, seed=args.seed, bench_forward=args.bench_forward,
+        )
+    except ValidationError as exc:
+        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"mobizo-export: invalid options: {msgs}", file=sys.stderr)
+        return 2
+    try:
+        manifest = export_bundle(args.checkpoint, args.out, opts, preset=args.preset,
+                                 force=args.force)
+    except MobizoError as exc:
+        print(f"mobizo-export: {exc}", file=sys.stderr)
+        return 1
+    shapes = ", ".join(f"S={s.slices}/b={s.batch}" for s in manifest.train.shapes)
+    print(f"wrote {args.out}: {manifest.model.family}, {manifest.model.num_params:,} params, "
+          f"LoRA r={manifest.lora.rank} on {len(manifest.lora.layers)} layers "
+          f"({manifest.lora.num_params:,} B values), train shapes {shapes}, "
+          f"T={manifest.train.max_length}, context {manifest.infer.max_context}"
+          + (" [random weights]" if manifest.base.random_weights else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,335 @@
+"""An export-friendly Llama/Qwen2 decoder with MP-LoRA, built from a transformers model.
+
+The weights come from transformers' own model (``AutoModelForCausalLM`` on the checkpoint);
+this module only re-expresses the forward pass in ops that XNNPACK delegates with static
+shapes (shared/DESIGN.md §3, "what got nearly everything delegated"):
+
+- RMSNorm's mean of squares is a matmul with a constant ``1/d`` column (``mean.dim`` on 3-D
+  is not delegated).
+- RoPE's rotate-half is a matmul with a constant signed permutation matrix; the cos/sin
+  tables are transformers' own rotary module evaluated once (so every rope variant it knows,
+  e.g. Llama 3 scaling, comes for free).
+- Attention is explicit 3-D ``bmm`` with an additive causal mask.
+- The loss is softmax → gather → log (XNNPACK has no log_softmax), chunked over the sequence
+  so the [N, T, vocab] logits never exist all at once.
+
+MP-LoRA (arXiv 2409.15520 §3.2), per LoRA'd linear with S slices of b sequences::
+
+    h = base(x) + bmm( (x · (scale·A)ᵀ).view(S, b·T, r),  Bᵀ_s  [S, r, out] ).view(S·b, T, out)
+
+``scale·A`` is a frozen constant (a packed matmul for XNNPACK); ``Bᵀ_s`` is sliced with static
+offsets from the flat ``lora_b`` [S, P] program input (agent/core/lora_layout.py) and used only
+through ``bmm`` (an fp32 ``mm`` whose weight is an input is not delegated).
+
+Rows are slice-major: row ``s·b + j`` is sequence j evaluated with slice s. With LoRA only on
+the last k layers, the frozen prefix runs once on the b sequences and the hidden state is
+repeated S times at the first LoRA'd layer ("prefix sharing", DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from agent.core.lora_layout import LoraLayout
+
+NEG_INF = -1e30  # additive mask value; finite so an all-masked row cannot produce NaN
+
+
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x²) + eps) · w`` with the mean as a matmul by a constant 1/d column."""
+
+    def __init__(self, weight: Tensor, eps: float) -> None:
+        super().__init__()
+        d = weight.shape[0]
+        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+        self.register_buffer("inv_d", torch.full((d, 1), 1.0 / d), persistent=False)
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        var = torch.matmul(x * x, self.inv_d)
+        return x * torch.rsqrt(var + self.eps) * self.weight
+
+
+def rotate_half_matrix(head_dim: int) -> Tensor:
+    """R with ``x @ R == cat(-x[..., h:], x[..., :h])`` (transformers' rotate_half), h = d/2."""
+    half = head_dim // 2
+    r = torch.zeros(head_dim, head_dim)
+    for j in range(half):
+        r[j + half, j] = -1.0
+        r[j, j + half] = 1.0
+    return r
+
+
+def _linear(src: nn.Linear) -> nn.Linear:
+    out = nn.Linear(src.in_features, src.out_features, bias=src.bias is not None)
+    out.weight = nn.Parameter(src.weight.detach().to(torch.float32).clone(), requires_grad=False)
+    if src.bias is not None:
+        out.bias = nn.Parameter(src.bias.detach().to(torch.float32).clone(), requires_grad=False)
+    return out
+
+
+class LoraLinear(nn.Module):
+    """A frozen base linear plus the MP-LoRA term (see the module docstring)."""
+
+    def __init__(self, base: nn.Linear, a_scaled: Tensor | None, offset: int, rank: int) -> None:
+        super().__init__()
+        self.base = _linear(base)
+        self.out_features = base.out_features
+        self.rank = rank
+        self.offset = offset
+        if a_scaled is None:
+            self.lora_a = None
+        else:
+            self.lora_a = nn.Linear(base.in_features, rank, bias=False)
+            self.lora_a.weight = nn.Parameter(a_scaled.detach().clone(), requires_grad=False)
+
+    def forward(self, x: Tensor, lora_b: Tensor | None, slices: int) -> Tensor:
+        h = self.base(x)
+        if self.lora_a is None or lora_b is None:
+            return h
+        n, t, _ = x.shape
+        xa = self.lora_a(x).reshape(slices, (n // slices) * t, self.rank)
+        bt = lora_b[:, self.offset : self.offset + self.rank * self.out_features]
+        bt = bt.reshape(slices, self.rank, self.out_features)
+        return h + torch.bmm(xa, bt).reshape(n, t, self.out_features)
+
+
+class Block(nn.Module):
+    """One decoder block (pre-norm attention + SwiGLU MLP)."""
+
+    def __init__(self, hf_layer: nn.Module, cfg: ModelDims, loras: dict[str, tuple]) -> None:
+        super().__init__()
+        attn, mlp = hf_layer.self_attn, hf_layer.mlp
+        self.dims = cfg
+        self.input_norm = RMSNorm(hf_layer.input_layernorm.weight, cfg.eps)
+        self.post_norm = RMSNorm(hf_layer.post_attention_layernorm.weight, cfg.eps)
+
+        def wrap(name: str, lin: nn.Linear) -> LoraLinear:
+            a, off, rank = loras.get(name, (None, 0, 1))
+            return LoraLinear(lin, a, off, rank)
+
+        self.q_proj = wrap("q_proj", attn.q_proj)
+        self.k_proj = wrap("k_proj", attn.k_proj)
+        self.v_proj = wrap("v_proj", attn.v_proj)
+        self.o_proj = wrap("o_proj", attn.o_proj)
+        self.gate_proj = wrap("gate_proj", mlp.gate_proj)
+        self.up_proj = wrap("up_proj", mlp.up_proj)
+        self.down_proj = wrap("down_proj", mlp.down_proj)
+        self.has_lora = bool(loras)
+
+    def rope(self, x: Tensor, cos: Tensor, sin: Tensor, rot: Tensor) -> Tensor:
+        """x [N, T, H, hd]; cos/sin broadcastable to it."""
+        return x * cos + torch.matmul(x, rot) * sin
+
+    def qkv(self, x: Tensor, lora_b: Tensor | None, slices: int, cos: Tensor, sin: Tensor,
+            rot: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Normed input → roped q [N,T,H,hd], k [N,T,KV,hd], v [N,T,KV,hd]."""
+        d = self.dims
+        n, t, _ = x.shape
+        q = self.q_proj(x, lora_b, slices).reshape(n, t, d.heads, d.head_dim)
+        k = self.k_proj(x, lora_b, slices).reshape(n, t, d.kv_heads, d.head_dim)
+        v = self.v_proj(x, lora_b, slices).reshape(n, t, d.kv_heads, d.head_dim)
+        return self.rope(q, cos, sin, rot), self.rope(k, cos, sin, rot), v
+
+    def mlp(self, x: Tensor, lora_b: Tensor | None, slices: int) -> Tensor:
+        g = self.gate_proj(x, lora_b, slices)
+        u = self.up_proj(x, lora_b, slices)
+        return self.down_proj(torch.nn.functional.silu(g) * u, lora_b, slices)
+
+
+class ModelDims:
+    """The few numbers the blocks need (plain attributes: torch.export treats them as constants)."""
+
+    def __init__(self, cfg) -> None:  # noqa: ANN001 - a transformers config
+        self.hidden = int(cfg.hidden_size)
+        self.heads = int(cfg.num_attention_heads)
+        self.kv_heads = int(getattr(cfg, "num_key_value_heads", None) or self.heads)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or self.hidden // self.heads)
+        self.eps = float(cfg.rms_norm_eps)
+        self.vocab = int(cfg.vocab_size)
+
+    @property
+    def groups(self) -> int:
+        return self.heads // self.kv_heads
+
+
+def _expand_kv(x: Tensor, groups: int) -> Tensor:
+    """[N, T, KV, hd] → [N, T, KV·groups, hd] (GQA: each kv head serves ``groups`` q heads)."""
+    if groups == 1:
+        return x
+    n, t, kv, hd = x.shape
+    return x.unsqueeze(3).expand(n, t, kv, groups, hd).reshape(n, t, kv * groups, hd)
+
+
+class Decoder(nn.Module):
+    """Weights + LoRA of the whole model; the train and infer wrappers below share it."""
+
+    def __init__(self, hf_model: nn.Module, layout: LoraLayout, lora_a: dict[str, Tensor]) -> None:
+        """Args:
+            hf_model: a transformers LlamaForCausalLM / Qwen2ForCausalLM (float32).
+            layout: which linears carry LoRA and where their Bᵀ sits in ``lora_b``.
+            lora_a: PEFT ``lora_A.weight`` tensors [r, in], keyed by PEFT key (unscaled).
+        """
+        super().__init__()
+        cfg = hf_model.config
+        self.dims = dims = ModelDims(cfg)
+        inner = hf_model.model
+        self.embed = nn.Parameter(
+            inner.embed_tokens.weight.detach().to(torch.float32).clone(), requires_grad=False
+        )
+        per_layer: dict[int, dict[str, tuple]] = {}
+        for e in layout:
+            a = lora_a[e.peft_a_key].to(torch.float32) * layout.scaling
+            per_layer.setdefault(e.layer, {})[e.target] = (a, e.offset, e.rank)
+        self.blocks = nn.ModuleList(
+            Block(layer, dims, per_layer.get(i, {})) for i, layer in enumerate(inner.layers)
+        )
+        self.first_lora = min(per_layer) if per_layer else len(self.blocks)
+        self.norm = RMSNorm(inner.norm.weight, dims.eps)
+        self.lm_head = _linear(hf_model.get_output_embeddings())
+        self.register_buffer("rot", rotate_half_matrix(dims.head_dim), persistent=False)
+        self._rotary = inner.rotary_emb  # transformers' own: cos/sin tables for any rope type
+        self.scale = 1.0 / math.sqrt(dims.head_dim)
+
+    def rope_tables(self, length: int) -> tuple[Tensor, Tensor]:
+        """cos, sin [length, hd] for positions 0..length-1, from transformers' rotary module."""
+        pos = torch.arange(length).unsqueeze(0)
+        with torch.no_grad():
+            cos, sin = self._rotary(self.embed[:1].unsqueeze(0), pos)
+        return cos[0].to(torch.float32).clone(), sin[0].to(torch.float32).clone()
+
+
+class TrainForward(nn.Module):
+    """``(tokens[b,T], loss_mask[b,T], lora_b[S,P]) -> losses[S]`` for one static (S, b, T).
+
+    ``loss_mask[:, t] = 1`` makes token t a target predicted from position t-1 (column 0 is
+    ignored). Sequences are right-padded, so causal attention never lets padding reach a
+    real token. Each slice's loss is the mean over all masked targets of its b sequences.
+    With ``lora=False`` it is the plain forward (the benchmark's ``t_fwd`` method): S·b rows,
+    no LoRA term.
+    """
+
+    def __init__(self, core: Decoder, *, slices: int, batch: int, max_length: int,
+                 loss_chunk: int = 128, lora: bool = True) -> None:
+        super().__init__()
+        self.core = core
+        self.slices, self.batch, self.length = slices, batch, max_length
+        self.lora = lora
+        cos, sin = core.rope_tables(max_length)
+        self.register_buffer("cos", cos[:, None, :], persistent=False)  # [T, 1, hd]
+        self.register_buffer("sin", sin[:, None, :], persistent=False)
+        causal = torch.full((max_length, max_length), NEG_INF).triu(1)
+        self.register_buffer("causal", causal, persistent=False)
+        self.loss_chunk = max(1, loss_chunk)
+
+    def hidden(self, tokens: Tensor, lora_b: Tensor | None) -> Tensor:
+        core, d = self.core, self.core.dims
+        s, b, t = self.slices, self.batch, self.length
+        h = torch.nn.functional.embedding(tokens, core.embed)  # [b, T, d]
+        repeated = False
+        share = self.lora  # prefix sharing only when slices differ by their LoRA
+        if not share:
+            h = h.repeat(s, 1, 1)
+            repeated = True
+        for i, blk in enumerate(core.blocks):
+            if not repeated and i >= core.first_lora:
+                h = h.repeat(s, 1, 1)
+                repeated = True
+            lb = lora_b if (repeated and self.lora) else None
+            n = h.shape[0]
+            x = blk.input_norm(h)
+            q, k, v = blk.qkv(x, lb, s if lb is not None else 1, self.cos, self.sin, core.rot)
+            k, v = _expand_kv(k, d.groups), _expand_kv(v, d.groups)
+            q = q.transpose(1, 2).reshape(n * d.heads, t, d.head_dim)
+            k = k.transpose(1, 2).reshape(n * d.heads, t, d.head_dim)
+            v = v.transpose(1, 2).reshape(n * d.heads, t, d.head_dim)
+            att = torch.bmm(q, k.transpose(1, 2)) * core.scale + self.causal
+            att = torch.softmax(att, dim=-1)
+            o = torch.bmm(att, v).reshape(n, d.heads, t, d.head_dim).transpose(1, 2)
+            o = o.reshape(n, t, d.heads * d.head_dim)
+            h = h + blk.o_proj(o, lb, s if lb is not None else 1)
+            h = h + blk.mlp(blk.post_norm(h), lb, s if lb is not None else 1)
+        if not repeated:
+            h = h.repeat(s, 1, 1)
+        return core.norm(h)  # [S·b, T, d]
+
+    def forward(self, tokens: Tensor, loss_mask: Tensor, lora_b: Tensor) -> Tensor:
+        s, b, t = self.slices, self.batch, self.length
+        h = self.hidden(tokens, lora_b)[:, : t - 1]  # positions predicting tokens 1..T-1
+        targets = tokens[:, 1:].repeat(s, 1)  # [S·b, T-1]
+        nll_parts = []
+        for start in range(0, t - 1, self.loss_chunk):  # static loop: bounded logits memory
+            stop = min(start + self.loss_chunk, t - 1)
+            logits = self.core.lm_head(h[:, start:stop])
+            probs = torch.softmax(logits, dim=-1)
+            p = torch.gather(probs, 2, targets[:, start:stop].unsqueeze(2)).squeeze(2)
+            nll_parts.append(-torch.log(p.clamp_min(1e-30)))
+        nll = torch.cat(nll_parts, dim=1) if len(nll_parts) > 1 else nll_parts[0]
+        mask = loss_mask[:, 1:]
+        per_slice = (nll.reshape(s, b * (t - 1)) * mask.reshape(1, b * (t - 1))).sum(dim=1)
+        return per_slice / mask.sum().clamp_min(1.0)
+
+
+class KVCache(nn.Module):
+    """Per-layer key/value caches [1, max_ctx, KV, hd]: mutable buffers shared by methods."""
+
+    def __init__(self, layers: int, max_context: int, kv_heads: int, head_dim: int) -> None:
+        super().__init__()
+        for i in range(layers):
+            self.register_buffer(f"k{i}", torch.zeros(1, max_context, kv_heads, head_dim))
+            self.register_buffer(f"v{i}", torch.zeros(1, max_context, kv_heads, head_dim))
+
+    def layer(self, i: int) -> tuple[Tensor, Tensor]:
+        return getattr(self, f"k{i}"), getattr(self, f"v{i}")
+
+
+class InferStep(nn.Module):
+    """``(tokens[1,C], start_pos[1], last[1], lora_b[1,P]) -> logits[1, vocab]``.
+
+    Feeds C tokens at positions start_pos..start_pos+C-1, writes their keys/values into the
+    cache (in place: mutable buffers that every method of the program shares) and returns the
+    logits at chunk index ``last``. Attention runs over the whole fixed-size cache with a mask
+    ``j <= position`` built without slicing (a symbolic slice of a fixed buffer adds guards and
+    breaks delegation, DESIGN §3). Positions past the ones written are masked, so stale or
+    padding entries there are never read before being overwritten.
+    """
+
+    def __init__(self, core: Decoder, cache: KVCache, *, chunk: int, max_context: int) -> None:
+        super().__init__()
+        self.core, self.cache = core, cache
+        self.chunk, self.max_context = chunk, max_context
+        cos, sin = core.rope_tables(max_context)
+        self.register_buffer("cos", cos, persistent=False)  # [ctx, hd]
+        self.register_buffer("sin", sin, persistent=False)
+        self.register_buffer("ctx_pos", torch.arange(max_context), persistent=False)
+        self.register_buffer("chunk_pos", torch.arange(chunk), persistent=False)
+
+    def forward(self, tokens: Tensor, start_pos: Tensor, last: Tensor, lora_b: Tensor) -> Tensor:
+        core, d = self.core, self.core.dims
+        c, ctx = self.chunk, self.max_context
+        pos = start_pos + self.chunk_pos  # [C]
+        cos = torch.index_select(self.cos, 0, pos)[:, None, :]  # [C, 1, hd]
+        sin = torch.index_select(self.sin, 0, pos)[:, None, :]
+        mask = torch.where(self.ctx_pos[None, :] <= pos[:, None], 0.0, NEG_INF)  # [C, ctx]
+        h = torch.nn.functional.embedding(tokens, core.embed)  # [1, C, d]
+        for i, blk in enumerate(core.blocks):
+            lb = lora_b if blk.has_lora else None
+            x = blk.input_norm(h)
+            q, k, v = blk.qkv(x, lb, 1, cos, sin, core.rot)
+            k_cache, v_cache = self.cache.layer(i)
+            k_cache.index_copy_(1, pos, k)
+            v_cache.index_copy_(1, pos, v)
+            kk, vv = _expand_kv(k_cache, d.groups), _expand_kv(v_cache, d.groups)
+            q = q.transpose(1, 2).reshape(d.heads, c, d.head_dim)
+            kk = kk.transpose(1, 2).reshape(d.heads, ctx, d.head_dim)
+            vv = vv.transpose(1, 2).reshape(d.heads, ctx, d.head_dim)
+            att = torch.bmm(q, kk.transpose(1, 2)) * core.scale + mask
+            att = torch.softmax(att, dim=-1)
+            o = torch.bmm(att, vv).transpose(0, 1).reshape(1, c, d.heads * d.head_dim)
+            h = h + blk.o_proj(o, lb, 1)
+            h = h + blk.mlp(blk.post_norm(h), lb, 1)
+        h = torch.index_select(h, 1, last)  # [1, 1, d]
+        return core.lm_head(core.norm(h)).reshape(1, d.vocab)

@@ -1,0 +1,73 @@
+"""Export options (what `mobizo-export` takes), validated before any work starts."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agent.core.lora_layout import CANONICAL_TARGETS
+
+# Limits: below them the programs are useless, above them export/memory blow up on a device.
+MIN_LENGTH, MAX_LENGTH = 8, 4096
+MAX_SLICES = 64
+
+
+class ExportOptions(BaseModel):
+    """Everything that shapes a bundle besides the checkpoint itself."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    targets: tuple[str, ...] = Field(default=CANONICAL_TARGETS, description="LoRA'd projections")
+    rank: int = Field(default=16, ge=1, le=256)
+    alpha: float = Field(default=32.0, gt=0)
+    lora_layers: str = Field(
+        default="all", description="'all', 'last-quarter' or 'last-K' (K an integer)"
+    )
+    slices: tuple[int, ...] = Field(default=(1, 2, 4, 8), description="S values to export")
+    batch: tuple[int, ...] = Field(default=(2,), description="b values to export")
+    max_length: int = Field(default=256, description="T of the train program")
+    max_context: int = Field(default=1024, description="KV cache length of the infer program")
+    prefill_chunk: int = Field(default=32, ge=1, le=512)
+    backend: Literal["xnnpack", "portable"] = "xnnpack"
+    quantize: Literal["none"] = "none"
+    seed: int = Field(default=0, ge=0, description="LoRA-A init (and the starter weights)")
+    loss_chunk: int = Field(default=128, ge=1, description="sequence chunk of the in-graph loss")
+    bench_forward: bool = Field(
+        default=False, description="also export plain-forward methods (benchmark t_fwd only)"
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = sorted(set(v) - set(CANONICAL_TARGETS))
+        if bad or not v:
+            raise ValueError(f"unknown LoRA targets {bad or '(none)'}; choose from "
+                             f"{', '.join(CANONICAL_TARGETS)}")
+        return tuple(t for t in CANONICAL_TARGETS if t in set(v))
+
+    @field_validator("slices", "batch")
+    @classmethod
+    def _sizes(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or min(v) < 1 or max(v) > MAX_SLICES:
+            raise ValueError(f"give values between 1 and {MAX_SLICES}, got {list(v)}")
+        return tuple(sorted(set(v)))
+
+    def lora_layer_indices(self, num_layers: int) -> tuple[int, ...]:
+        """Resolve ``lora_layers`` for a model with ``num_layers`` blocks."""
+        spec = self.lora_layers
+        if spec == "all":
+            return tuple(range(num_layers))
+        if spec == "last-quarter":
+            k = max(1, num_layers // 4)
+        elif spec.startswith("last-") and spec[5:].isdigit():
+            k = int(spec[5:])
+        else:
+            raise ValueError(f"--lora-layers {spec!r} is not 'all', 'last-quarter' or 'last-K'")
+        if not 1 <= k <= num_layers:
+            raise ValueError(f"--lora-layers {spec}: the model has {num_layers} layers; "
+                             f"choose K between 1 and {num_layers}")
+        return tuple(range(num_layers - k, num_layers))
+
+    def train_shapes(self) -> list[tuple[int, int]]:
+        return [(s, b) for s in self.slices for b in self.batch]

@@ -1,0 +1,71 @@
+"""The shipped unit files: systemd-analyze verify, and the hardening score stays low."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.unit_check import (
+    exposure,
+    needs_systemd_analyze,
+    stage_for_verify,
+    systemd_version,
+    verify,
+)
+
+SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
+UNITS = ["mobizo-inference.service", "mobizo-agent.service", "mobizo-trainer.slice"]
+# systemd-analyze security: 0 = locked down, 10 = exposed. Measured 1.2 (agent) and 1.1
+# (inference) with systemd 252; 2.0 leaves room for a justified exception, not a regression.
+MAX_EXPOSURE = 2.0
+
+
+@needs_systemd_analyze
+def test_every_unit_passes_verify(tmp_path: Path) -> None:
+    staged = stage_for_verify(SYSTEMD_DIR, tmp_path)
+    done = verify(staged, UNITS)
+    assert done.returncode == 0, done.stderr
+    # verify only warns about unknown or misspelt settings; those must not slip through either.
+    assert done.stderr.strip() == "", done.stderr
+
+
+@needs_systemd_analyze
+@pytest.mark.parametrize("unit", ["mobizo-agent.service", "mobizo-inference.service"])
+def test_hardening_exposure_stays_low(tmp_path: Path, unit: str) -> None:
+    staged = stage_for_verify(SYSTEMD_DIR, tmp_path)
+    assert exposure(staged, unit) < MAX_EXPOSURE
+
+
+@needs_systemd_analyze
+def test_notify_reload_dropin(tmp_path: Path) -> None:
+    staged = stage_for_verify(SYSTEMD_DIR, tmp_path)
+    dropin = staged / "mobizo-agent.service.d" / "notify-reload.conf"
+    example = SYSTEMD_DIR / "mobizo-agent.service.d/notify-reload.conf.example"
+    dropin.write_text(example.read_text())
+    done = verify(staged, ["mobizo-agent.service"])
+    if systemd_version() >= 253:
+        assert done.returncode == 0 and done.stderr.strip() == "", done.stderr
+    else:
+        # What systemd/README.md warns about: <= 252 ignores the type but not ExecReload=.
+        assert "notify-reload" in done.stderr
+
+
+def test_units_agree_with_the_contracts() -> None:
+    agent = (SYSTEMD_DIR / "mobizo-agent.service").read_text()
+    inference = (SYSTEMD_DIR / "mobizo-inference.service").read_text()
+    for key in ("Type=notify", "NotifyAccess=main", "User=mobizo", "Group=mobizo",
+                "StateDirectory=mobizo-agent", "ProtectSystem=strict", "NoNewPrivileges=yes",
+                "SystemCallFilter=@system-service", "CapabilityBoundingSet=\n"):
+        assert key in agent and key in inference, key
+    assert re.search(r"^ExecStart=/opt/mobizo-agent/venv/bin/mobizo-agent run "
+                     r"--config /etc/mobizo-agent/agent\.toml$", agent, re.M)
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in agent
+    assert "LoadCredential=mqtt-password:" in agent and "LoadCredential=mqtt-client-key:" in agent
+    assert re.search(r"^Wants=.*mobizo-inference\.service", agent, re.M)
+    assert re.search(r"^After=.*mobizo-inference\.service", agent, re.M)
+    assert re.search(r"^Before=mobizo-agent\.service", inference, re.M)
+    assert "serve --bundle" in inference and "--state-dir /var/lib/mobizo-agent" in inference
+    # Off on purpose (torch's oneDNN JIT needs W^X exceptions): see systemd/README.md.
+    assert not re.search(r"^MemoryDenyWriteExecute=", agent + inference, re.M)

@@ -1,0 +1,81 @@
+"""Broker restart while the link runs: reconnect, state then birth, spooled telemetry in order."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from agent.core.topics import DeviceTopics
+from tests.integration.conftest import Sub, mqtt_config
+
+pytestmark = pytest.mark.broker
+
+
+def test_broker_restart_republishes_and_drains_spool_in_order(
+    restartable_broker, fleet, link_factory
+):
+    broker = restartable_broker
+    # A fixed ~1 s reconnect delay so the observer below is subscribed before the link returns.
+    config = mqtt_config(broker, fleet, telemetry_interval_s=0.1, reconnect_min_s=1.0,
+                         reconnect_max_s=1.0, reconnect_jitter=0.1)
+    link, device = link_factory(config)
+    t = DeviceTopics.for_device(fleet, "dev1")
+    first_seq = link.session_seq
+
+    stop = threading.Event()
+
+    def feed() -> None:  # the daemon's loss curve, one point every 20 ms
+        step = 0
+        while not stop.wait(0.02):
+            step += 1
+            link.record_point(step, 1.0 / step)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        time.sleep(0.5)
+        broker.stop()
+        deadline = time.monotonic() + 5
+        while link.connected and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not link.connected
+        device.state = "paused"  # a state change while offline goes to the spool
+        time.sleep(1.5)
+        spooled, _ = link.spool.stats()
+        assert spooled >= 5
+        assert link.spool.peek_state() is not None
+        broker.start()
+        obs = Sub(broker, t.available, t.state, t.telemetry)
+        try:
+            msgs = []
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                msgs += obs.drain(0.2)
+                tele = [m for m in msgs if m.topic == t.telemetry]
+                if len(tele) >= spooled + 3:
+                    break
+        finally:
+            obs.close()
+    finally:
+        stop.set()
+        feeder.join()
+
+    fresh = [(m.topic, json.loads(m.payload)) for m in msgs if not m.retain or m.topic != t.available
+             or json.loads(m.payload)["session_seq"] > first_seq]
+    topics = [tp for tp, _ in fresh]
+    # The new session's state comes first, then its birth, then the backlog.
+    i_state = next(i for i, (tp, d) in enumerate(fresh) if tp == t.state and d["state"] == "paused")
+    i_birth = next(i for i, (tp, d) in enumerate(fresh)
+                   if tp == t.available and d["status"] == "online" and d["session_seq"] > first_seq)
+    i_tele = topics.index(t.telemetry)
+    assert i_state < i_birth < i_tele
+    tele = [d for tp, d in fresh if tp == t.telemetry]
+    assert len(tele) >= spooled
+    stamps = [d["ts"] for d in tele]
+    assert stamps == sorted(stamps), "telemetry out of order"
+    steps = [p["step"] for d in tele for p in d["points"]]
+    assert steps == list(range(steps[0], steps[0] + len(steps))), "a loss point was lost"
+    assert link.spool.stats()[0] == 0 and link.spool.peek_state() is None
