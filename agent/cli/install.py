@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--python", default=None,
                         help="interpreter that creates the venv; default: this one")
     parser.add_argument("--pip-args", default="",
-                        help="extra pip arguments, one string (e.g. '--index-url URL')")
+                        help="extra pip arguments as one string: --pip-args='--index-url URL'")
     parser.add_argument("--notify-reload", choices=("auto", "yes", "no"), default="auto",
                         help="Type=notify-reload drop-in (systemd >= 253); auto: when the live "
                         "systemd is new enough")

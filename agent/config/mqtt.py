@@ -41,7 +41,7 @@ class MqttTlsConfig(BaseModel):
 
 
 class MqttConfig(BaseModel):
-    """How to reach the fleet controller's MQTT broker. Disabled by default: the agent works offline."""
+    """How to reach the fleet controller's MQTT broker. Off by default: the agent works offline."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -50,14 +50,16 @@ class MqttConfig(BaseModel):
     port: int = Field(default=1883, ge=1, le=65535, description="broker TCP port")
     fleet: str = Field(default="default", pattern=_NAME, description="fleet name in topics")
     device_id: str | None = Field(
-        default=None, pattern=_NAME,
+        default=None,
+        pattern=_NAME,
         description="this device's id in topics; default: /etc/machine-id or the host name",
     )
     protocol: Literal["5", "3.1.1"] = Field(
         default="5", description="MQTT protocol version; 3.1.1 for old brokers"
     )
     client_id: str | None = Field(
-        default=None, max_length=64,
+        default=None,
+        max_length=64,
         description="MQTT client id; default: mobizo-<fleet>-<device_id>",
     )
     username: str | None = Field(default=None, max_length=256, description="broker user name")
@@ -72,13 +74,20 @@ class MqttConfig(BaseModel):
         default=1, description="QoS for state, availability, replies and jobs (telemetry is 0)"
     )
     reconnect_min_s: float = Field(default=1.0, gt=0, le=60, description="first reconnect delay")
-    reconnect_max_s: float = Field(default=60.0, gt=0, le=3600, description="longest reconnect delay")
+    reconnect_max_s: float = Field(
+        default=60.0, gt=0, le=3600, description="longest reconnect delay"
+    )
     reconnect_jitter: float = Field(
-        default=0.5, ge=0, le=1,
+        default=0.5,
+        ge=0,
+        le=1,
         description="fraction of each delay drawn at random, so a fleet does not reconnect in step",
     )
     state_interval_s: float = Field(
-        default=300.0, ge=1, le=86400, description="republish the retained state at least this often"
+        default=300.0,
+        ge=1,
+        le=86400,
+        description="republish the retained state at least this often",
     )
     state_poll_s: float = Field(
         default=1.0, gt=0, le=60, description="how often the state is checked for changes"
@@ -87,31 +96,45 @@ class MqttConfig(BaseModel):
         default=30.0, ge=0.05, le=86400, description="publish a telemetry message this often"
     )
     telemetry_max_points: int = Field(
-        default=256, ge=1, le=100_000,
+        default=256,
+        ge=1,
+        le=100_000,
         description="most loss-curve points per telemetry message (older ones are dropped)",
     )
     spool_max_bytes: int = Field(
-        default=8 * 1024 * 1024, ge=4096, le=2**34,
+        default=8 * 1024 * 1024,
+        ge=4096,
+        le=2**34,
         description="offline spool size bound; the oldest telemetry goes first",
     )
     spool_max_age_s: float = Field(
-        default=7 * 86400.0, ge=1, le=365 * 86400.0,
+        default=7 * 86400.0,
+        ge=1,
+        le=365 * 86400.0,
         description="offline telemetry older than this is dropped",
     )
     command_max_payload_bytes: int = Field(
-        default=64 * 1024, ge=256, le=16 * 1024 * 1024,
+        default=64 * 1024,
+        ge=256,
+        le=16 * 1024 * 1024,
         description="larger command / desired-config payloads get an error result",
     )
     max_packet_bytes: int = Field(
-        default=1024 * 1024, ge=1024, le=256 * 1024 * 1024,
+        default=1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
         description="MQTT 5 Maximum Packet Size announced to the broker (it drops larger ones)",
     )
     inbox_max: int = Field(
-        default=10_000, ge=10, le=1_000_000,
+        default=10_000,
+        ge=10,
+        le=1_000_000,
         description="messages waiting for the worker; beyond this new ones are dropped and logged",
     )
     job_timeout_s: float = Field(
-        default=6 * 3600.0, gt=0, le=7 * 86400.0,
+        default=6 * 3600.0,
+        gt=0,
+        le=7 * 86400.0,
         description="a job still running after this is marked TIMED_OUT",
     )
     max_queued_jobs: int = Field(

@@ -18,7 +18,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -53,8 +53,14 @@ class CommandFailed(MobizoError):
 
 
 ErrorCode = Literal[
-    "bad_request", "unknown_command", "payload_too_large", "expired", "rejected", "failed",
-    "timed_out", "internal",
+    "bad_request",
+    "unknown_command",
+    "payload_too_large",
+    "expired",
+    "rejected",
+    "failed",
+    "timed_out",
+    "internal",
 ]
 
 
@@ -253,7 +259,7 @@ class CommandRequest(_Wire):
         if isinstance(self.expires_at, datetime):
             stamp = self.expires_at
             if stamp.tzinfo is None:
-                stamp = stamp.replace(tzinfo=timezone.utc)
+                stamp = stamp.replace(tzinfo=UTC)
             return stamp.timestamp()
         return float(self.expires_at)
 
@@ -399,10 +405,14 @@ def parse_command(
     spec = COMMANDS.get(name)
     if spec is None:
         known = ", ".join(sorted(COMMANDS))
-        return ParseError("unknown_command", f"unknown command {name!r}; known: {known}", rid, reply)
+        return ParseError(
+            "unknown_command", f"unknown command {name!r}; known: {known}", rid, reply
+        )
     expiry = request.expiry_epoch()
     if expiry is not None and now > expiry:
-        return ParseError("expired", f"request expired {now - expiry:.1f} s ago; not run", rid, reply)
+        return ParseError(
+            "expired", f"request expired {now - expiry:.1f} s ago; not run", rid, reply
+        )
     try:
         args = spec.args_model.model_validate(request.args)
     except ValidationError as exc:
@@ -452,7 +462,10 @@ NO_JOB: JobContext = _NoJob()
 
 
 def run_short(
-    handler: CommandHandler, parsed: ParsedCommand, *, device_id: str,
+    handler: CommandHandler,
+    parsed: ParsedCommand,
+    *,
+    device_id: str,
     clock: Callable[[], float] = time.time,
 ) -> CommandResult:
     """Run a short command now and build its result (handler errors become error results)."""
@@ -460,19 +473,29 @@ def run_short(
         output = execute(handler, parsed, NO_JOB)
     except Exception as exc:  # noqa: BLE001 - any handler failure is an error reply, not a crash
         return CommandResult(
-            request_id=parsed.request.request_id, command=parsed.spec.name, device_id=device_id,
-            ok=False, error=error_of(exc), ts=clock(),
+            request_id=parsed.request.request_id,
+            command=parsed.spec.name,
+            device_id=device_id,
+            ok=False,
+            error=error_of(exc),
+            ts=clock(),
         )
     return CommandResult(
-        request_id=parsed.request.request_id, command=parsed.spec.name, device_id=device_id,
-        ok=True, result=output.model_dump(mode="json"), ts=clock(),
+        request_id=parsed.request.request_id,
+        command=parsed.spec.name,
+        device_id=device_id,
+        ok=True,
+        result=output.model_dump(mode="json"),
+        ts=clock(),
     )
 
 
-def error_result(
-    err: ParseError, *, command: str, device_id: str, now: float
-) -> CommandResult:
+def error_result(err: ParseError, *, command: str, device_id: str, now: float) -> CommandResult:
     return CommandResult(
-        request_id=err.request_id, command=command, device_id=device_id, ok=False,
-        error=ErrorInfo(code=err.code, message=err.message), ts=now,
+        request_id=err.request_id,
+        command=command,
+        device_id=device_id,
+        ok=False,
+        error=ErrorInfo(code=err.code, message=err.message),
+        ts=now,
     )

@@ -30,7 +30,9 @@ class JobStatus(StrEnum):
     TIMED_OUT = "TIMED_OUT"
 
 
-TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.REJECTED, JobStatus.TIMED_OUT})
+TERMINAL = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.REJECTED, JobStatus.TIMED_OUT}
+)
 
 _ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset(
@@ -39,8 +41,13 @@ _ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     # IN_PROGRESS -> IN_PROGRESS is a progress update; -> REJECTED when the handler refuses
     # once it has looked (e.g. constraints no longer hold), before changing anything.
     JobStatus.IN_PROGRESS: frozenset(
-        {JobStatus.IN_PROGRESS, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.REJECTED,
-         JobStatus.TIMED_OUT}
+        {
+            JobStatus.IN_PROGRESS,
+            JobStatus.SUCCEEDED,
+            JobStatus.FAILED,
+            JobStatus.REJECTED,
+            JobStatus.TIMED_OUT,
+        }
     ),
 }
 
@@ -73,26 +80,48 @@ class Job(BaseModel):
 
     def view(self) -> JobView:
         return JobView(
-            job_id=self.job_id, command=self.command, status=self.status.value,
-            progress=self.progress, message=self.message, result=self.result, error=self.error,
-            created_at=self.created_at, updated_at=self.updated_at,
+            job_id=self.job_id,
+            command=self.command,
+            status=self.status.value,
+            progress=self.progress,
+            message=self.message,
+            result=self.result,
+            error=self.error,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
         )
 
 
 def new_job(
-    job_id: str, command: str, args: dict[str, Any], *, request_id: str | None, now: float,
+    job_id: str,
+    command: str,
+    args: dict[str, Any],
+    *,
+    request_id: str | None,
+    now: float,
     timeout_s: float,
 ) -> Job:
     """A QUEUED job that must be terminal by ``now + timeout_s``."""
     return Job(
-        job_id=job_id, command=command, args=args, request_id=request_id, created_at=now,
-        updated_at=now, deadline=now + timeout_s,
+        job_id=job_id,
+        command=command,
+        args=args,
+        request_id=request_id,
+        created_at=now,
+        updated_at=now,
+        deadline=now + timeout_s,
     )
 
 
 def transition(
-    job: Job, status: JobStatus, *, now: float, progress: float | None = None, message: str = "",
-    result: dict[str, Any] | None = None, error: ErrorInfo | None = None,
+    job: Job,
+    status: JobStatus,
+    *,
+    now: float,
+    progress: float | None = None,
+    message: str = "",
+    result: dict[str, Any] | None = None,
+    error: ErrorInfo | None = None,
 ) -> Job:
     """Move ``job`` to ``status``.
 
@@ -109,8 +138,12 @@ def transition(
         progress = job.progress
     return job.model_copy(
         update={
-            "status": status, "progress": progress, "message": message or job.message,
-            "result": result, "error": error, "updated_at": now,
+            "status": status,
+            "progress": progress,
+            "message": message or job.message,
+            "result": result,
+            "error": error,
+            "updated_at": now,
         }
     )
 
@@ -120,8 +153,13 @@ def timed_out(job: Job, now: float) -> Job | None:
     if job.terminal or now <= job.deadline:
         return None
     return transition(
-        job, JobStatus.TIMED_OUT, now=now, message="deadline passed",
-        error=ErrorInfo(code="timed_out", message=f"job did not finish by its deadline ({job.deadline:.0f})"),
+        job,
+        JobStatus.TIMED_OUT,
+        now=now,
+        message="deadline passed",
+        error=ErrorInfo(
+            code="timed_out", message=f"job did not finish by its deadline ({job.deadline:.0f})"
+        ),
     )
 
 
@@ -138,7 +176,12 @@ def recover(job: Job, now: float) -> Job:
         return late
     if job.status is JobStatus.IN_PROGRESS:
         return transition(
-            job, JobStatus.FAILED, now=now, message="interrupted by an agent restart",
-            error=ErrorInfo(code="failed", message="the agent restarted while this job ran; retry it"),
+            job,
+            JobStatus.FAILED,
+            now=now,
+            message="interrupted by an agent restart",
+            error=ErrorInfo(
+                code="failed", message="the agent restarted while this job ran; retry it"
+            ),
         )
     return job

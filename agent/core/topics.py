@@ -38,8 +38,12 @@ def valid_id(text: str) -> bool:
 
 def valid_publish_topic(topic: str) -> bool:
     """True when ``topic`` is a topic a client may publish to (no wildcards, not empty)."""
-    return bool(topic) and "+" not in topic and "#" not in topic and "\x00" not in topic and (
-        len(topic.encode("utf-8")) <= 65535
+    return (
+        bool(topic)
+        and "+" not in topic
+        and "#" not in topic
+        and "\x00" not in topic
+        and (len(topic.encode("utf-8")) <= 65535)
     )
 
 
@@ -113,7 +117,7 @@ class DeviceTopics:
         head = f"{self.prefix}/cmd/"
         if not topic.startswith(head):
             return None
-        name = topic[len(head):]
+        name = topic[len(head) :]
         return name if valid_segment(name) else None
 
 
@@ -150,7 +154,7 @@ class FleetTopics:
         return DeviceTopics.for_device(self.fleet, device_id)
 
     def split(self, topic: str) -> tuple[str, str] | None:
-        """``(device_id, leaf)`` for a topic of this fleet, e.g. ``("dev1", "state")``; else None."""
+        """``(device_id, leaf)`` of a topic of this fleet, e.g. ``("dev1", "state")``, or None."""
         parts = topic.split("/", 4)
         if len(parts) != 5 or parts[:3] != [ROOT, TREE_VERSION, self.fleet]:
             return None

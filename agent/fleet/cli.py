@@ -59,9 +59,17 @@ def _options(args: argparse.Namespace) -> BrokerOptions:
     if args.password_file:
         password = MqttConfig(password_file=args.password_file).read_password()
     return BrokerOptions(
-        host=args.host, port=args.port, fleet=args.fleet, protocol=args.protocol,
-        username=args.username, password=password, ca_file=args.tls_ca, cert_file=args.tls_cert,
-        key_file=args.tls_key, tls=args.tls or bool(args.tls_ca), tls_insecure=args.tls_insecure,
+        host=args.host,
+        port=args.port,
+        fleet=args.fleet,
+        protocol=args.protocol,
+        username=args.username,
+        password=password,
+        ca_file=args.tls_ca,
+        cert_file=args.tls_cert,
+        key_file=args.tls_key,
+        tls=args.tls or bool(args.tls_ca),
+        tls_insecure=args.tls_insecure,
     )
 
 
@@ -85,13 +93,15 @@ def _table(views: dict[str, DeviceView]) -> str:
     head = ["DEVICE", "AVAILABLE", "STATE", "ADAPTER", "LAST BURST"]
     rows = [head] + [_row(views[k]) for k in sorted(views)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in rows)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
 
 
 def _view_json(view: DeviceView) -> dict[str, Any]:
     return {
-        "device_id": view.device_id, "online": view.online,
+        "device_id": view.device_id,
+        "online": view.online,
         "available": view.available.model_dump(mode="json") if view.available else None,
         "state": view.state.model_dump(mode="json") if view.state else None,
         "reported": view.reported,
@@ -113,8 +123,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         views = fc.snapshot(args.wait, device=args.device)
     view = views.get(args.device)
     if view is None:
-        print(f"device {args.device!r} has published nothing in fleet {args.fleet!r}",
-              file=sys.stderr)
+        print(
+            f"device {args.device!r} has published nothing in fleet {args.fleet!r}", file=sys.stderr
+        )
         return EXIT_FAILED
     print(json.dumps(_view_json(view), indent=2))
     return EXIT_OK
@@ -122,15 +133,24 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_cmd(args: argparse.Namespace) -> int:
     if args.name not in COMMANDS and not args.force:
-        print(f"unknown command {args.name!r}; known: {', '.join(sorted(COMMANDS))} "
-              "(--force sends it anyway)", file=sys.stderr)
+        print(
+            f"unknown command {args.name!r}; known: {', '.join(sorted(COMMANDS))} "
+            "(--force sends it anyway)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     payload = _parse_args_list(args.args)
     with FleetClient(_options(args)) as fc:
         try:
-            result = fc.request(args.device, args.name, payload, timeout=args.timeout,
-                                request_id=args.request_id, job_id=args.job_id,
-                                expires_in=args.expires_in)
+            result = fc.request(
+                args.device,
+                args.name,
+                payload,
+                timeout=args.timeout,
+                request_id=args.request_id,
+                job_id=args.job_id,
+                expires_in=args.expires_in,
+            )
         except FleetError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_NO_ANSWER
@@ -182,8 +202,11 @@ def cmd_config(args: argparse.Namespace) -> int:
             version = seen + 1
         else:
             fc.subscribe(dev.config_reported)
-        fc.publish(dev.config_desired, json.dumps({"version": version, "config": doc}).encode(),
-                   retain=True)
+        fc.publish(
+            dev.config_desired,
+            json.dumps({"version": version, "config": doc}).encode(),
+            retain=True,
+        )
         if args.no_wait:
             print(json.dumps({"version": version, "published": True}))
             return EXIT_OK
@@ -202,8 +225,11 @@ def cmd_config(args: argparse.Namespace) -> int:
             if body.get("rejected_version") == version:
                 print(json.dumps(body, indent=2))
                 return EXIT_FAILED
-    print(f"error: {args.device} did not report config v{version} within {args.timeout:.0f} s "
-          "(it stays retained and applies when the device connects)", file=sys.stderr)
+    print(
+        f"error: {args.device} did not report config v{version} within {args.timeout:.0f} s "
+        "(it stays retained and applies when the device connects)",
+        file=sys.stderr,
+    )
     return EXIT_NO_ANSWER
 
 
@@ -266,7 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--request-id")
     p.add_argument("--job-id", help="idempotency key for long commands")
-    p.add_argument("--expires-in", type=float, help="seconds after which the device must not run it")
+    p.add_argument(
+        "--expires-in", type=float, help="seconds after which the device must not run it"
+    )
     p.add_argument("--no-wait", action="store_true", help="do not follow a job to its end")
     p.add_argument("--force", action="store_true", help="send even an unknown command name")
     p.set_defaults(func=cmd_cmd)

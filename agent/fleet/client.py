@@ -24,6 +24,7 @@ from paho.mqtt.properties import Properties
 from agent.core.commands import Availability, CommandResult, StateDocument
 from agent.core.topics import FleetTopics
 from agent.errors import MobizoError
+from agent.io.mqtt import disable_nagle
 
 
 class FleetError(MobizoError):
@@ -66,7 +67,8 @@ class DeviceView:
             return True
         seq = self.state.session_seq if self.state else None
         return (
-            self.available.status == "offline" and seq is not None
+            self.available.status == "offline"
+            and seq is not None
             and self.available.session_seq < seq
         )
 
@@ -84,7 +86,8 @@ class FleetClient:
         self._refused: str | None = None
         self._subscribed: dict[int, threading.Event] = {}
         client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id,
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
             protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311,
         )
         if opts.username is not None:
@@ -94,9 +97,11 @@ class FleetClient:
                 ca_certs=str(opts.ca_file) if opts.ca_file else None,
                 certfile=str(opts.cert_file) if opts.cert_file else None,
                 keyfile=str(opts.key_file) if opts.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
             client.tls_insecure_set(opts.tls_insecure)
+        client.on_socket_open = disable_nagle
         client.on_connect = self._on_connect
         client.on_message = lambda c, u, msg: self.messages.put(msg)
         client.on_subscribe = self._on_subscribe
@@ -143,12 +148,22 @@ class FleetClient:
     def subscribe(self, *filters: str, timeout: float = 5.0) -> None:
         """Subscribe and wait for the SUBACK (so nothing published afterwards is missed)."""
         rc, mid = self._client.subscribe([(f, 1) for f in filters])
+        if rc != paho.MQTT_ERR_SUCCESS or mid is None:
+            raise FleetError(f"subscribing to {filters} failed: {paho.error_string(rc)}")
         event = self._subscribed.setdefault(mid, threading.Event())
-        if rc != paho.MQTT_ERR_SUCCESS or not event.wait(timeout):
+        if not event.wait(timeout):
             raise FleetError(f"subscribing to {filters} failed")
 
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
-                props: Properties | None = None, timeout: float = 5.0) -> None:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        props: Properties | None = None,
+        timeout: float = 5.0,
+    ) -> None:
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         info.wait_for_publish(timeout)
 
@@ -196,8 +211,15 @@ class FleetClient:
 
     # -- requests ---------------------------------------------------------------------------
     def request(
-        self, device: str, name: str, args: dict[str, Any], *, timeout: float,
-        request_id: str | None = None, job_id: str | None = None, expires_in: float | None = None,
+        self,
+        device: str,
+        name: str,
+        args: dict[str, Any],
+        *,
+        timeout: float,
+        request_id: str | None = None,
+        job_id: str | None = None,
+        expires_in: float | None = None,
     ) -> CommandResult:
         """Send a command and wait for its correlated result.
 
@@ -243,8 +265,9 @@ class FleetClient:
             if result.request_id not in (request_id, None):
                 continue
             return result
-        raise FleetError(f"no answer from {device} to {name} within {timeout:.0f} s "
-                         "(device offline, or busy?)")
+        raise FleetError(
+            f"no answer from {device} to {name} within {timeout:.0f} s (device offline, or busy?)"
+        )
 
     def wait_job(self, device: str, job_id: str, *, timeout: float) -> dict[str, Any]:
         """Follow ``jobs/<id>`` until the job is terminal; returns its last view."""
@@ -262,5 +285,7 @@ class FleetClient:
             last = json.loads(msg.payload)
             if last.get("status") in ("SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT"):
                 return last
-        raise FleetError(f"job {job_id} on {device} not finished within {timeout:.0f} s "
-                         f"(last: {last.get('status', 'unknown')})")
+        raise FleetError(
+            f"job {job_id} on {device} not finished within {timeout:.0f} s "
+            f"(last: {last.get('status', 'unknown')})"
+        )

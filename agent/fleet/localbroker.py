@@ -49,33 +49,86 @@ def make_certs(directory: Path, client_cn: str = "device-1") -> TlsFiles:
     d = directory
     d.mkdir(parents=True, exist_ok=True)
     for ca in ("ca", "other-ca"):
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                 "-keyout", f"{ca}.key", "-out", f"{ca}.crt", "-subj", f"/CN=mobizo test {ca}",
-                 cwd=d)
+        _openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            f"{ca}.key",
+            "-out",
+            f"{ca}.crt",
+            "-subj",
+            f"/CN=mobizo test {ca}",
+            cwd=d,
+        )
     (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
     for name, cn, ca, ext in (
-        ("server", "localhost", "ca", "server.ext"), ("client", client_cn, "ca", "client.ext"),
+        ("server", "localhost", "ca", "server.ext"),
+        ("client", client_cn, "ca", "client.ext"),
         ("other", client_cn, "other-ca", "client.ext"),
     ):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
-                 "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
-                 "-CAcreateserial", "-days", "2", "-out", f"{name}.crt", "-extfile", ext, cwd=d)
-    return TlsFiles(d / "ca.crt", d / "server.crt", d / "server.key", d / "client.crt",
-                    d / "client.key", d / "other-ca.crt", d / "other.crt", d / "other.key")
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={cn}",
+            cwd=d,
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            f"{ca}.crt",
+            "-CAkey",
+            f"{ca}.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            f"{name}.crt",
+            "-extfile",
+            ext,
+            cwd=d,
+        )
+    return TlsFiles(
+        d / "ca.crt",
+        d / "server.crt",
+        d / "server.key",
+        d / "client.crt",
+        d / "client.key",
+        d / "other-ca.crt",
+        d / "other.crt",
+        d / "other.key",
+    )
 
 
 class LocalBroker:
     """One mosquitto process; ``start()``, ``restart()``, ``stop()``."""
 
-    def __init__(self, workdir: Path, *, tls: TlsFiles | None = None) -> None:
+    def __init__(
+        self, workdir: Path, *, tls: TlsFiles | None = None, users: dict[str, str] | None = None
+    ) -> None:
+        """Prepare a broker in ``workdir``; ``users`` turns on password authentication."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.host = "127.0.0.1"
         self.port = free_port()
         self.tls = tls
         self.tls_port = free_port() if tls else None
+        self.users = users
         self.proc: subprocess.Popen[bytes] | None = None
         self.config_path = workdir / "mosquitto.conf"
         self._write_config()
@@ -85,7 +138,7 @@ class LocalBroker:
             # As root mosquitto would drop to user "mosquitto", which cannot read our tmp files.
             *(["user root"] if os.geteuid() == 0 else []),
             f"listener {self.port} {self.host}",
-            "allow_anonymous true",
+            f"allow_anonymous {'false' if self.users else 'true'}",
             # Persistence so retained messages survive restart() as on a real broker.
             "persistence true",
             f"persistence_location {self.workdir}/",
@@ -94,7 +147,19 @@ class LocalBroker:
             "log_type warning",
             "log_type notice",
             "max_queued_messages 100000",
+            # Small request/reply packets must not wait on delayed ACKs (Nagle): ~40 ms a hop.
+            "set_tcp_nodelay true",
         ]
+        if self.users:
+            passwd = self.workdir / "passwd"
+            passwd.write_text("")
+            for user, password in self.users.items():
+                subprocess.run(
+                    ["mosquitto_passwd", "-b", str(passwd), user, password],
+                    check=True,
+                    capture_output=True,
+                )
+            lines.append(f"password_file {passwd}")
         if self.tls is not None:
             lines += [
                 f"listener {self.tls_port} {self.host}",
@@ -111,7 +176,8 @@ class LocalBroker:
         if exe is None:
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
         self.proc = subprocess.Popen(
-            [exe, "-c", str(self.config_path)], stdout=subprocess.DEVNULL,
+            [exe, "-c", str(self.config_path)],
+            stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + timeout

@@ -26,8 +26,19 @@ from typing import Any
 
 from agent.config.mqtt import MqttConfig
 from agent.core.commands import (
-    Ack, AdapterInfo, ApplyResult, BurstInfo, CommandFailed, CommandRejected, ConstraintsInfo,
-    JobContext, PurgeDataOutput, RollbackOutput, StateDocument, TrainNowArgs, TrainNowOutput,
+    Ack,
+    AdapterInfo,
+    ApplyResult,
+    BurstInfo,
+    CommandFailed,
+    CommandRejected,
+    ConstraintsInfo,
+    JobContext,
+    PurgeDataOutput,
+    RollbackOutput,
+    StateDocument,
+    TrainNowArgs,
+    TrainNowOutput,
 )
 
 _OVERRIDE_KEYS: dict[str, type] = {"max_steps": int, "lr": float, "log_level": str}
@@ -62,6 +73,7 @@ class SimDevice:
         self.interactions = 100
         self.last_burst: BurstInfo | None = None
         self.log_level = "INFO"
+        self._calls: Any = None
         overrides = state_dir / "overrides.json"
         self.overrides: dict[str, Any] = (
             json.loads(overrides.read_text()) if overrides.exists() else {}
@@ -69,8 +81,15 @@ class SimDevice:
 
     def _record(self, name: str, **fields: Any) -> None:
         line = json.dumps({"call": name, "t": time.time(), **fields}, default=str)
-        with self._lock, open(self.state_dir / "calls.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
+        with self._lock:
+            if self._calls is None:  # opened on first use, kept open (line-buffered)
+                self._calls = open(  # noqa: SIM115 - kept open for the device's lifetime
+                    self.state_dir / "calls.jsonl",
+                    "a",
+                    encoding="utf-8",
+                    buffering=1,
+                )
+            self._calls.write(line + "\n")
 
     # -- CommandHandler ---------------------------------------------------------------------
     def train_now(self, args: TrainNowArgs, job: JobContext) -> TrainNowOutput:
@@ -92,12 +111,16 @@ class SimDevice:
             self.versions.append(version)
             self.active = version
             self.last_burst = BurstInfo(
-                steps=done, loss=loss, duration_s=time.monotonic() - started,
-                outcome="completed" if done == steps else "stopped", finished_at=time.time(),
+                steps=done,
+                loss=loss,
+                duration_s=time.monotonic() - started,
+                outcome="completed" if done == steps else "stopped",
+                finished_at=time.time(),
             )
             self.state, self.reason = "idle", "burst finished"
-        return TrainNowOutput(outcome=self.last_burst.outcome or "", steps=done, loss=loss,
-                              adapter_version=version)
+        return TrainNowOutput(
+            outcome=self.last_burst.outcome or "", steps=done, loss=loss, adapter_version=version
+        )
 
     def pause(self, reason: str) -> Ack:
         self._record("pause", reason=reason)
@@ -151,11 +174,13 @@ class SimDevice:
     def current_state(self) -> StateDocument:
         with self._lock:
             return StateDocument(
-                state=self.state, reason=self.reason,
+                state=self.state,
+                reason=self.reason,
                 adapter=AdapterInfo(version=self.active, eval_metrics={"heldout_loss": 1.5}),
                 last_burst=self.last_burst,
-                constraints=ConstraintsInfo(power="mains", battery_pct=None, thermal="nominal",
-                                            idle=True),
+                constraints=ConstraintsInfo(
+                    power="mains", battery_pct=None, thermal="nominal", idle=True
+                ),
                 store_counts={"interactions": self.interactions},
                 versions={"agent": "sim", "overrides": json.dumps(self.overrides, sort_keys=True)},
             )
@@ -192,8 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     args.state_dir.mkdir(parents=True, exist_ok=True)
     config = MqttConfig.model_validate({"enabled": True, **json.loads(args.mqtt_json)})
     device = SimDevice(args.state_dir, step_s=args.step_s)
-    link = FleetLink(config, device_id=args.device, state_dir=args.state_dir, handler=device,
-                     state_source=device, config_sink=device)
+    link = FleetLink(
+        config,
+        device_id=args.device,
+        state_dir=args.state_dir,
+        handler=device,
+        state_source=device,
+        config_sink=device,
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -74,7 +74,9 @@ class FleetStore:
             )
             if cur.rowcount == 1:
                 return None
-            row = self._db.execute("SELECT doc FROM jobs WHERE job_id = ?", (job.job_id,)).fetchone()
+            row = self._db.execute(
+                "SELECT doc FROM jobs WHERE job_id = ?", (job.job_id,)
+            ).fetchone()
         return Job.model_validate_json(row[0])
 
     def save_job(self, job: Job) -> None:
@@ -105,8 +107,13 @@ class FleetStore:
                 "DELETE FROM jobs WHERE status NOT IN (?, ?) AND job_id NOT IN ("
                 " SELECT job_id FROM jobs WHERE status NOT IN (?, ?)"
                 " ORDER BY created_at DESC LIMIT ?)",
-                (JobStatus.QUEUED.value, JobStatus.IN_PROGRESS.value,
-                 JobStatus.QUEUED.value, JobStatus.IN_PROGRESS.value, keep),
+                (
+                    JobStatus.QUEUED.value,
+                    JobStatus.IN_PROGRESS.value,
+                    JobStatus.QUEUED.value,
+                    JobStatus.IN_PROGRESS.value,
+                    keep,
+                ),
             )
 
     def get_json(self, key: str) -> object | None:

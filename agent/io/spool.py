@@ -45,7 +45,11 @@ class Spool:
     """A bounded, durable FIFO of telemetry plus the latest state. Thread-safe."""
 
     def __init__(
-        self, path: Path, *, max_bytes: int, max_age_s: float,
+        self,
+        path: Path,
+        *,
+        max_bytes: int,
+        max_age_s: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """Open (or create) the spool at ``path``.
@@ -147,5 +151,7 @@ class Spool:
     def stats(self) -> tuple[int, int]:
         """``(entries, bytes)`` of spooled telemetry."""
         with self._lock:
-            row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM telemetry").fetchone()
+            row = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM telemetry"
+            ).fetchone()
         return int(row[0]), int(row[1])

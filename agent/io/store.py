@@ -539,8 +539,8 @@ def interaction_from_json(raw: Any, *, where: str = "row") -> Interaction:
     kw: dict[str, Any] = {}
     if isinstance(raw.get("id"), str):
         kw["id"] = raw["id"]
-    if isinstance(raw.get("created_at"), (int, float)):
-        kw["created_at"] = float(raw["created_at"])
+    # created_at is the time the row entered this store (not the file's): retention counts
+    # from the import, so importing an old history does not evict it at once
     return Interaction(
         response=response, kind="chat" if messages is not None else "completion",
         messages=messages, prompt=prompt if messages is None else None, feedback=feedback,

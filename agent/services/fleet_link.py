@@ -15,6 +15,7 @@ published (retained), then the birth, then spooled telemetry in order.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -33,9 +34,26 @@ from pydantic import ValidationError
 from agent.config.mqtt import MqttConfig
 from agent.core import jobs as jobsm
 from agent.core.commands import (
-    COMMANDS, Availability, CommandHandler, CommandRequest, CommandResult, DesiredConfig, DesiredConfigSink, ErrorInfo,
-    ParsedCommand, ParseError, ReportedConfig, StateDocument, StateSource, Telemetry,
-    TelemetryPoint, error_of, error_result, execute, parse_command, run_short,
+    COMMANDS,
+    Availability,
+    CommandHandler,
+    CommandRequest,
+    CommandResult,
+    DesiredConfig,
+    DesiredConfigSink,
+    ErrorInfo,
+    ParsedCommand,
+    ParseError,
+    ReportedConfig,
+    StateDocument,
+    StateSource,
+    Telemetry,
+    TelemetryPoint,
+    error_of,
+    error_result,
+    execute,
+    parse_command,
+    run_short,
 )
 from agent.core.topics import DeviceTopics
 from agent.io.fleet_store import FleetStore
@@ -83,7 +101,10 @@ class _JobRun:
             if self.job.terminal:
                 return
             self.job = jobsm.transition(
-                self.job, jobsm.JobStatus.IN_PROGRESS, now=self._link.clock(), progress=fraction,
+                self.job,
+                jobsm.JobStatus.IN_PROGRESS,
+                now=self._link.clock(),
+                progress=fraction,
                 message=message,
             )
             job = self.job
@@ -107,9 +128,16 @@ class FleetLink:
     """The MQTT fleet link of one device. ``start()`` then ``stop()``; or use ``with``."""
 
     def __init__(
-        self, config: MqttConfig, *, device_id: str, state_dir: Path, handler: CommandHandler,
-        state_source: StateSource, config_sink: DesiredConfigSink,
-        clock: Callable[[], float] = time.time, password: str | None = None,
+        self,
+        config: MqttConfig,
+        *,
+        device_id: str,
+        state_dir: Path,
+        handler: CommandHandler,
+        state_source: StateSource,
+        config_sink: DesiredConfigSink,
+        clock: Callable[[], float] = time.time,
+        password: str | None = None,
     ) -> None:
         """Build the link; nothing connects before :meth:`start`.
 
@@ -129,8 +157,10 @@ class FleetLink:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.store = FleetStore(state_dir / "fleet.db")
         self.spool = Spool(
-            state_dir / "spool.db", max_bytes=config.spool_max_bytes,
-            max_age_s=config.spool_max_age_s, clock=clock,
+            state_dir / "spool.db",
+            max_bytes=config.spool_max_bytes,
+            max_age_s=config.spool_max_age_s,
+            clock=clock,
         )
         self.session_seq = int(self.store.get("session_seq") or 0)
         self._inbox: queue.Queue[Any] = queue.Queue(maxsize=config.inbox_max)
@@ -144,20 +174,29 @@ class FleetLink:
         self._next_telemetry = time.monotonic() + config.telemetry_interval_s
         self._stale_jobs: set[str] = set()
         self._job_pub_lock = threading.Lock()
+        self._last_birth_fix = 0.0
         self._terminal_published: dict[str, None] = {}  # insertion-ordered, bounded
         self._threads: list[threading.Thread] = []
         self.replies_sent = 0
         tls = config.tls
         self.transport = MqttTransport(
             TransportSettings(
-                host=config.host, port=config.port,
-                client_id=config.resolved_client_id(device_id), protocol=config.protocol,
-                keepalive_s=config.keepalive_s, username=config.username,
+                host=config.host,
+                port=config.port,
+                client_id=config.resolved_client_id(device_id),
+                protocol=config.protocol,
+                keepalive_s=config.keepalive_s,
+                username=config.username,
                 password=password if password is not None else config.read_password(),
-                tls=tls.enabled, ca_file=tls.ca_file, cert_file=tls.cert_file,
-                key_file=tls.key_file, tls_insecure=tls.insecure_skip_hostname_check,
-                reconnect_min_s=config.reconnect_min_s, reconnect_max_s=config.reconnect_max_s,
-                reconnect_jitter=config.reconnect_jitter, max_packet_bytes=config.max_packet_bytes,
+                tls=tls.enabled,
+                ca_file=tls.ca_file,
+                cert_file=tls.cert_file,
+                key_file=tls.key_file,
+                tls_insecure=tls.insecure_skip_hostname_check,
+                reconnect_min_s=config.reconnect_min_s,
+                reconnect_max_s=config.reconnect_max_s,
+                reconnect_jitter=config.reconnect_jitter,
+                max_packet_bytes=config.max_packet_bytes,
             ),
             self._inbox,
             subscriptions=[(t, 1) for t in self.topics.subscriptions],
@@ -188,7 +227,10 @@ class FleetLink:
         for thread in self._threads:
             thread.join(timeout)
         stopped = Availability(
-            status="stopped", session_seq=self.session_seq, device_id=self.device_id, ts=self.clock()
+            status="stopped",
+            session_seq=self.session_seq,
+            device_id=self.device_id,
+            ts=self.clock(),
         )
         self.transport.stop(final=(self.topics.available, _json(stopped)), timeout=timeout)
         self.store.close()
@@ -204,10 +246,8 @@ class FleetLink:
     # -- API for the daemon ---------------------------------------------------------------
     def state_changed(self) -> None:
         """Ask for the state to be checked and published now (cheap; any thread)."""
-        try:
+        with contextlib.suppress(queue.Full):  # a full inbox will poll the state soon anyway
             self._inbox.put_nowait(_Poke())
-        except queue.Full:
-            pass
 
     def record_point(self, step: int | None, loss: float | None, **extra: float) -> None:
         """Add a loss-curve point to the next telemetry message (any thread)."""
@@ -222,7 +262,9 @@ class FleetLink:
     def _next_will(self) -> Will:
         # Called by the network thread before every connect attempt: a new session, a new seq.
         self.session_seq = self.store.next_session_seq()
-        offline = Availability(status="offline", session_seq=self.session_seq, device_id=self.device_id)
+        offline = Availability(
+            status="offline", session_seq=self.session_seq, device_id=self.device_id
+        )
         return Will(self.topics.available, _json(offline), qos=1, retain=True)
 
     def _publish_birth(self) -> None:
@@ -261,8 +303,9 @@ class FleetLink:
         self._publish_birth()
         reported = self.store.get("config_reported")
         if reported is not None:
-            self.transport.publish(self.topics.config_reported, reported.encode(), qos=self.config.qos,
-                                   retain=True)
+            self.transport.publish(
+                self.topics.config_reported, reported.encode(), qos=self.config.qos, retain=True
+            )
         for job_id in list(self._stale_jobs):
             job = self.store.get_job(job_id)
             if job is not None and self.publish_job(job):
@@ -305,12 +348,16 @@ class FleetLink:
             points = list(self._points)
             self._points.clear()
         message = Telemetry(
-            ts=self.clock(), session_seq=self.session_seq, points=points,
+            ts=self.clock(),
+            session_seq=self.session_seq,
+            points=points,
             resources=process_resources(),
         )
         payload = _json(message)
         # Live only when nothing older waits in the spool, so order is kept.
-        if self.spool.stats()[0] == 0 and self.transport.publish(self.topics.telemetry, payload, qos=0):
+        if self.spool.stats()[0] == 0 and self.transport.publish(
+            self.topics.telemetry, payload, qos=0
+        ):
             return
         self.spool.append(self.topics.telemetry, payload)
         self._drain_spool()
@@ -358,16 +405,32 @@ class FleetLink:
             log.debug("ignoring message on %s", topic)
 
     def _on_available(self, msg: Inbound) -> None:
-        """A retained will from an older session may land after our birth: re-assert it."""
+        """A retained will from an older session may land after our birth: re-assert it.
+
+        Only an *older* session is overridden; a newer seq means another process claims this
+        device id (a misconfiguration), and fighting it would be a birth storm.
+        """
         if not self.transport.connected:
             return
         try:
-            seen = Availability.model_validate_json(msg.payload)
+            seen: Availability | None = Availability.model_validate_json(msg.payload)
         except ValidationError:
             seen = None
-        if seen is None or seen.status != "online" or seen.session_seq != self.session_seq:
-            log.info("availability overwritten (%s); republishing birth", seen)
-            self._publish_birth()
+        if seen is not None and seen.status == "online" and seen.session_seq == self.session_seq:
+            return
+        if seen is not None and seen.session_seq > self.session_seq:
+            log.error(
+                "another agent publishes as device %s (session %d > ours %d); check device_id",
+                self.device_id,
+                seen.session_seq,
+                self.session_seq,
+            )
+            return
+        if time.monotonic() - self._last_birth_fix < 1.0:
+            return
+        self._last_birth_fix = time.monotonic()
+        log.info("availability overwritten by %s; republishing birth", seen)
+        self._publish_birth()
 
     def _on_desired(self, msg: Inbound) -> None:
         if not msg.payload:
@@ -377,14 +440,18 @@ class FleetLink:
         errors: list[str]
         version: int | None = None
         if len(msg.payload) > self.config.command_max_payload_bytes:
-            errors = [f"desired config is {len(msg.payload)} bytes; limit "
-                      f"{self.config.command_max_payload_bytes}"]
+            errors = [
+                f"desired config is {len(msg.payload)} bytes; limit "
+                f"{self.config.command_max_payload_bytes}"
+            ]
         else:
             try:
                 desired = DesiredConfig.model_validate_json(msg.payload)
             except ValidationError as exc:
-                errors = [f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}"
-                          for e in exc.errors()[:10]]
+                errors = [
+                    f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}"
+                    for e in exc.errors()[:10]
+                ]
             else:
                 version = desired.version
                 if last is not None and version <= last:
@@ -399,27 +466,39 @@ class FleetLink:
                     self.store.put("config_applied_version", str(version))
                     last = version
         reported = ReportedConfig(
-            version=last, status="rejected" if errors else "applied",
-            rejected_version=version if errors else None, errors=errors, ts=self.clock(),
+            version=last,
+            status="rejected" if errors else "applied",
+            rejected_version=version if errors else None,
+            errors=errors,
+            ts=self.clock(),
         )
         text = reported.model_dump_json()
         self.store.put("config_reported", text)
-        self.transport.publish(self.topics.config_reported, text.encode(), qos=self.config.qos,
-                               retain=True)
+        self.transport.publish(
+            self.topics.config_reported, text.encode(), qos=self.config.qos, retain=True
+        )
 
     def _on_command(self, msg: Inbound) -> None:
-        name = msg.topic[len(self.topics.prefix) + len("/cmd/"):]
+        name = msg.topic[len(self.topics.prefix) + len("/cmd/") :]
         parsed = parse_command(
-            name, msg.payload, now=self.clock(), max_payload_bytes=self.config.command_max_payload_bytes
+            name,
+            msg.payload,
+            now=self.clock(),
+            max_payload_bytes=self.config.command_max_payload_bytes,
         )
         if (
-            isinstance(parsed, ParsedCommand) and msg.expiry_s is not None
+            isinstance(parsed, ParsedCommand)
+            and msg.expiry_s is not None
             and time.monotonic() > msg.received_at + msg.expiry_s
         ):
             # MQTT 5 message expiry: the broker drops expired messages; we honour it too for
             # messages that expired while waiting in our own inbox.
-            parsed = ParseError("expired", "message expiry interval passed before it was run",
-                                parsed.request.request_id, parsed.request.reply_to)
+            parsed = ParseError(
+                "expired",
+                "message expiry interval passed before it was run",
+                parsed.request.request_id,
+                parsed.request.reply_to,
+            )
         if isinstance(parsed, ParseError):
             result = error_result(parsed, command=name, device_id=self.device_id, now=self.clock())
             self._reply(msg, parsed.reply_to, result)
@@ -437,37 +516,57 @@ class FleetLink:
         if topic is None and result.request_id is not None:
             topic = self.topics.cmd_result(result.request_id)
         if topic is None:
-            log.warning("command on %s has no reply route (no response topic, reply_to or "
-                        "request_id); result dropped: %s", msg.topic, result.error)
+            log.warning(
+                "command on %s has no reply route (no response topic, reply_to or "
+                "request_id); result dropped: %s",
+                msg.topic,
+                result.error,
+            )
             return
-        self.transport.publish(topic, _json(result), qos=self.config.qos,
-                               correlation_data=msg.correlation_data)
+        self.transport.publish(
+            topic, _json(result), qos=self.config.qos, correlation_data=msg.correlation_data
+        )
         self.replies_sent += 1
 
     # -- jobs -----------------------------------------------------------------------------
     def _submit_job(self, parsed: ParsedCommand, msg: Inbound) -> CommandResult:
         req = parsed.request
-        job_id = req.job_id or req.request_id or (
-            msg.correlation_data.hex()[:128] if msg.correlation_data else uuid.uuid4().hex
+        job_id = (
+            req.job_id
+            or req.request_id
+            or (msg.correlation_data.hex()[:128] if msg.correlation_data else uuid.uuid4().hex)
         )
         now = self.clock()
         job = jobsm.new_job(
-            job_id, parsed.spec.name, parsed.args.model_dump(mode="json"),
-            request_id=req.request_id, now=now, timeout_s=self.config.job_timeout_s,
+            job_id,
+            parsed.spec.name,
+            parsed.args.model_dump(mode="json"),
+            request_id=req.request_id,
+            now=now,
+            timeout_s=self.config.job_timeout_s,
         )
         existing = self.store.insert_job(job)
         if existing is not None:
             # A QoS 1 redelivery or a repeated id: never run twice; report where it is.
             return CommandResult(
-                request_id=req.request_id, command=parsed.spec.name, device_id=self.device_id,
-                ok=existing.status is not jobsm.JobStatus.REJECTED, job=existing.view(),
-                duplicate=True, ts=now,
+                request_id=req.request_id,
+                command=parsed.spec.name,
+                device_id=self.device_id,
+                ok=existing.status is not jobsm.JobStatus.REJECTED,
+                job=existing.view(),
+                duplicate=True,
+                ts=now,
             )
         if self._jobq.qsize() >= self.config.max_queued_jobs:
             job = jobsm.transition(
-                job, jobsm.JobStatus.REJECTED, now=now, message="too many queued jobs",
-                error=ErrorInfo(code="rejected", message=f"{self._jobq.qsize()} jobs already "
-                                "queued; retry later"),
+                job,
+                jobsm.JobStatus.REJECTED,
+                now=now,
+                message="too many queued jobs",
+                error=ErrorInfo(
+                    code="rejected",
+                    message=f"{self._jobq.qsize()} jobs already queued; retry later",
+                ),
             )
             self.store.save_job(job)
             self.publish_job(job)
@@ -476,8 +575,13 @@ class FleetLink:
             self._jobq.put(job_id)
         self.store.prune_terminal(_TERMINAL_JOBS_KEPT)
         return CommandResult(
-            request_id=req.request_id, command=parsed.spec.name, device_id=self.device_id,
-            ok=job.status is not jobsm.JobStatus.REJECTED, job=job.view(), error=job.error, ts=now,
+            request_id=req.request_id,
+            command=parsed.spec.name,
+            device_id=self.device_id,
+            ok=job.status is not jobsm.JobStatus.REJECTED,
+            job=job.view(),
+            error=job.error,
+            ts=now,
         )
 
     def publish_job(self, job: jobsm.Job) -> bool:
@@ -486,9 +590,12 @@ class FleetLink:
         with self._job_pub_lock:
             if job.job_id in self._terminal_published and not job.terminal:
                 return True
-            ok = self.transport.publish(
-                self.topics.job(job.job_id), _json(job.view()), qos=self.config.qos, retain=True
-            ) is not None
+            ok = (
+                self.transport.publish(
+                    self.topics.job(job.job_id), _json(job.view()), qos=self.config.qos, retain=True
+                )
+                is not None
+            )
             if not ok:
                 self._stale_jobs.add(job.job_id)
             elif job.terminal:
@@ -518,8 +625,9 @@ class FleetLink:
             return
         spec = COMMANDS[job.command]
         parsed = ParsedCommand(spec, _request_of(job), spec.args_model.model_validate(job.args))
-        job = jobsm.transition(job, jobsm.JobStatus.IN_PROGRESS, now=self.clock(), progress=0.0,
-                               message="started")
+        job = jobsm.transition(
+            job, jobsm.JobStatus.IN_PROGRESS, now=self.clock(), progress=0.0, message="started"
+        )
         self.store.save_job(job)
         self.publish_job(job)
         run = _JobRun(self, job)
@@ -542,7 +650,9 @@ class FleetLink:
             if self._stop.is_set():
                 return  # shutting down: left IN_PROGRESS, failed explicitly at next start
             final = jobsm.timed_out(current, now) or jobsm.transition(
-                current, jobsm.JobStatus.TIMED_OUT, now=now,
+                current,
+                jobsm.JobStatus.TIMED_OUT,
+                now=now,
                 error=ErrorInfo(code="timed_out", message="deadline passed"),
             )
         elif "error" in outcome:
@@ -551,7 +661,10 @@ class FleetLink:
             final = jobsm.transition(current, status, now=now, message=err.message, error=err)
         else:
             final = jobsm.transition(
-                current, jobsm.JobStatus.SUCCEEDED, now=now, message="done",
+                current,
+                jobsm.JobStatus.SUCCEEDED,
+                now=now,
+                message="done",
                 result=outcome["output"].model_dump(mode="json"),
             )
         run.finish(final)

@@ -195,15 +195,17 @@ class ZOTrainRecipe:
                 log.info("resuming from %s at step %d", found.path, self.step)
             else:
                 log.info("no checkpoint in %s: starting at step 0", ckpt_dir)
-        else:
-            for name in (ckpt_mod.CURRENT, ckpt_mod.PREVIOUS):
-                (ckpt_dir / name).unlink(missing_ok=True)  # a fresh run: never mix generations
 
         self.program = self._factory(cfg.bundle, self.shape.slices, self.shape.batch, cfg.threads)
         prog_len = getattr(self.program, "max_length", exported_len)
         if prog_len != exported_len:
             raise TrainingError(f"the program takes {prog_len} tokens but the manifest says "
                                 f"{exported_len}; the bundle is inconsistent, re-export it")
+        if not cfg.resume:
+            # A fresh run: drop an older run's checkpoints so generations never mix. Done last,
+            # so a setup that fails leaves them alone.
+            for name in (ckpt_mod.CURRENT, ckpt_mod.PREVIOUS):
+                (ckpt_dir / name).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ train
     def train(self) -> TrainResult:
@@ -217,8 +219,6 @@ class ZOTrainRecipe:
         result = TrainResult(status="completed", start_step=start_step, end_step=start_step,
                              total_steps=cfg.steps, seconds=0.0)
         try:
-            if cfg.evaluate and self.dataset and self.dataset.heldout and self.init_b is not None:
-                result.heldout_start = self._heldout([self.init_b])[0]
             status: Status = "completed"
             reason = ""
             while self.step < cfg.steps:
@@ -238,8 +238,11 @@ class ZOTrainRecipe:
             result.seconds = self._clock() - t0
             result.checkpoint = self.save_checkpoint(elapsed=result.seconds)
             if status != "interrupted":
-                if cfg.evaluate and self.dataset and self.dataset.heldout:
-                    result.heldout_final = self._heldout([self.lora_b.numpy()])[0]
+                if cfg.evaluate and self.dataset and self.dataset.heldout and \
+                        self.init_b is not None:
+                    # both adapters in one pass: two slices of the same call (MP-LoRA)
+                    result.heldout_start, result.heldout_final = self._heldout(
+                        [self.init_b, self.lora_b.numpy()])
                 result.data = self.dataset.stats.as_dict() if self.dataset else {}
                 result.adapter_dir = self.save_adapter(result)
             return result

@@ -6,6 +6,7 @@ The broker is always the real one (house style); only the daemon behind the link
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -25,6 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config.mqtt import MqttConfig
 from agent.fleet.simulator import SimDevice
+from agent.io.mqtt import disable_nagle
 from agent.services.fleet_link import FleetLink
 from tests.fleet_broker import LocalBroker, TlsFiles, make_certs, mosquitto_path
 
@@ -34,8 +36,12 @@ needs_mosquitto = pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto
 
 # Fast timings for tests; production defaults are in MqttConfig.
 FAST: dict[str, Any] = {
-    "reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "reconnect_jitter": 0.2,
-    "state_poll_s": 0.1, "telemetry_interval_s": 3600.0, "keepalive_s": 5,
+    "reconnect_min_s": 0.1,
+    "reconnect_max_s": 0.5,
+    "reconnect_jitter": 0.2,
+    "state_poll_s": 0.1,
+    "telemetry_interval_s": 3600.0,
+    "keepalive_s": 5,
 }
 
 
@@ -55,7 +61,9 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 
 
 @pytest.fixture(scope="session")
-def tls_broker(tmp_path_factory: pytest.TempPathFactory, tls_files: TlsFiles) -> Iterator[LocalBroker]:
+def tls_broker(
+    tmp_path_factory: pytest.TempPathFactory, tls_files: TlsFiles
+) -> Iterator[LocalBroker]:
     if mosquitto_path() is None:
         pytest.skip("mosquitto not installed")
     b = LocalBroker(tmp_path_factory.mktemp("mosquitto-tls"), tls=tls_files)
@@ -83,8 +91,14 @@ def fleet() -> str:
 
 def mqtt_config(broker: LocalBroker, fleet: str, **overrides: Any) -> MqttConfig:
     return MqttConfig.model_validate(
-        {"enabled": True, "host": broker.host, "port": broker.port, "fleet": fleet, **FAST,
-         **overrides}
+        {
+            "enabled": True,
+            "host": broker.host,
+            "port": broker.port,
+            "fleet": fleet,
+            **FAST,
+            **overrides,
+        }
     )
 
 
@@ -93,9 +107,11 @@ class Sub:
 
     def __init__(self, broker: LocalBroker, *filters: str, protocol: int = paho.MQTTv5) -> None:
         self.q: queue.Queue[paho.MQTTMessage] = queue.Queue()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4().hex[:8]}",
-                                  protocol=protocol)
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4().hex[:8]}", protocol=protocol
+        )
         ready = threading.Event()
+        self.client.on_socket_open = disable_nagle
         self.client.on_message = lambda c, u, m: self.q.put(m)
         self.client.on_subscribe = lambda *a: ready.set()
         self.client.connect(broker.host, broker.port)
@@ -104,7 +120,9 @@ class Sub:
             self.client.subscribe([(f, 1) for f in filters])
             assert ready.wait(5), "no SUBACK"
 
-    def wait(self, pred: Callable[[paho.MQTTMessage], bool], timeout: float = 5.0) -> paho.MQTTMessage:
+    def wait(
+        self, pred: Callable[[paho.MQTTMessage], bool], timeout: float = 5.0
+    ) -> paho.MQTTMessage:
         deadline = time.monotonic() + timeout
         seen = []
         while (left := deadline - time.monotonic()) > 0:
@@ -117,8 +135,12 @@ class Sub:
                 return msg
         raise AssertionError(f"no matching message within {timeout} s; saw {seen[-10:]}")
 
-    def wait_json(self, topic: str, pred: Callable[[dict[str, Any]], bool] = lambda d: True,
-                  timeout: float = 5.0) -> dict[str, Any]:
+    def wait_json(
+        self,
+        topic: str,
+        pred: Callable[[dict[str, Any]], bool] = lambda d: True,
+        timeout: float = 5.0,
+    ) -> dict[str, Any]:
         def ok(m: paho.MQTTMessage) -> bool:
             if m.topic != topic or not m.payload:
                 return False
@@ -161,8 +183,9 @@ def sub_factory(broker: LocalBroker) -> Iterator[Callable[..., Sub]]:
         s.close()
 
 
-def wait_online(config: MqttConfig, device_id: str, timeout: float = 10.0,
-                min_seq: int = 0) -> dict[str, Any]:
+def wait_online(
+    config: MqttConfig, device_id: str, timeout: float = 10.0, min_seq: int = 0
+) -> dict[str, Any]:
     """Wait for the device's birth. Its subscriptions were sent before the birth on the same
     connection, so once the birth is seen, commands published now reach the device."""
     from agent.core.topics import DeviceTopics
@@ -172,8 +195,9 @@ def wait_online(config: MqttConfig, device_id: str, timeout: float = 10.0,
     broker.host, broker.port = config.host, config.port
     sub = Sub(broker, topic)
     try:
-        return sub.wait_json(topic, lambda d: d["status"] == "online" and d["session_seq"] > min_seq,
-                             timeout)
+        return sub.wait_json(
+            topic, lambda d: d["status"] == "online" and d["session_seq"] > min_seq, timeout
+        )
     finally:
         sub.close()
 
@@ -184,14 +208,26 @@ def link_factory(tmp_path: Path) -> Iterator[Callable[..., tuple[FleetLink, SimD
     online (birth seen) unless ``start=False``."""
     links: list[FleetLink] = []
 
-    def make(config: MqttConfig, device_id: str = "dev1", *, state_dir: Path | None = None,
-             step_s: float = 0.01, start: bool = True,
-             device_cls: type[SimDevice] = SimDevice) -> tuple[FleetLink, SimDevice]:
+    def make(
+        config: MqttConfig,
+        device_id: str = "dev1",
+        *,
+        state_dir: Path | None = None,
+        step_s: float = 0.01,
+        start: bool = True,
+        device_cls: type[SimDevice] = SimDevice,
+    ) -> tuple[FleetLink, SimDevice]:
         sd = state_dir or tmp_path / device_id
         sd.mkdir(parents=True, exist_ok=True)
         device = device_cls(sd, step_s=step_s)
-        link = FleetLink(config, device_id=device_id, state_dir=sd, handler=device,
-                         state_source=device, config_sink=device)
+        link = FleetLink(
+            config,
+            device_id=device_id,
+            state_dir=sd,
+            handler=device,
+            state_source=device,
+            config_sink=device,
+        )
         if start:
             before = int(link.store.get("session_seq") or 0)
             link.start()
@@ -201,10 +237,8 @@ def link_factory(tmp_path: Path) -> Iterator[Callable[..., tuple[FleetLink, SimD
 
     yield make
     for link in links:
-        try:
+        with contextlib.suppress(Exception):  # some tests stop their link themselves
             link.stop(timeout=2)
-        except Exception:  # noqa: BLE001 - already stopped by the test
-            pass
 
 
 class AgentProcess:
@@ -213,10 +247,21 @@ class AgentProcess:
     def __init__(self, config: MqttConfig, device_id: str, state_dir: Path) -> None:
         fields = config.model_dump(mode="json", exclude={"enabled"})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.fleet.simulator", "--device", device_id,
-             "--state-dir", str(state_dir), "--mqtt-json", json.dumps(fields)],
-            cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [
+                sys.executable,
+                "-m",
+                "agent.fleet.simulator",
+                "--device",
+                device_id,
+                "--state-dir",
+                str(state_dir),
+                "--mqtt-json",
+                json.dumps(fields),
+            ],
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
 
     def signal(self, sig: int) -> int:
@@ -236,7 +281,9 @@ class AgentProcess:
 def agent_factory(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     procs: list[AgentProcess] = []
 
-    def make(config: MqttConfig, device_id: str = "dev1", state_dir: Path | None = None) -> AgentProcess:
+    def make(
+        config: MqttConfig, device_id: str = "dev1", state_dir: Path | None = None
+    ) -> AgentProcess:
         sd = state_dir or tmp_path / f"proc-{device_id}"
         sd.mkdir(parents=True, exist_ok=True)
         p = AgentProcess(config, device_id, sd)

@@ -35,8 +35,10 @@ def test_devices_and_status(broker, fleet, link_factory, capsys):
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["DEVICE", "AVAILABLE", "STATE"]
-    assert [ln.split()[:4] for ln in lines[1:]] == [["dev1", "online", "idle", "1"],
-                                                    ["dev2", "online", "idle", "1"]]
+    assert [ln.split()[:4] for ln in lines[1:]] == [
+        ["dev1", "online", "idle", "1"],
+        ["dev2", "online", "idle", "1"],
+    ]
     code, out = _run(capsys, *_base(broker, fleet), "devices", "--json", "--wait", "0.5")
     assert [d["device_id"] for d in json.loads(out)] == ["dev1", "dev2"]
     code, out = _run(capsys, *_base(broker, fleet), "status", "dev2", "--wait", "0.5")
@@ -77,7 +79,9 @@ def test_every_command_from_mobizo_fleet(broker, fleet, link_factory, capsys):
     code, out = _run(capsys, *base, "purge-data", "--job-id", "purge-1")
     code, out = _run(capsys, *base, "purge-data", "--job-id", "purge-1")
     assert json.loads(out)["duplicate"] is True
-    calls = [json.loads(x)["call"] for x in (device.state_dir / "calls.jsonl").read_text().splitlines()]
+    calls = [
+        json.loads(x)["call"] for x in (device.state_dir / "calls.jsonl").read_text().splitlines()
+    ]
     assert calls.count("purge_data") == 2
 
 
@@ -105,8 +109,8 @@ def test_config_command(broker, fleet, link_factory, capsys, tmp_path: Path):
     code, out = _run(capsys, *_base(broker, fleet), "config", "dev1", str(good))
     assert code == 0 and json.loads(out)["version"] == 3
     # Clear the retained desired document (test hygiene on the shared broker).
-    from tests.integration.conftest import Sub
     from agent.core.topics import DeviceTopics
+    from tests.integration.conftest import Sub
 
     s = Sub(broker)
     s.publish(DeviceTopics.for_device(fleet, "dev1").config_desired, b"", retain=True)
@@ -122,8 +126,13 @@ def test_watch_count_duration_and_ctrl_c(broker, fleet, link_factory, capsys):
     assert time.monotonic() - started < 3
     # The installed console script, interrupted like a user's Ctrl-C.
     exe = Path(sys.executable).with_name("mobizo-fleet")
-    proc = subprocess.Popen([str(exe), *_base(broker, fleet), "watch"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(exe), *_base(broker, fleet), "watch"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()  # the first table line: it is up and watching
         assert line.startswith("DEVICE")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
@@ -19,8 +18,15 @@ from tests.integration.conftest import mqtt_config
 pytestmark = pytest.mark.broker
 
 
-def _request(sub, topic: str, body: dict | bytes, *, reply: str | None = None,
-             corr: bytes | None = None, expiry: int | None = None) -> None:
+def _request(
+    sub,
+    topic: str,
+    body: dict | bytes,
+    *,
+    reply: str | None = None,
+    corr: bytes | None = None,
+    expiry: int | None = None,
+) -> None:
     props = None
     if reply or corr or expiry:
         props = Properties(PacketTypes.PUBLISH)
@@ -67,7 +73,11 @@ def test_every_command_from_plain_mqtt5_client(broker, fleet, link_factory, sub_
         ("status", {}, lambda r: r["result"]["state"] == "idle"),
         ("pause", {"reason": "maintenance"}, lambda r: r["result"]["message"] == "paused"),
         ("resume", {}, lambda r: r["ok"]),
-        ("set-log-level", {"level": "debug"}, lambda r: r["result"]["message"] == "log level DEBUG"),
+        (
+            "set-log-level",
+            {"level": "debug"},
+            lambda r: r["result"]["message"] == "log level DEBUG",
+        ),
         ("train-now", {"max_steps": 5}, lambda r: r["job"]["status"] in ("QUEUED", "IN_PROGRESS")),
         ("rollback", {}, lambda r: r["job"] is not None),
         ("purge-data", {"before": "2030-01-01T00:00:00Z"}, lambda r: r["job"] is not None),
@@ -80,12 +90,22 @@ def test_every_command_from_plain_mqtt5_client(broker, fleet, link_factory, sub_
         assert result["command"] == name and result["device_id"] == "dev1"
         assert check(result), result
         if result.get("job"):
-            job = sub.wait_json(t.job(result["job"]["job_id"]),
-                                lambda d: d["status"] in ("SUCCEEDED", "FAILED"))
+            job = sub.wait_json(
+                t.job(result["job"]["job_id"]), lambda d: d["status"] in ("SUCCEEDED", "FAILED")
+            )
             assert job["status"] == "SUCCEEDED", job
-    calls = [json.loads(x)["call"] for x in (device.state_dir / "calls.jsonl").read_text().splitlines()]
-    assert calls == ["status", "pause", "resume", "set_log_level", "train_now", "rollback",
-                     "purge_data"]
+    calls = [
+        json.loads(x)["call"] for x in (device.state_dir / "calls.jsonl").read_text().splitlines()
+    ]
+    assert calls == [
+        "status",
+        "pause",
+        "resume",
+        "set_log_level",
+        "train_now",
+        "rollback",
+        "purge_data",
+    ]
 
 
 def test_mqtt311_client_gets_reply_on_request_id_topic(broker, fleet, link_factory, sub_factory):
@@ -226,3 +246,122 @@ def test_burst_of_1000_commands_all_answered(broker, fleet, link_factory, sub_fa
             assert json.loads(m.payload)["ok"]
             got.add(int.from_bytes(m.properties.CorrelationData, "big"))
     assert got == set(range(1000))
+
+
+def test_mosquitto_rr_round_trip_with_correlation_data(broker, fleet, link_factory):
+    import shutil
+    import subprocess
+
+    if shutil.which("mosquitto_rr") is None:
+        pytest.skip("mosquitto-clients not installed")
+    link_factory(mqtt_config(broker, fleet))
+    t = DeviceTopics.for_device(fleet, "dev1")
+    out = subprocess.run(
+        [
+            "mosquitto_rr",
+            "-h",
+            broker.host,
+            "-p",
+            str(broker.port),
+            "-t",
+            t.cmd("status"),
+            "-e",
+            f"rr/{fleet}",
+            "-m",
+            '{"request_id": "rr-1"}',
+            "-W",
+            "5",
+            "-D",
+            "publish",
+            "correlation-data",
+            "corr-42",
+            "-F",
+            "%D|%p",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=15,
+    )
+    assert out.returncode == 0, out.stderr
+    corr, _, payload = out.stdout.strip().partition("|")
+    assert corr == "corr-42"
+    result = json.loads(payload)
+    assert result["ok"] and result["request_id"] == "rr-1" and result["result"]["state"] == "idle"
+
+
+def test_late_will_of_an_older_session_is_overridden(broker, fleet, link_factory, sub_factory):
+    link, _ = link_factory(mqtt_config(broker, fleet))
+    t = DeviceTopics.for_device(fleet, "dev1")
+    sub = sub_factory(t.available)
+    sub.wait_json(t.available, lambda d: d["status"] == "online")
+    # The broker delivers the will of a previous session late (e.g. after its keepalive ran
+    # out), overwriting the retained birth of the current one.
+    old = {"status": "offline", "session_seq": link.session_seq - 1, "device_id": "dev1"}
+    sub.publish(t.available, json.dumps(old), retain=True)
+    sub.wait_json(t.available, lambda d: d["status"] == "offline")
+    again = sub.wait_json(t.available, lambda d: d["status"] == "online")
+    assert again["session_seq"] == link.session_seq
+    assert sub_factory(t.available).wait_json(t.available)["status"] == "online"
+
+
+def test_controller_view_ignores_a_will_older_than_the_state():
+    from agent.core.commands import Availability, StateDocument
+    from agent.fleet.client import DeviceView
+
+    view = DeviceView(
+        "d",
+        Availability(status="offline", session_seq=4, device_id="d"),
+        StateDocument(session_seq=5),
+    )
+    assert view.online
+    view.available = Availability(status="offline", session_seq=5, device_id="d")
+    assert not view.online
+    view.available = Availability(status="stopped", session_seq=4, device_id="d")
+    assert not view.online
+
+
+def test_periodic_telemetry_carries_points_and_resources(broker, fleet, link_factory, sub_factory):
+    link, _ = link_factory(
+        mqtt_config(broker, fleet, telemetry_interval_s=0.2, telemetry_max_points=3)
+    )
+    t = DeviceTopics.for_device(fleet, "dev1")
+    sub = sub_factory(t.telemetry)
+    sub.drain(0.3)
+    for step in range(1, 6):
+        link.record_point(step, 1.0 / step)
+    msg = sub.wait(lambda m: m.topic == t.telemetry and json.loads(m.payload)["points"], 3)
+    assert msg.qos == 0 and not msg.retain
+    body = json.loads(msg.payload)
+    assert [p["step"] for p in body["points"]] == [3, 4, 5]  # bounded: the newest points
+    assert body["resources"]["rss_mb"] > 0 and body["session_seq"] == link.session_seq
+
+
+def test_jobs_after_restart_resume_or_fail_explicitly(
+    broker, fleet, link_factory, sub_factory, tmp_path
+):
+    from agent.core.jobs import JobStatus, new_job, transition
+    from agent.io.fleet_store import FleetStore
+
+    sd = tmp_path / "restarted"
+    sd.mkdir()
+    store = FleetStore(sd / "fleet.db")
+    now = time.time()
+    queued = new_job("q1", "purge-data", {"before": None}, request_id=None, now=now, timeout_s=60)
+    running = transition(
+        new_job("p1", "train-now", {"max_steps": 5}, request_id=None, now=now, timeout_s=60),
+        JobStatus.IN_PROGRESS,
+        now=now,
+        progress=0.4,
+    )
+    store.insert_job(queued)
+    store.insert_job(running)
+    store.close()
+    t = DeviceTopics.for_device(fleet, "dev1")
+    sub = sub_factory(t.job("+"))
+    link, device = link_factory(mqtt_config(broker, fleet), state_dir=sd)
+    failed = sub.wait_json(t.job("p1"), lambda d: d["status"] == "FAILED")
+    assert "restart" in failed["message"]
+    done = sub.wait_json(t.job("q1"), lambda d: d["status"] == "SUCCEEDED")
+    assert done["result"] == {"deleted": 100}
+    calls = [json.loads(x)["call"] for x in (sd / "calls.jsonl").read_text().splitlines()]
+    assert calls == ["purge_data"]  # the interrupted train-now is not silently re-run

@@ -58,8 +58,9 @@ def test_desired_config_survives_agent_restart(broker, fleet, agent_factory, sub
     sub = sub_factory(t.config_reported)
     agent = agent_factory(config, state_dir=sd)
     wait_online(config, "dev1")
-    sub.publish(t.config_desired, json.dumps({"version": 3, "config": {"max_steps": 50}}),
-                retain=True)
+    sub.publish(
+        t.config_desired, json.dumps({"version": 3, "config": {"max_steps": 50}}), retain=True
+    )
     rep = sub.wait_json(t.config_reported, lambda d: d["version"] == 3, timeout=10)
     assert rep["status"] == "applied" and rep["errors"] == []
     assert agent.signal(signal.SIGTERM) == 0
@@ -71,8 +72,11 @@ def test_desired_config_survives_agent_restart(broker, fleet, agent_factory, sub
     # ignored, not re-applied; the persisted report is republished.
     rep = sub.wait_json(t.config_reported, lambda d: d["version"] == 3, timeout=10)
     assert rep["status"] == "applied"
-    applies = [json.loads(line) for line in (sd / "calls.jsonl").read_text().splitlines()
-               if json.loads(line)["call"] == "apply"]
+    applies = [
+        json.loads(line)
+        for line in (sd / "calls.jsonl").read_text().splitlines()
+        if json.loads(line)["call"] == "apply"
+    ]
     assert [a["version"] for a in applies] == [3]
     state_sub = sub_factory(t.state)
     state = state_sub.wait_json(t.state)

@@ -19,8 +19,14 @@ def test_broker_restart_republishes_and_drains_spool_in_order(
 ):
     broker = restartable_broker
     # A fixed ~1 s reconnect delay so the observer below is subscribed before the link returns.
-    config = mqtt_config(broker, fleet, telemetry_interval_s=0.1, reconnect_min_s=1.0,
-                         reconnect_max_s=1.0, reconnect_jitter=0.1)
+    config = mqtt_config(
+        broker,
+        fleet,
+        telemetry_interval_s=0.1,
+        reconnect_min_s=1.0,
+        reconnect_max_s=1.0,
+        reconnect_jitter=0.1,
+    )
     link, device = link_factory(config)
     t = DeviceTopics.for_device(fleet, "dev1")
     first_seq = link.session_seq
@@ -63,13 +69,21 @@ def test_broker_restart_republishes_and_drains_spool_in_order(
         stop.set()
         feeder.join()
 
-    fresh = [(m.topic, json.loads(m.payload)) for m in msgs if not m.retain or m.topic != t.available
-             or json.loads(m.payload)["session_seq"] > first_seq]
+    fresh = [
+        (m.topic, json.loads(m.payload))
+        for m in msgs
+        if not m.retain
+        or m.topic != t.available
+        or json.loads(m.payload)["session_seq"] > first_seq
+    ]
     topics = [tp for tp, _ in fresh]
     # The new session's state comes first, then its birth, then the backlog.
     i_state = next(i for i, (tp, d) in enumerate(fresh) if tp == t.state and d["state"] == "paused")
-    i_birth = next(i for i, (tp, d) in enumerate(fresh)
-                   if tp == t.available and d["status"] == "online" and d["session_seq"] > first_seq)
+    i_birth = next(
+        i
+        for i, (tp, d) in enumerate(fresh)
+        if tp == t.available and d["status"] == "online" and d["session_seq"] > first_seq
+    )
     i_tele = topics.index(t.telemetry)
     assert i_state < i_birth < i_tele
     tele = [d for tp, d in fresh if tp == t.telemetry]

@@ -9,7 +9,6 @@ import uuid
 import pytest
 
 from agent.config.mqtt import MqttConfig
-from agent.core.topics import DeviceTopics
 from agent.fleet.cli import main as fleet_main
 from tests.integration.conftest import FAST
 
@@ -17,10 +16,21 @@ pytestmark = pytest.mark.broker
 
 
 def _tls_config(broker, fleet, cert, key, ca) -> MqttConfig:
-    return MqttConfig.model_validate({
-        "enabled": True, "host": "127.0.0.1", "port": broker.tls_port, "fleet": fleet, **FAST,
-        "tls": {"enabled": True, "ca_file": str(ca), "cert_file": str(cert), "key_file": str(key)},
-    })
+    return MqttConfig.model_validate(
+        {
+            "enabled": True,
+            "host": "127.0.0.1",
+            "port": broker.tls_port,
+            "fleet": fleet,
+            **FAST,
+            "tls": {
+                "enabled": True,
+                "ca_file": str(ca),
+                "cert_file": str(cert),
+                "key_file": str(key),
+            },
+        }
+    )
 
 
 def test_link_and_controller_over_mutual_tls(tls_broker, tls_files, fleet, link_factory, capsys):
@@ -31,8 +41,20 @@ def test_link_and_controller_over_mutual_tls(tls_broker, tls_files, fleet, link_
     try:
         assert link.transport.wait_connected(10)
         time.sleep(0.3)  # let the subscriptions land before the first command
-        args = ["--host", "127.0.0.1", "--port", str(tls_broker.tls_port), "--fleet", fleet,
-                "--tls-ca", str(f.ca), "--tls-cert", str(f.client_cert), "--tls-key", str(f.client_key)]
+        args = [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(tls_broker.tls_port),
+            "--fleet",
+            fleet,
+            "--tls-ca",
+            str(f.ca),
+            "--tls-cert",
+            str(f.client_cert),
+            "--tls-key",
+            str(f.client_key),
+        ]
         assert fleet_main([*args, "cmd", "dev1", "status", "--timeout", "10"]) == 0
         out = json.loads(capsys.readouterr().out)
         assert out["ok"] and out["result"]["state"] == "idle"
@@ -55,4 +77,6 @@ def test_plain_tcp_client_is_not_served_on_tls_port(tls_broker, fleet):
     from agent.fleet.client import BrokerOptions, FleetClient, FleetError
 
     with pytest.raises(FleetError):
-        FleetClient(BrokerOptions(port=tls_broker.tls_port, fleet=fleet), connect_timeout=1.5).__enter__()
+        FleetClient(
+            BrokerOptions(port=tls_broker.tls_port, fleet=fleet), connect_timeout=1.5
+        ).__enter__()

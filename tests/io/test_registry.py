@@ -112,3 +112,20 @@ def test_kill_9_mid_publish_leaves_previous_active(bundle: Path, tmp_path: Path,
     # the next publish sweeps the leftovers and goes on
     v = reg.publish(a2)
     assert reg.active() == v and not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_adapters_cli(bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli import main
+
+    state = tmp_path / "state"
+    reg = _registry(bundle, state / "adapters")
+    v1 = reg.publish(make_adapter(bundle, tmp_path / "a1", 0.1))
+    v2 = reg.publish(make_adapter(bundle, tmp_path / "a2", 0.2), parent=v1)
+    base = ["adapters", "--bundle", str(bundle), "--state-dir", str(state)]
+    assert main([*base, "list"]) == 0
+    listing = capsys.readouterr().out
+    assert f"active: {v2}" in listing and v1 in listing
+    assert main([*base, "rollback"]) == 0 and reg.active() == v1
+    assert main([*base, "activate", v2]) == 0 and reg.active() == v2
+    assert main([*base, "activate", "v0042"]) == 2
+    assert "not in" in capsys.readouterr().err

@@ -191,3 +191,31 @@ def test_committed_rows_survive_kill_9(tmp_path: Path) -> None:
     conn = sqlite3.connect(db)
     stored = {r[0] for r in conn.execute("SELECT id FROM interactions")}
     assert set(committed) <= stored
+
+
+def test_data_cli_import_export_purge(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                      ) -> None:
+    import json
+
+    from agent.cli import main
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in [
+        {"prompt": "a", "response": "b", "feedback": "up", "created_at": 1000.0},
+        {"messages": [{"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]},
+    ]) + "\n")
+    state = ["data", "--state-dir", str(tmp_path / "state")]
+    assert main([*state, "import", str(src)]) == 0
+    assert "imported 2" in capsys.readouterr().out
+    out = tmp_path / "out.jsonl"
+    assert main([*state, "export", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["prompt"] == "a" and rows[1]["messages"][-1]["content"] == "d"
+    assert main([*state, "stats"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["interactions"] == 2 and "response" not in json.dumps(stats)
+    assert main([*state, "purge", "--before", "2000-01-02", "--yes"]) == 0
+    assert "purged 0" in capsys.readouterr().out
+    assert main([*state, "purge", "--yes"]) == 0
+    assert "purged 2" in capsys.readouterr().out
+    assert main([*state, "import", str(tmp_path / "missing.jsonl")]) == 2

@@ -86,7 +86,7 @@ def test_estimator_is_unbiased_on_quadratic():
     b = torch.randn(P, generator=torch.Generator().manual_seed(5)).float()
     true = grad(b)
     fn = zo.AnalyticLoss(f, slices=8)
-    q, n = 4, 3000
+    q, n = 4, 1500
     acc = torch.zeros(P, dtype=torch.float64)
     proj_err = 0.0
     for t in range(n):

@@ -8,6 +8,7 @@ adapters costs nothing here: the caller simply passes another array.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,10 +33,16 @@ class InferProgramLike(Protocol):
 
 
 class TextCodec:
-    """The bundle's Hugging Face tokenizer: chat template, encode, decode, end tokens."""
+    """The bundle's Hugging Face tokenizer: chat template, encode, decode, end tokens.
+
+    Calls are serialised with a lock: HTTP threads encode while the worker decodes, and a
+    fast tokenizer re-sets its truncation state on every encode ("Already borrowed" errors
+    under concurrent use).
+    """
 
     def __init__(self, tokenizer: Any, extra_eos: Sequence[int | None] = ()) -> None:
         self.tok = tokenizer
+        self._lock = threading.Lock()
         eos = {tokenizer.eos_token_id, *extra_eos}
         self.eos_ids = frozenset(int(i) for i in eos if i is not None)
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
@@ -47,18 +54,21 @@ class TextCodec:
         return cls(AutoTokenizer.from_pretrained(str(path)), extra_eos)
 
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        if self.has_chat_template:
-            text = self.tok.apply_chat_template(list(messages), add_generation_prompt=True,
-                                                tokenize=False)
-        else:  # a plain transcript for models without a template
-            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-        return list(self.tok.encode(text, add_special_tokens=False))
+        with self._lock:
+            if self.has_chat_template:
+                text = self.tok.apply_chat_template(list(messages), add_generation_prompt=True,
+                                                    tokenize=False)
+            else:  # a plain transcript for models without a template
+                text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+            return list(self.tok.encode(text, add_special_tokens=False))
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        return list(self.tok.encode(prompt, add_special_tokens=False))
+        with self._lock:
+            return list(self.tok.encode(prompt, add_special_tokens=False))
 
     def decode(self, ids: Sequence[int]) -> str:
-        return str(self.tok.decode(list(ids), skip_special_tokens=True))
+        with self._lock:
+            return str(self.tok.decode(list(ids), skip_special_tokens=True))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,296 @@
+"""The composition root of ``mobizo-agent run``: builds the real adapters and services.
+
+Everything the daemon talks to is made here, once, and handed in (STYLE.md: inject, don't
+patch): the config, the interaction store, the adapter registry (validated against the
+bundle), the sysfs sensors, the inference-service client, the sd_notify sender, the control
+socket and — when ``[mqtt].enabled`` — the fleet link. Services start in a flat order and stop
+in reverse; one shared stop :class:`threading.Event` ends them all.
+
+Start-up order matters for systemd: READY=1 is sent once the config is valid and the store and
+registry are open — never after waiting for the network (the fleet link connects in the
+background).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.config import (
+    LoadedConfig,
+    load_config,
+    reload_config,
+    replace_overrides,
+)
+from agent.errors import AdapterError, BundleError, ConfigError
+from agent.io.http import Client
+from agent.io.registry import AdapterRegistry
+from agent.io.store import InteractionStore
+from agent.io.sysfs import SysfsSensors, idle_since
+from agent.io.systemd import Notifier, configure_logging, watchdog_interval
+from agent.services.control import SOCKET_NAME, ControlServer, DaemonCommands
+from agent.services.daemon import Daemon, DaemonTimings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AppOptions:
+    """What the command line adds to the config file.
+
+    Attributes:
+        config_path: the TOML file (None: defaults and profile only).
+        state_dir: overrides ``[paths].state_dir`` (kept across reloads).
+        timings: main-loop timings.
+        debug_hooks: accept debug commands on the control socket (tests).
+        profiles_dir: board profiles (default: the packaged firmware_configs/).
+        configure_logging: set up logging from ``[logging]`` (off when the caller did).
+    """
+
+    config_path: Path | None = None
+    state_dir: Path | None = None
+    timings: DaemonTimings = field(default_factory=DaemonTimings)
+    debug_hooks: bool = False
+    profiles_dir: Path | None = None
+    configure_logging: bool = True
+
+
+class App:
+    """Builds, starts and stops the agent.
+
+    Args:
+        options: command-line choices.
+        notifier: sd_notify sender (default: from ``$NOTIFY_SOCKET``).
+        clock: wall clock.
+    """
+
+    def __init__(self, options: AppOptions, *, notifier: Notifier | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.options = options
+        self.notifier = notifier or Notifier()
+        self.clock = clock
+        self.stop_event = threading.Event()
+        self.loaded: LoadedConfig | None = None
+        self.store: InteractionStore | None = None
+        self.registry: AdapterRegistry | None = None
+        self.daemon: Daemon | None = None
+        self.control: ControlServer | None = None
+        self.fleet: Any = None
+        self.commands: DaemonCommands | None = None
+        self._started: list[tuple[str, Callable[[], None]]] = []
+
+    # ------------------------------------------------------------------ config
+    def _forced(self) -> dict[str, Any]:
+        if self.options.state_dir is None:
+            return {}
+        return {"paths": {"state_dir": str(Path(self.options.state_dir).resolve())}}
+
+    def load(self) -> LoadedConfig:
+        """Load and validate the config (ConfigError lists every problem with its path)."""
+        forced = self._forced()
+        overrides_path = None
+        if self.options.state_dir is not None:
+            overrides_path = Path(self.options.state_dir) / "overrides.json"
+        loaded = load_config(self.options.config_path, profiles_dir=self.options.profiles_dir,
+                             overrides=forced or None, overrides_path=overrides_path,
+                             replay_overrides=True)
+        for warning in loaded.warnings:
+            log.warning("%s", warning)
+        self.loaded = loaded
+        return loaded
+
+    def _reload(self) -> tuple[LoadedConfig, set[str]]:
+        assert self.loaded is not None
+        fresh, changed = reload_config(self.loaded, self.options.config_path,
+                                       profiles_dir=self.options.profiles_dir)
+        return fresh, changed
+
+    def apply_desired_config(self, version: int, document: dict[str, Any]) -> None:
+        """A fleet desired-config: validate, persist, then apply on the main loop.
+
+        Raises:
+            ConfigError: the document does not validate (nothing changed).
+        """
+        assert self.loaded is not None and self.daemon is not None
+        current = self.daemon.loaded
+        new = replace_overrides(current, {**document, **self._forced()}, version=version,
+                                path=current.config.paths.overrides_file)
+        from agent.config import diff
+
+        cmd = self.daemon.submit("apply-config", {"loaded": new,
+                                                  "changed": diff(current.config, new.config)})
+        if cmd.error:
+            raise ConfigError(cmd.error)
+
+    # ------------------------------------------------------------------ build
+    def build(self) -> Daemon:
+        """Open the store and registry and wire the daemon; READY may follow.
+
+        Raises:
+            ConfigError / BundleError / AdapterError: with what to do about it.
+        """
+        loaded = self.loaded or self.load()
+        cfg = loaded.config
+        if self.options.configure_logging:
+            configure_logging(cfg.logging.level, cfg.logging.journal)
+        state_dir = cfg.paths.state_dir
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"paths.state_dir {state_dir} cannot be created ({exc}); set it "
+                              "to a writable directory or pass --state-dir") from exc
+        self.registry = self._open_registry(loaded)
+        self.store = InteractionStore(cfg.store_path)
+        self._started.append(("store", self.store.close))
+        service = Client.from_url(cfg.service.inference_url, timeout=cfg.service.request_timeout_s)
+        store = self.store
+
+        def last_request() -> float | None:
+            try:
+                return service.health().get("last_request_at")
+            except (OSError, ValueError):
+                # service down or restarting: the user cannot be using it; the store still
+                # knows when it was last used
+                return store.last_activity()
+
+        sensors = SysfsSensors.from_config(cfg, idle_since(last_request, self.clock))
+        systemd_run = None
+        if cfg.training.memory_max_mb > 0:
+            from agent.deploy.trainer_probe import usable_systemd_run
+            from agent.services.burst import limits_from_training
+
+            systemd_run = usable_systemd_run(limits_from_training(cfg.training))
+        self.daemon = Daemon(
+            loaded, store=self.store, registry=self.registry, sensors=sensors,
+            notifier=self.notifier, service=service, timings=self.options.timings,
+            clock=self.clock, systemd_run=systemd_run, watchdog_interval=watchdog_interval(),
+            debug_hooks=self.options.debug_hooks, reload_fn=self._reload,
+            on_reload=self._on_reload, on_state_change=self._state_changed,
+        )
+        return self.daemon
+
+    def _open_registry(self, loaded: LoadedConfig) -> AdapterRegistry:
+        from agent.io.adapter_fs import AdapterValidator
+
+        cfg = loaded.config
+        bundle = cfg.bundle_dir
+        if not (bundle / "manifest.json").is_file():
+            raise BundleError(
+                f"no model bundle at {bundle} (service.bundle_dir): export one with "
+                f"`mobizo-export --preset starter --out {bundle}` or point service.bundle_dir "
+                "at an existing bundle")
+        validator = AdapterValidator(bundle)
+        if cfg.adapters.registry_dir is not None and not cfg.registry_dir.is_dir():
+            raise AdapterError(
+                f"adapter registry {cfg.registry_dir} (adapters.registry_dir) does not exist; "
+                "create the directory, fix the path, or remove the setting to use "
+                f"{cfg.paths.state_dir / 'adapters'}")
+        registry = AdapterRegistry(cfg.registry_dir, validator=validator,
+                                   keep=cfg.adapters.versions_kept, stage_hook=self._stage_hook)
+        try:
+            registry.load_flat_b()  # the active adapter (or the bundle's) must be usable
+        except AdapterError as exc:
+            raise AdapterError(f"the active adapter in {cfg.registry_dir} is unusable: {exc}; "
+                               "repair it with `mobizo-agent adapters rollback` or `adapters "
+                               "activate VERSION`") from exc
+        return registry
+
+    def _stage_hook(self, stage: str) -> None:
+        if self.daemon is not None and self.options.debug_hooks:
+            self.daemon.registry_stage_hook(stage)
+
+    def _on_reload(self, fresh: LoadedConfig, changed: set[str]) -> None:
+        """Redo what the changed sections configure (called on the main loop)."""
+        assert self.daemon is not None
+        self.loaded = fresh
+        cfg = fresh.config
+        if changed & {"device", "constraints"}:
+            old = self.daemon.sensors
+            self.daemon.sensors = SysfsSensors.from_config(cfg, old.idle_source)
+        if "logging" in changed and self.options.configure_logging:
+            configure_logging(cfg.logging.level, cfg.logging.journal)
+        if "adapters" in changed and self.registry is not None:
+            self.registry.keep = max(1, cfg.adapters.versions_kept)
+        if "service" in changed:
+            self.daemon.service = Client.from_url(cfg.service.inference_url,
+                                                  timeout=cfg.service.request_timeout_s)
+        if "mqtt" in changed:
+            self._stop_fleet()
+            self._start_fleet()
+
+    def _state_changed(self) -> None:
+        if self.fleet is not None:
+            try:
+                self.fleet.state_changed()
+            except Exception:  # noqa: BLE001 - the link must never break the loop
+                log.debug("fleet state_changed failed", exc_info=True)
+
+    # ------------------------------------------------------------------ services
+    def _start_fleet(self) -> None:
+        assert self.loaded is not None and self.daemon is not None
+        mqtt = self.loaded.config.mqtt
+        if not mqtt.enabled:
+            return
+        from agent.config.mqtt import default_device_id
+        from agent.services.fleet_link import FleetLink
+
+        self.commands = DaemonCommands(self.daemon, self, self.store)
+        device_id = mqtt.device_id or default_device_id()
+        self.fleet = FleetLink(mqtt, device_id=device_id,
+                               state_dir=self.loaded.config.paths.state_dir / "fleet",
+                               handler=self.commands, state_source=self.commands,
+                               config_sink=self.commands, clock=self.clock)
+        self.fleet.start()  # connects in the background; never blocks READY
+        log.info("fleet link started for device %s", device_id)
+
+    def _stop_fleet(self) -> None:
+        if self.fleet is not None:
+            try:
+                self.fleet.stop()
+            except Exception:  # noqa: BLE001 - stopping must go on
+                log.exception("fleet link did not stop cleanly")
+            self.fleet = None
+
+    def run(self) -> int:
+        """Build, start, serve until the stop event, stop in reverse. Returns the exit code."""
+        daemon = self.daemon or self.build()
+        assert self.loaded is not None
+        cfg = self.loaded.config
+        self.control = ControlServer(daemon, cfg.paths.state_dir / SOCKET_NAME)
+        self.control.start()
+        self._started.append(("control", self.control.stop))
+        # READY now: config valid, store and registry open; the network comes later.
+        self.notifier.ready(daemon.status.headline())
+        self._start_fleet()
+        self._started.append(("fleet", self._stop_fleet))
+        log.info("mobizo-agent running (pid %d, state %s)", os.getpid(), cfg.paths.state_dir)
+        try:
+            daemon.run_forever(self.stop_event)
+        finally:
+            self.close()
+        return 0
+
+    def close(self) -> None:
+        """Stop every started service, newest first."""
+        while self._started:
+            name, stop = self._started.pop()
+            try:
+                stop()
+            except Exception:  # noqa: BLE001 - keep stopping the rest
+                log.exception("stopping %s failed", name)
+        self.notifier.close()
+
+    def request_stop(self) -> None:
+        """SIGTERM/SIGINT: end the loop (the burst checkpoints first)."""
+        self.stop_event.set()
+        if self.daemon is not None:
+            self.daemon.wake.set()
+
+
+__all__ = ["App", "AppOptions"]

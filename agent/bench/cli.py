@@ -1,0 +1,55 @@
+"""``mobizo-bench``: benchmarks, one module per subcommand (``agent.bench.<name>``).
+
+Each module defines ``HELP``, ``add_arguments(parser)`` and ``main(args) -> int``, like the
+``mobizo-agent`` subcommands; modules are imported only when their subcommand runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from agent.errors import MobizoError
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "zo": ("agent.bench.zo", "P-RGE vs MeZO vs plain forward vs eager: time and peak memory"),
+    "serve": ("agent.bench.serve", "inference service: generation speed and adapter swap"),
+    "learn": ("agent.bench.learn", "does ZO fine-tuning learn: held-out loss over steps"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="mobizo-bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((a for a in argv if a in SUBCOMMANDS), None)
+    module = None
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                if exc.name != module_name:
+                    raise
+                parser.error(f"`{name}` is not available in this build")
+            module.add_arguments(sp)
+    args = parser.parse_args(argv)
+    if module is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(message)s")
+    try:
+        return int(module.main(args))
+    except MobizoError as exc:
+        print(f"mobizo-bench {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

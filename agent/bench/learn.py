@@ -1,0 +1,276 @@
+"""``mobizo-bench learn``: does personalization work, and is P-RGE better than MeZO? (issue 7)
+
+Generated tasks with a known right answer (agent/tasks: personal facts, reply style, label
+words) or a user's own ``--data FILE.jsonl``; every method trains from the same start (the
+bundle's initial adapter, same seed) on the same budget of forward passes:
+
+- MeZO (q=1, b=16), P-RGE dual (q=4, b=4), P-RGE dual (q=16, b=1): the bundle's ExecuTorch
+  train program, agent.core.zo;
+- first-order LoRA: eager autograd on B (A frozen), Adam, the memory-hungry reference.
+
+Reported per (task, method): held-out loss on response tokens at the start and end, accuracy
+(label words: the label word with the lowest CE through the train program; other tasks:
+greedy exact match, computed as a teacher-forced argmax match on the eager twin of the
+program), forwards, training seconds, the seconds to reach MeZO's final loss, and the loss at
+equal wall-clock; a table, ``--json`` and a ``--plot`` PNG. Without ``--bundle`` the starter
+preset is exported with the shapes the methods need and cached under ``--cache-dir``.
+
+Determinism: data, perturbations and batches are pure functions of the seed and the step, and
+the programs are deterministic on CPU, so a rerun reproduces every loss and accuracy; only
+the seconds vary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agent.bench.learn_methods import (
+    DEFAULT_FO_LR,
+    DEFAULT_ZO_EPS,
+    DEFAULT_ZO_LR,
+    MethodSpec,
+    default_methods,
+    parse_method,
+)
+from agent.errors import MobizoError
+
+log = logging.getLogger(__name__)
+
+HELP = "learning quality: MeZO vs P-RGE vs first-order LoRA on generated tasks or your data"
+
+QUICK_FORWARDS = 1920  # 60 ZO steps of 32 forwards
+FULL_FORWARDS = 9600  # 300 ZO steps
+DEFAULT_TASKS = ("personal-facts", "reply-style", "label-words")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="model bundle (default: export the starter preset, cached)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="your own JSON Lines interactions instead of the generated tasks")
+    parser.add_argument("--heldout-share", type=float, default=0.2,
+                        help="held-out share of --data (split by content hash, as the trainer)")
+    parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
+                        help=f"comma-separated generated tasks (default {','.join(DEFAULT_TASKS)})")
+    parser.add_argument("--methods", action="append", default=None, metavar="SPEC",
+                        help="a method, e.g. 'mezo:q=1,b=16', 'prge-dual:q=4,b=4,lr=1e-2', "
+                        "'fo:b=16,opt=adam,lr=1e-3' (repeat; default: the issue's four)")
+    parser.add_argument("--forwards", type=int, default=None,
+                        help=f"forward passes per (task, method) (default {FULL_FORWARDS}, "
+                        f"--quick {QUICK_FORWARDS})")
+    parser.add_argument("--quick", action="store_true",
+                        help="reduced budget: same tasks and methods, fewer steps")
+    parser.add_argument("--lr", type=float, default=DEFAULT_ZO_LR, help="ZO learning rate")
+    parser.add_argument("--eps", type=float, default=DEFAULT_ZO_EPS, help="ZO perturbation ε")
+    parser.add_argument("--fo-lr", type=float, default=DEFAULT_FO_LR,
+                        help="first-order (Adam) learning rate")
+    parser.add_argument("--eval-points", type=int, default=12,
+                        help="held-out evaluations per run besides the start")
+    parser.add_argument("--seed", type=int, default=0, help="task, data-order and ZO seed")
+    parser.add_argument("--train-size", type=int, default=64, help="train examples per task")
+    parser.add_argument("--heldout-size", type=int, default=24, help="held-out examples per task")
+    parser.add_argument("--backend", choices=["executorch", "eager"], default="executorch",
+                        help="ZO programs: the bundle's train.pte or the eager reference")
+    parser.add_argument("--max-length", type=int, default=80,
+                        help="train length T of the exported starter bundle")
+    parser.add_argument("--lora-layers", default="all",
+                        help="LoRA'd layers of the exported starter bundle (all | last-K)")
+    parser.add_argument("--rank", type=int, default=16, help="LoRA rank of the starter bundle")
+    parser.add_argument("--cache-dir", type=Path, default=Path("build/learn"),
+                        help="where the exported starter bundle is cached")
+    parser.add_argument("--eval-margin", type=float, default=None,
+                        help="eval-gate margin (default: the [adapters] default)")
+    parser.add_argument("--json", type=Path, default=None, help="write results as JSON here")
+    parser.add_argument("--plot", type=Path, default=None, help="write the PNG plot here")
+
+
+def build_methods(args: argparse.Namespace) -> list[MethodSpec]:
+    if not args.methods:
+        return default_methods(args.lr, args.eps, args.fo_lr)
+    return [parse_method(m, zo_lr=args.lr, eps=args.eps, fo_lr=args.fo_lr)
+            for spec in args.methods for m in _split_specs(spec)]
+
+
+def _split_specs(text: str) -> list[str]:
+    """Split ``a:q=1,b=2;b:...`` — several specs in one argument, separated by ';'."""
+    return [s for s in (p.strip() for p in text.split(";")) if s]
+
+
+def starter_bundle(methods: Sequence[MethodSpec], *, max_length: int, lora_layers: str,
+                   rank: int, cache_dir: Path) -> Path:
+    """Export (once) the starter preset with every shape the methods and scoring need."""
+    from agent.core.bundle import read_manifest
+    from exporter.export import export_bundle
+    from exporter.options import ExportOptions
+
+    slices = {1} | {m.slices for m in methods if m.kind == "zo"}
+    batches = {1} | {m.batch for m in methods}
+    opts = ExportOptions(slices=tuple(sorted(slices)), batch=tuple(sorted(batches)),
+                         max_length=max_length, max_context=max(128, max_length),
+                         prefill_chunk=16, seed=0, lora_layers=lora_layers, rank=rank,
+                         alpha=2.0 * rank)
+    key = hashlib.sha256(opts.model_dump_json().encode()).hexdigest()[:10]
+    out = Path(cache_dir) / f"starter-{key}"
+    try:
+        read_manifest(out)
+        log.info("using the cached bundle %s", out)
+        return out
+    except MobizoError:
+        pass
+    log.info("exporting the starter bundle to %s (shapes S=%s x b=%s, T=%d; minutes, once)",
+             out, sorted(slices), sorted(batches), max_length)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    export_bundle(None, out, opts, preset="starter", force=True)
+    return out
+
+
+def _eval_programs(bundle: Path, manifest: Any, backend: str, cache: dict) -> tuple[Any, Any]:
+    """(loss program, score program): S=1 with the largest and the smallest batch."""
+    from agent.training.programs import choose_eval_shape, load_program
+
+    ones = sorted((s for s in manifest.train.shapes if s.slices == 1), key=lambda s: s.batch)
+    big = ones[-1] if ones else choose_eval_shape(manifest, 1)
+    small = ones[0] if ones else big
+    progs = []
+    for shape in (big, small):
+        key = (shape.slices, shape.batch)
+        if key not in cache:
+            cache[key] = load_program(bundle, backend, shape.slices, shape.batch)
+        progs.append(cache[key])
+    return progs[0], progs[1]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the whole benchmark; returns the JSON document."""
+    import torch
+
+    from agent.bench.learn_data import file_data, task_data
+    from agent.bench.learn_eager import EagerModel
+    from agent.bench.learn_report import check_targets, result_objects
+    from agent.bench.learn_run import Evaluator, run_method
+    from agent.config.adapters import AdaptersConfig
+    from agent.core.bundle import ADAPTER_DIR, read_manifest
+    from agent.io.adapter_fs import AdapterValidator
+    from agent.tasks import make_task
+    from agent.training.programs import choose_train_shape, load_program
+    from agent.training.tokenize import load_tokenizer
+
+    torch.manual_seed(args.seed)
+    methods = build_methods(args)
+    budget = args.forwards or (QUICK_FORWARDS if args.quick else FULL_FORWARDS)
+    bundle = args.bundle or starter_bundle(methods, max_length=args.max_length,
+                                           lora_layers=args.lora_layers, rank=args.rank,
+                                           cache_dir=args.cache_dir)
+    manifest = read_manifest(bundle)
+    for m in methods:  # fail before any work if a shape is missing
+        if m.kind == "zo":
+            assert m.mode is not None
+            choose_train_shape(manifest, m.mode, m.q, m.batch)
+    tokenizer = load_tokenizer(bundle, manifest.tokenizer.path)
+    pad_id = manifest.tokenizer.pad_token_id
+    length = manifest.train.max_length
+    init_b = AdapterValidator(bundle, manifest).load_flat_b(bundle / ADAPTER_DIR)
+    try:
+        eager = EagerModel(bundle, manifest)
+    except MobizoError as exc:
+        log.warning("no eager model (%s): skipping the first-order baseline and exact match", exc)
+        eager = None
+        methods = [m for m in methods if m.kind == "zo"]
+
+    if args.data is not None:
+        datasets = [file_data(args.data, tokenizer, max_length=length, pad_id=pad_id,
+                              heldout_share=args.heldout_share)]
+    else:
+        names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        datasets = [task_data(make_task(n, args.seed, train_size=args.train_size,
+                                        heldout_size=args.heldout_size),
+                              tokenizer, max_length=length, pad_id=pad_id) for n in names]
+
+    cache: dict = {}
+    loss_prog, score_prog = _eval_programs(bundle, manifest, args.backend, cache)
+    results = []
+    t_start = time.perf_counter()
+    for data in datasets:
+        if data.truncated:
+            log.warning("%s: %d examples truncated to %d tokens", data.name, data.truncated,
+                        length)
+        evaluator = Evaluator(data, loss_prog, score_prog, eager, pad_id)
+        for m in methods:
+            program = None
+            if m.kind == "zo":
+                assert m.mode is not None
+                shape = choose_train_shape(manifest, m.mode, m.q, m.batch)
+                key = (shape.slices, shape.batch)
+                if key not in cache:
+                    cache[key] = load_program(bundle, args.backend, *key)
+                program = cache[key]
+            r = run_method(m, data, init_b, evaluator, budget_forwards=budget,
+                           eval_points=args.eval_points, seed=args.seed, program=program,
+                           eager=eager)
+            log.info("%s %s: held-out %.3f -> %.3f in %.1fs", data.name, m.name,
+                     r.start.loss, r.final.loss, r.final.seconds)
+            print(f"  {data.name:15s} {m.name:20s} held-out {r.start.loss:.3f} -> "
+                  f"{r.final.loss:.3f}  ({r.final.seconds:.1f}s)", file=sys.stderr, flush=True)
+            results.append(r)
+    adapters_cfg = AdaptersConfig()
+    margin = adapters_cfg.eval_margin if args.eval_margin is None else args.eval_margin
+    objs = result_objects(results, margin=margin, margin_mode=adapters_cfg.eval_margin_mode)
+    return {
+        "meta": {
+            "bundle": str(bundle), "bundle_id": manifest.bundle_id,
+            "random_weights": manifest.base.random_weights, "budget_forwards": budget,
+            "quick": bool(args.quick), "seed": args.seed, "backend": args.backend,
+            "lora": {"rank": manifest.lora.rank, "layers": list(manifest.lora.layers),
+                     "num_params": manifest.lora.num_params},
+            "max_length": length, "eval_margin": margin,
+            "eval_margin_mode": adapters_cfg.eval_margin_mode,
+            "accuracy": "label-words: lowest label-word CE through the train program; other "
+                        "tasks: greedy exact match via teacher-forced argmax (eager twin)",
+            "total_seconds": time.perf_counter() - t_start,
+            "threads": torch.get_num_threads(),
+        },
+        "results": objs,
+        "targets": check_targets(objs),
+        "_runs": results,
+    }
+
+
+def main(args: argparse.Namespace) -> int:
+    from agent.bench.learn_plot import plot_results
+    from agent.bench.learn_report import table, targets_text
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        doc = run(args)
+    except (MobizoError, ValueError) as exc:
+        print(f"mobizo-bench learn: {exc}", file=sys.stderr)
+        return 2
+    runs = doc.pop("_runs")
+    print(table(doc["results"]))
+    print()
+    print(targets_text(doc["targets"]))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=2))
+        print(f"wrote {args.json}")
+    if args.plot is not None:
+        meta = doc["meta"]
+        title = (f"held-out loss, {meta['budget_forwards']} forwards per method, seed "
+                 f"{meta['seed']}{' (random-weight starter)' if meta['random_weights'] else ''}")
+        plot_results(runs, args.plot, title)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":  # python -m agent.bench.learn ...
+    _p = argparse.ArgumentParser(prog="mobizo-bench learn", description=HELP)
+    add_arguments(_p)
+    raise SystemExit(main(_p.parse_args()))

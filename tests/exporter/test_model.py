@@ -1,0 +1,110 @@
+"""The export-friendly decoder (exporter/model.py) equals transformers' model, eagerly.
+
+Fast: no lowering. Each swapped-in piece is checked against transformers' own module, then
+the whole train/infer forward against transformers' model with the LoRA merged in.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agent.core.lora_layout import CANONICAL_TARGETS, LoraLayout
+from exporter.checkpoint import inspect_checkpoint, load_model
+from exporter.lora_init import init_lora_a
+from exporter.model import Decoder, InferStep, KVCache, RMSNorm, TrainForward, rotate_half_matrix
+from exporter.reference import hf_losses, merged_model
+from tests.exporter.tiny import make_tiny_checkpoint
+
+
+def _layout(hf, layers, rank=4, alpha=8.0) -> LoraLayout:
+    c = hf.config
+    hd = c.hidden_size // c.num_attention_heads
+    q, kv, h, i = c.num_attention_heads * hd, c.num_key_value_heads * hd, c.hidden_size, \
+        c.intermediate_size
+    dims = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+    return LoraLayout.build(layer_dims=dims, layers=layers, targets=CANONICAL_TARGETS,
+                            rank=rank, alpha=alpha)
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def hf(request, tmp_path_factory):
+    d = make_tiny_checkpoint(request.param, tmp_path_factory.mktemp(request.param) / "ckpt")
+    return load_model(inspect_checkpoint(d))
+
+
+def test_rmsnorm_matches_transformers(hf):
+    ref = hf.model.layers[0].input_layernorm
+    mine = RMSNorm(ref.weight, hf.config.rms_norm_eps)
+    x = torch.randn(3, 5, hf.config.hidden_size)
+    torch.testing.assert_close(mine(x), ref(x), atol=1e-6, rtol=1e-5)
+
+
+def test_rotate_half_matrix_matches_transformers():
+    from transformers.models.llama.modeling_llama import rotate_half
+
+    x = torch.randn(2, 3, 16)
+    torch.testing.assert_close(x @ rotate_half_matrix(16), rotate_half(x))
+
+
+@pytest.mark.parametrize("layers", [[0, 1], [1]], ids=["all", "last-1"])
+def test_train_forward_matches_transformers(hf, layers):
+    layout = _layout(hf, layers)
+    lora_a = init_lora_a(layout, 0)
+    s, b, t = 3, 2, 12
+    fwd = TrainForward(Decoder(hf, layout, lora_a), slices=s, batch=b, max_length=t,
+                       loss_chunk=5)
+    tokens = torch.randint(0, hf.config.vocab_size, (b, t))
+    mask = torch.ones(b, t)
+    mask[:, :3] = 0
+    mask[1, 9:] = 0
+    lora_b = torch.randn(s, layout.num_params) * 0.1
+    with torch.no_grad():
+        got = fwd(tokens, mask, lora_b)
+    want = hf_losses(hf, layout, lora_a, tokens, mask, lora_b)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_last_k_equals_all_layer_math_restricted(hf):
+    """LoRA on the last layer only == all-layer LoRA with B zero outside that layer."""
+    last, full = _layout(hf, [1]), _layout(hf, [0, 1])
+    a_full = init_lora_a(full, 0)
+    a_last = {e.peft_a_key: a_full[e.peft_a_key] for e in last}
+    s, b, t = 2, 2, 10
+    tokens = torch.randint(0, hf.config.vocab_size, (b, t))
+    mask = torch.ones(b, t)
+    b_last = torch.randn(s, last.num_params) * 0.1
+    b_full = torch.zeros(s, full.num_params)
+    for e in last:
+        f = next(x for x in full if (x.layer, x.target) == (e.layer, e.target))
+        b_full[:, f.offset : f.offset + f.size] = b_last[:, e.offset : e.offset + e.size]
+    with torch.no_grad():
+        got = TrainForward(Decoder(hf, last, a_last), slices=s, batch=b, max_length=t)(
+            tokens, mask, b_last)
+        want = TrainForward(Decoder(hf, full, a_full), slices=s, batch=b, max_length=t)(
+            tokens, mask, b_full)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_infer_step_matches_transformers_with_cache(hf):
+    layout = _layout(hf, [0, 1])
+    lora_a = init_lora_a(layout, 1)
+    core = Decoder(hf, layout, lora_a)
+    c = hf.config
+    cache = KVCache(c.num_hidden_layers, 32, c.num_key_value_heads,
+                    c.hidden_size // c.num_attention_heads)
+    prefill = InferStep(core, cache, chunk=8, max_context=32)
+    decode = InferStep(core, cache, chunk=1, max_context=32)
+    row = torch.randn(1, layout.num_params) * 0.1
+    ids = torch.randint(0, c.vocab_size, (1, 13))
+    with torch.no_grad():
+        want = merged_model(hf, layout, lora_a, row[0])(ids).logits[0]
+        got5 = prefill(ids[:, :8], torch.tensor([0]), torch.tensor([5]), row)  # padding-free
+        got7 = prefill(ids[:, :8], torch.tensor([0]), torch.tensor([7]), row)
+        got8 = decode(ids[:, 8:9], torch.tensor([8]), torch.tensor([0]), row)
+        pad = torch.zeros(1, 8, dtype=torch.long)
+        pad[0, :4] = ids[0, 9:13]
+        got12 = prefill(pad, torch.tensor([9]), torch.tensor([3]), row)
+    for got, pos in ((got5, 5), (got7, 7), (got8, 8), (got12, 12)):
+        torch.testing.assert_close(got[0], want[pos], atol=1e-4, rtol=1e-4)

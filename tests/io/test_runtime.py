@@ -1,0 +1,49 @@
+"""agent.io.runtime against the real ExecuTorch runtime and a real (starter) bundle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from agent.core.bundle import read_manifest
+from agent.errors import BundleError
+from agent.io.runtime import InferProgram, TrainProgram
+
+pytestmark = pytest.mark.runtime
+
+
+def test_unknown_shape_names_available_ones(starter_bundle):
+    with pytest.raises(BundleError, match=r"slices=8, batch=2.*\(slices=1, batch=2\).*"
+                                          r"re-export with --slices/--batch"):
+        TrainProgram(starter_bundle, slices=8, batch=2)
+
+
+def test_bad_inputs_are_rejected(starter_bundle):
+    prog = TrainProgram(starter_bundle, slices=2, batch=2)
+    p = read_manifest(starter_bundle).lora.num_params
+    ok_tokens, ok_mask = torch.zeros(2, 8, dtype=torch.long), torch.ones(2, 8)
+    with pytest.raises(ValueError, match="lora_b"):
+        prog.losses(ok_tokens, ok_mask, torch.zeros(3, p))
+    with pytest.raises(ValueError, match="max_length"):
+        prog.losses(torch.zeros(2, 65, dtype=torch.long), torch.ones(2, 65), torch.zeros(2, p))
+    assert prog.losses(ok_tokens, ok_mask, torch.zeros(2, p)).shape == (2,)
+
+
+def test_identical_slices_give_identical_losses(starter_bundle):
+    prog = TrainProgram(starter_bundle, slices=4, batch=2)
+    p = read_manifest(starter_bundle).lora.num_params
+    row = torch.randn(1, p) * 0.02
+    tokens = torch.randint(0, 256, (2, 64))
+    losses = prog.losses(tokens, torch.ones(2, 64), row.repeat(4, 1))
+    assert torch.allclose(losses, losses[0].expand(4), atol=1e-6)
+    single = TrainProgram(starter_bundle, slices=1, batch=2).losses(tokens, torch.ones(2, 64), row)
+    torch.testing.assert_close(losses[:1], single, atol=1e-5, rtol=1e-6)
+
+
+def test_context_overflow_is_an_error(starter_bundle):
+    prog = InferProgram(starter_bundle)
+    zero = np.zeros(read_manifest(starter_bundle).lora.num_params, np.float32)
+    with pytest.raises(ValueError, match="do not fit the context"):
+        prog.forward([1, 2, 3], prog.max_context - 2, zero)
+    assert prog.forward([1, 2], prog.max_context - 2, zero).shape == (prog.vocab_size,)
