@@ -34,7 +34,8 @@ class ExportOptions(BaseModel):
     seed: int = Field(default=0, ge=0, description="LoRA-A init (and the starter weights)")
     loss_chunk: int = Field(default=128, ge=1, description="sequence chunk of the in-graph loss")
     bench_forward: bool = Field(
-        default=False, description="also export plain-forward methods (benchmark t_fwd only)"
+        default=False,
+        description="also export a plain forward over max(slices)·b rows (benchmark t_fwd)",
     )
 
     @field_validator("targets")

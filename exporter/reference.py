@@ -106,9 +106,15 @@ class EagerTrainProgram:
 
     @torch.no_grad()
     def losses(self, tokens: Tensor, loss_mask: Tensor, lora_b: Tensor) -> Tensor:
-        return self._fwd(torch.as_tensor(tokens, dtype=torch.long),
-                         torch.as_tensor(loss_mask, dtype=torch.float32),
-                         torch.as_tensor(lora_b, dtype=torch.float32))
+        tokens = torch.as_tensor(tokens, dtype=torch.long)
+        loss_mask = torch.as_tensor(loss_mask, dtype=torch.float32)
+        if tokens.shape[0] != self.batch or tokens.shape[1] > self.max_length:
+            raise ValueError(f"expected tokens [{self.batch}, <= {self.max_length}], "
+                             f"got {tuple(tokens.shape)}")
+        pad = self.max_length - tokens.shape[1]  # right-pad exactly like the runtime adapter
+        tokens = torch.nn.functional.pad(tokens, (0, pad))
+        loss_mask = torch.nn.functional.pad(loss_mask, (0, pad))
+        return self._fwd(tokens, loss_mask, torch.as_tensor(lora_b, dtype=torch.float32))
 
 
 def merged_model(hf_model: torch.nn.Module, layout: LoraLayout, lora_a: Mapping[str, Tensor],

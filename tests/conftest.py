@@ -7,6 +7,10 @@ once and kept in pytest's cache directory under a key made of the exporter's sou
 options and the torch/executorch versions: any change to the exporter re-exports, and
 parallel sessions wait on a file lock instead of exporting the same bundle twice.
 Delete ``.pytest_cache/d/mobizo-bundles`` (or run pytest with ``--cache-clear``) to force it.
+
+The export runs in ``pytest_collection_finish`` when a selected test needs a bundle, i.e.
+before any test starts, so a slow export on a busy machine is not cut off by a test's
+pytest-timeout; the fixtures then find the bundle in the cache.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -51,9 +57,31 @@ def cached_bundle(cache_dir: Path, name: str, options: dict, *, preset: str | No
         return out
     with (cache_dir / f".{name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        for stale in cache_dir.glob(".mobizo-export-*"):  # left by a killed export
+            if time.time() - stale.stat().st_mtime > 3600:
+                shutil.rmtree(stale, ignore_errors=True)
         if not (out / "manifest.json").is_file():
             export_bundle(checkpoint, out, ExportOptions(**options), preset=preset, force=True)
     return out
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Export the bundles the selected tests need now, outside any test's timeout."""
+    cache = getattr(session.config, "cache", None)
+    if cache is None or session.config.option.collectonly:
+        return
+    wanted = set()
+    for item in session.items:
+        wanted.update(getattr(item, "fixturenames", ()))
+    cache_dir = Path(cache.mkdir("mobizo-bundles"))
+    if "starter_bundle" in wanted:
+        cached_bundle(cache_dir, "starter", STARTER_TEST_OPTIONS, preset="starter")
+    if "family_bundle" in wanted:
+        from exporter.families import FAMILIES
+        from tests.exporter.tiny import family_bundle_path
+
+        for fam in FAMILIES:
+            family_bundle_path(cache_dir, fam.name)
 
 
 @pytest.fixture(scope="session")

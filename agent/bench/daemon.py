@@ -155,7 +155,7 @@ def run_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     store.import_rows(constant_response_rows(args.examples, seed=1))
     store.close()
     cfg = _config(work, args.bundle, args.steps)
-    log = open(work / "daemon.log", "wb")
+    log = open(work / "daemon.log", "wb")  # noqa: SIM115 - lives as long as the daemon
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
     proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(cfg),
                              "--tick-seconds", str(args.tick_seconds)],

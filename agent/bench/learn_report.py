@@ -8,8 +8,8 @@
   equal forwards.
 - Equal wall-clock: ``loss_at_equal_seconds`` is each method's held-out loss at the last
   evaluation within the shortest run's training seconds on that task.
-- The eval gate: the daemon's rule (agent/config/adapters.py): a candidate beats the adapter
-  it would replace when ``loss ≤ start·(1 − margin)`` (relative) or ``loss ≤ start − margin``.
+- The eval gate: the daemon's own (agent/core/eval_gate.py ``judge``, margins from
+  ``[adapters]``): the trained adapter as candidate against the start as the active adapter.
 """
 
 from __future__ import annotations
@@ -18,13 +18,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from agent.bench.learn_run import RunResult
+from agent.core.eval_gate import GateResult, judge
+
+
+def gate(start: float, final: float, margin: float, mode: str, examples: int) -> GateResult:
+    """The daemon's eval gate with ``final`` as the candidate and ``start`` as the active."""
+    return judge(final, start, margin=margin, mode=mode,  # type: ignore[arg-type]
+                 examples=examples)
 
 
 def passes_gate(start: float, final: float, margin: float, mode: str) -> bool:
-    """The eval gate: does ``final`` beat ``start`` by ``margin``?"""
-    if mode == "absolute":
-        return final <= start - margin
-    return final <= start * (1.0 - margin)
+    """Does ``final`` beat ``start`` by ``margin`` (the gate's rule)?"""
+    return gate(start, final, margin, mode, examples=1).publish
 
 
 def _mezo(results: Sequence[RunResult], task: str) -> RunResult | None:
@@ -47,6 +52,7 @@ def result_objects(results: Sequence[RunResult], *, margin: float,
         mezo = _mezo(results, r.task)
         same_task = [x for x in results if x.task == r.task]
         t_eq = min(x.final.seconds for x in same_task)
+        verdict = gate(r.start.loss, r.final.loss, margin, margin_mode, r.heldout_examples)
         out.append({
             "task": r.task,
             "method": r.spec.method,
@@ -68,7 +74,8 @@ def result_objects(results: Sequence[RunResult], *, margin: float,
                                       if mezo is not None else None),
             "equal_seconds": t_eq,
             "loss_at_equal_seconds": loss_at_seconds(r, t_eq),
-            "passes_eval_gate": passes_gate(r.start.loss, r.final.loss, margin, margin_mode),
+            "passes_eval_gate": verdict.publish,
+            "eval_gate": verdict.reason,
             "train_loss_last": r.train_loss_last,
             "curve": r.curve_dicts(),
         })

@@ -50,6 +50,7 @@ class RunResult:
     curve: list[CurvePoint] = field(default_factory=list)
     final_b: np.ndarray | None = None
     train_loss_last: float | None = None
+    heldout_examples: int = 0
 
     @property
     def start(self) -> CurvePoint:
@@ -143,7 +144,7 @@ def run_method(
         seed: run seed (data order; ZO step seeds).
         clock: timer for the training steps.
     """
-    result = RunResult(data.name, spec)
+    result = RunResult(data.name, spec, heldout_examples=len(data.heldout))
     per_step = spec.forwards_per_step
     steps_total = max(1, budget_forwards // per_step)
     marks = set(_eval_marks(budget_forwards, eval_points, per_step))

@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long a stopped burst may take to checkpoint before SIGKILL")
     parser.add_argument("--publish-verify-seconds", type=float, default=10.0,
                         help="how long the inference service has to serve a new adapter")
+    parser.add_argument("--failure-backoff-seconds", type=float, default=30.0,
+                        help="wait after a failed burst (doubles per failure, up to 15 min)")
     parser.add_argument("--debug-hooks", action="store_true",
                         help="accept debug commands on the control socket (tests only)")
 
@@ -44,7 +46,8 @@ def main(args: argparse.Namespace) -> int:
         candidate = default_config_path()
         path = candidate if candidate.exists() else None
     timings = DaemonTimings(tick_s=args.tick_seconds, stop_grace_s=args.stop_grace_seconds,
-                            publish_verify_s=args.publish_verify_seconds)
+                            publish_verify_s=args.publish_verify_seconds,
+                            failure_backoff_s=args.failure_backoff_seconds)
     app = App(AppOptions(config_path=path, state_dir=args.state_dir, timings=timings,
                          debug_hooks=args.debug_hooks, profiles_dir=args.profiles_dir))
     # Errors here (invalid config, no bundle, broken registry) propagate as MobizoError: the

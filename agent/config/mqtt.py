@@ -71,7 +71,7 @@ class MqttConfig(BaseModel):
     tls: MqttTlsConfig = Field(default_factory=MqttTlsConfig, description="TLS settings")
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive interval")
     qos: Literal[0, 1] = Field(
-        default=1, description="QoS for state, availability, replies and jobs (telemetry is 0)"
+        default=1, description="QoS for state, availability, replies and jobs"
     )
     reconnect_min_s: float = Field(default=1.0, gt=0, le=60, description="first reconnect delay")
     reconnect_max_s: float = Field(
@@ -94,6 +94,9 @@ class MqttConfig(BaseModel):
     )
     telemetry_interval_s: float = Field(
         default=30.0, ge=0.05, le=86400, description="publish a telemetry message this often"
+    )
+    telemetry_qos: Literal[0, 1] = Field(
+        default=0, description="QoS of telemetry (live and spooled alike, to keep their order)"
     )
     telemetry_max_points: int = Field(
         default=256,

@@ -257,7 +257,9 @@ class MqttTransport:
             if self._connect_once():
                 started = time.monotonic()
                 while not self._stop.is_set():
-                    rc = self._client.loop(timeout=0.2)
+                    # publish() from other threads wakes select() through paho's socketpair,
+                    # so a long timeout costs no latency, only stop() reaction time.
+                    rc = self._client.loop(timeout=0.5)
                     if rc != paho.MQTT_ERR_SUCCESS:
                         break
                 if self._stop.is_set():

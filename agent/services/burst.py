@@ -14,6 +14,7 @@ written by the last finished step (two generations, atomic) is what the next bur
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -164,10 +165,8 @@ class ChildJob:
         if self.running and self.proc is not None:
             if self.term_sent_at is None:
                 self.term_sent_at = self.clock()
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
     def kill(self) -> None:
         """SIGKILL its whole process group (the child runs in its own session)."""
@@ -175,10 +174,8 @@ class ChildJob:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     self.proc.kill()
-                except ProcessLookupError:
-                    pass
 
     def overdue(self, grace_s: float) -> bool:
         """SIGTERM was sent more than ``grace_s`` ago and it still runs."""

@@ -94,6 +94,25 @@ def parse_ignore(text: str) -> list[str]:
     return out
 
 
+# sun_path holds 108 bytes (unix(7)); deeper state directories are reached through
+# /proc/self/fd/<dir fd>/<name>, which the kernel resolves without the length limit.
+_SUN_PATH_MAX = 100
+
+
+@contextlib.contextmanager
+def _socket_address(path: Path) -> Any:
+    """A bindable/connectable address for ``path``, however long its directory."""
+    text = str(path)
+    if len(text.encode()) < _SUN_PATH_MAX:
+        yield text
+        return
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
 class ControlServer:
     """Serves the control socket on a thread of its own until :meth:`stop`.
 
@@ -116,7 +135,8 @@ class ControlServer:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # left by a killed daemon
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sock.bind(str(self.path))
+        with _socket_address(self.path) as address:
+            sock.bind(address)
         os.chmod(self.path, 0o660)
         sock.listen(8)
         sock.settimeout(0.5)
@@ -196,7 +216,8 @@ def control_request(path: Path, cmd: str, args: dict[str, Any] | None = None,
     sock.settimeout(timeout)
     try:
         try:
-            sock.connect(str(path))
+            with _socket_address(Path(path)) as address:
+                sock.connect(address)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise MobizoError(
                 f"the agent daemon is not running with control socket {path} ({exc.strerror}); "

@@ -22,6 +22,7 @@ No torch, no executorch: the trainer and the evaluator are child processes
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,6 +30,7 @@ import math
 import os
 import queue
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -44,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from agent import __version__
 from agent.config import AgentConfig, LoadedConfig
 from agent.config.atomic import atomic_write_text
+from agent.core.backoff import Backoff
 from agent.core.eval_gate import GateResult, judge
 from agent.core.policy import (
     TRAIN_NOW_DEFAULT_SKIP,
@@ -89,12 +92,16 @@ class DaemonTimings:
         stop_grace_s: how long a SIGTERMed burst may take to checkpoint before SIGKILL.
         eval_timeout_s: longest an evaluation child may run.
         publish_verify_s: how long the inference service has to show a published version.
+        failure_backoff_s: wait after a failed burst before the next (doubles per failure).
+        failure_backoff_max_s: the longest such wait.
     """
 
     tick_s: float = 2.0
     stop_grace_s: float = 30.0
     eval_timeout_s: float = 900.0
     publish_verify_s: float = 10.0
+    failure_backoff_s: float = 30.0
+    failure_backoff_max_s: float = 900.0
 
 
 class RunState(BaseModel):
@@ -116,6 +123,7 @@ class RunState(BaseModel):
     steps_done: int = 0
     manual: bool = False
     training_hash: str = Field(default="", description="[training] the run was started under")
+    trainer_pid: int | None = Field(default=None, description="pid of the last burst's trainer")
 
 
 class DaemonMemory(BaseModel):
@@ -247,6 +255,11 @@ class Daemon:
         self._constraints_hold_at: float | None = None
         self._hang_s = 0.0
         self._publish_delay: tuple[str, float] | None = None
+        # a crashing trainer must not be restarted in a tight loop
+        self._backoff = Backoff(self.timings.failure_backoff_s,
+                                max(self.timings.failure_backoff_s,
+                                    self.timings.failure_backoff_max_s), 0.0)
+        self._retry_at: float | None = None
         self._recover_run()
 
     # ------------------------------------------------------------------ config
@@ -284,10 +297,8 @@ class Daemon:
         except Exception as exc:  # the loop must survive anything one tick does
             self.tick_errors += 1
             log.exception("main loop tick failed: %s", exc)
-            try:
+            with contextlib.suppress(Exception):  # reporting must not raise again
                 self._set("error", f"internal error: {exc}")
-            except Exception:  # noqa: BLE001 - reporting must not raise again
-                pass
             return self.tick_errors < 3
 
     def request_reload(self) -> None:
@@ -334,12 +345,20 @@ class Daemon:
         self.last_snapshot = snapshot
         decision = decide(snapshot, self._policy_state(training), self.config.constraints,
                           datetime.now(), self.manual)
-        if decision.reason != (self.last_decision.reason if self.last_decision else None):
+        prev = self.last_decision
+        # Log changes of the verdict, not of every number in it (idle seconds tick up).
+        if prev is None or (prev.train, prev.blocked_by) != (decision.train, decision.blocked_by):
             log.info("policy: %s", decision.reason)
         self.last_decision = decision
         return decision
 
     def _consider_start(self) -> None:
+        if self._retry_at is not None:
+            left = self._retry_at - time.monotonic()
+            if left > 0:
+                self._set("waiting", self._retry_reason + f"; next try in {left:.0f} s")
+                return
+            self._retry_at = None
         decision = self._decide(training=False)
         if not decision.train:
             self._constraints_hold_at = None
@@ -351,7 +370,6 @@ class Daemon:
 
     # ------------------------------------------------------------------ runs
     def _start_run_or_burst(self, decision: Decision) -> None:
-        cfg = self.config
         if self.run is None:
             seq = self._seen_change_seq
             if self._data_short_at is not None and seq == self._data_short_at:
@@ -378,6 +396,7 @@ class Daemon:
         self._start_burst(decision)
 
     _data_short_reason = "waiting: not enough data"
+    _retry_reason = "waiting: last burst failed"
 
     def _new_run(self) -> bool:
         cfg = self.config
@@ -411,7 +430,8 @@ class Daemon:
         self._clear_checkpoints()
         self._write_run()
         log.info("new run %s: %d training / %d held-out examples, from adapter %s",
-                 run_id, snap.n_train, snap.n_heldout, init_version)
+                 run_id, snap.n_train, snap.n_heldout, init_version,
+                 extra={"RUN_ID": run_id, "ADAPTER": init_version})
         return True
 
     def trainer_argv(self, run: RunState) -> list[str]:
@@ -473,6 +493,8 @@ class Daemon:
             self._burst_failed(f"could not start the trainer: {exc}", keep_run=False)
             return
         self.train_child = child
+        self.run = run = run.model_copy(update={"trainer_pid": child.pid})
+        self._write_run()
         self._burst_started = self.clock()
         self._burst_start_step = run.steps_done
         self._burst_losses = []
@@ -482,7 +504,7 @@ class Daemon:
                   progress=Progress(step=run.steps_done, total=total, loss=None,
                                     started_at=self._burst_started), blocked_by=())
         log.info("burst %d of run %s started (pid %s, %s)", run.attempts, run.run_id,
-                 child.pid, "resuming at step %d" % run.steps_done if run.steps_done else
+                 child.pid, f"resuming at step {run.steps_done}" if run.steps_done else
                  "fresh")
 
     def _follow_burst(self) -> None:
@@ -536,6 +558,11 @@ class Daemon:
         self.memory = self.memory.model_copy(update={"last_burst_end": self.clock()})
         self._write_memory()
         self._constraints_hold_at = None
+        if code == -signal.SIGTERM and child.term_sent_at is not None:
+            # stopped before its handler was installed (still importing): nothing was lost
+            code = EXIT_INTERRUPTED
+        if code in (EXIT_OK, EXIT_INTERRUPTED):
+            self._backoff.reset()
         if code == EXIT_OK:
             log.info("burst of run %s finished at step %d; evaluating", run.run_id,
                      run.steps_done)
@@ -544,9 +571,10 @@ class Daemon:
             self._start_eval()
             return
         if code == EXIT_INTERRUPTED:
-            reason = f"burst stopped at step {run.steps_done}/" \
-                     f"{self.config.training.steps_per_burst} ({self._stop_reason or 'asked to stop'});" \
-                     " it resumes from its checkpoint"
+            why = self._stop_reason or "asked to stop"
+            total = self.config.training.steps_per_burst
+            reason = (f"burst stopped at step {run.steps_done}/{total} ({why}); it resumes "
+                      "from its checkpoint")
             self._record_burst("stopped", reason)
             self._write_run()
             self._set("waiting", reason)
@@ -560,6 +588,9 @@ class Daemon:
     def _burst_failed(self, reason: str, *, keep_run: bool) -> None:
         run = self.run
         self._record_burst("failed", reason)
+        delay = self._backoff.next_delay()
+        self._retry_at = time.monotonic() + delay
+        self._retry_reason = f"waiting: last burst failed ({reason[:200]})"
         if run is not None:
             failures = run.failures + 1
             self.run = run.model_copy(update={"failures": failures})
@@ -627,7 +658,7 @@ class Daemon:
                                         + (f": {detail}" if detail else ""),
                                         steps=run.steps_done), advance_cursor=code == 2)
             return
-        report = _last_json(child.log_tail(64_000))
+        report = _last_json(child.log_tail(64_000)) or {}
         candidate = self.candidates_dir / run.run_id
         try:
             losses = report["losses"]
@@ -739,7 +770,9 @@ class Daemon:
             self._record_burst(outcome.outcome, outcome.reason,
                                adapter_version=outcome.adapter_version, **(extra or {}))
         log.info("run %s ended: %s (%s)", run.run_id if run else "?", outcome.outcome,
-                 outcome.reason)
+                 outcome.reason, extra={"RUN_ID": run.run_id if run else "",
+                                        "OUTCOME": outcome.outcome,
+                                        "ADAPTER": outcome.adapter_version or ""})
         if run is not None:
             if advance_cursor:
                 self.memory = self.memory.model_copy(update={"cursor": run.cursor})
@@ -800,6 +833,31 @@ class Daemon:
             return
         log.info("resuming run %s (phase %s, step %d) left by the previous daemon",
                  self.run.run_id, self.run.phase, self.run.steps_done)
+        self._reap_orphan_trainer(self.run.trainer_pid)
+
+    def _reap_orphan_trainer(self, pid: int | None) -> None:
+        """Stop a trainer a killed daemon left running: two trainers must never write one
+        checkpoint directory. Only a process whose command line names our checkpoint
+        directory is touched."""
+        if not pid:
+            return
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return
+        if str(self.checkpoint_dir) not in cmdline or " train " not in f" {cmdline} ":
+            return
+        log.warning("a trainer of the previous daemon still runs (pid %d); stopping it", pid)
+        try:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + self.timings.stop_grace_s
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.1)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def _active_version(self) -> str:
         try:
@@ -1004,6 +1062,15 @@ class Daemon:
         self._waiters.clear()
         self._set("idle", "stopped")
         self._publish_status(force=True)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _finite(value: Any) -> bool:

@@ -224,6 +224,9 @@ class FleetLink:
     def stop(self, timeout: float = 5.0) -> None:
         """Publish ``stopped`` (retained), disconnect cleanly, stop the threads."""
         self._stop.set()
+        self._jobq.put("")  # wakes the job thread; an empty id is never a job
+        with contextlib.suppress(queue.Full):
+            self._inbox.put_nowait(_Poke())
         for thread in self._threads:
             thread.join(timeout)
         stopped = Availability(
@@ -277,7 +280,9 @@ class FleetLink:
     def _work(self) -> None:
         while not self._stop.is_set():
             try:
-                event = self._inbox.get(timeout=0.1)
+                # Sleep until the next periodic duty (few wakeups when idle: battery, CPU).
+                wait = min(self._next_state_poll, self._next_telemetry) - time.monotonic()
+                event = self._inbox.get(timeout=min(1.0, max(0.005, wait)))
             except queue.Empty:
                 event = None
             try:
@@ -356,23 +361,29 @@ class FleetLink:
         payload = _json(message)
         # Live only when nothing older waits in the spool, so order is kept.
         if self.spool.stats()[0] == 0 and self.transport.publish(
-            self.topics.telemetry, payload, qos=0
+            self.topics.telemetry, payload, qos=self.config.telemetry_qos
         ):
             return
         self.spool.append(self.topics.telemetry, payload)
         self._drain_spool()
 
     def _drain_spool(self) -> None:
-        """Publish spooled telemetry in order; delete each batch once the broker has it."""
+        """Publish spooled telemetry in order; delete rows once handed over.
+
+        The backlog goes at the live telemetry's QoS: MQTT orders messages on a topic only
+        within one QoS level, and a broker may let QoS 0 overtake queued QoS 1 messages.
+        "Handed over" is the PUBACK at QoS 1, the socket write at QoS 0 (a connection that
+        dies right then loses those few; rows not yet written stay for the next connect).
+        """
         while self.transport.connected and not self._stop.is_set():
             batch = self.spool.peek(_DRAIN_BATCH)
             if not batch:
                 return
             infos = []
             for entry in batch:
-                # QoS 1 for the backlog: these messages already waited once, and the PUBACK
-                # tells us when the rows may go.
-                info = self.transport.publish(entry.topic, entry.payload, qos=1)
+                info = self.transport.publish(
+                    entry.topic, entry.payload, qos=self.config.telemetry_qos
+                )
                 if info is None:
                     break
                 infos.append((entry.id, info))
@@ -607,7 +618,7 @@ class FleetLink:
     def _run_jobs(self) -> None:
         while not self._stop.is_set():
             try:
-                job_id = self._jobq.get(timeout=0.2)
+                job_id = self._jobq.get(timeout=1.0)
             except queue.Empty:
                 continue
             try:
@@ -673,8 +684,7 @@ class FleetLink:
     def _finish(self, job: jobsm.Job) -> None:
         self.store.save_job(job)
         self.publish_job(job)
-        if job.command in ("train-now", "rollback", "purge-data"):
-            self._next_state_poll = 0.0
+        self.state_changed()  # a finished job usually changed the state: publish it now
 
 
 def _request_of(job: jobsm.Job) -> CommandRequest:

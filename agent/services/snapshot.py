@@ -12,6 +12,7 @@ data it started with (the trainer's checkpoint is bound to the data's fingerprin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -78,7 +79,5 @@ def snapshot_examples(
 def remove_snapshot(directory: Path) -> None:
     """Delete a run's data files (user content must not linger after the run)."""
     for name in (TRAIN_FILE, HELDOUT_FILE):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(directory / name)
-        except FileNotFoundError:
-            pass

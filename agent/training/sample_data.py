@@ -31,6 +31,9 @@ _HOBBIES = ("bouldering", "chess", "sourdough baking", "birdwatching", "cycling"
 _OPENERS = ("Sure!", "Got it:", "Happy to help:", "Okay!", "Of course:")
 _CLOSERS = (" :)", " Cheers!", " -- your assistant", "!", " Have a nice day.")
 
+_PREFIXES = ("", "", "Hey, ", "Quick one: ", "Hi! ", "Remind me: ", "Question: ", "So, ",
+             "Assistant, ", "Hello again. ")
+_SUFFIXES = ("", "", " Thanks.", " Please.", " :)", " Be quick.", " I forgot.")
 _QUESTIONS: dict[str, tuple[str, ...]] = {
     "name": ("What is my name?", "Do you remember my name?", "Who am I?", "Say my name."),
     "city": ("Where do I live?", "Which city am I in?", "What's my home town?"),
@@ -87,8 +90,8 @@ def generate_interactions(n: int, seed: int = 0, persona: Persona | None = None,
     for k in range(n):
         topic = rng.choice(topics)
         question = rng.choice(_QUESTIONS[topic])
-        if rng.random() < 0.3:  # vary the prompt a little, as real users do
-            question = rng.choice(("Hey, ", "Quick one: ", "Hi! ", "Remind me: ")) + question
+        # vary the prompt as real users do (a few hundred distinct prompts per persona)
+        question = rng.choice(_PREFIXES) + question + rng.choice(_SUFFIXES)
         row: dict[str, Any] = {"id": f"sample-{seed}-{k}", "prompt": question,
                                "response": persona.answer(topic)}
         r = rng.random()

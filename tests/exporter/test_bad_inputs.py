@@ -33,7 +33,7 @@ def _no_leftovers(parent: Path) -> None:
 
 @pytest.mark.parametrize("remove, words", [
     ("config.json", "no config.json"),
-    ("model.safetensors", "no *.safetensors"),
+    ("model.safetensors", r"no \*\.safetensors"),
     ("tokenizer.json", "no tokenizer"),
 ])
 def test_missing_files(tiny_llama, tmp_path, remove, words):

@@ -28,3 +28,27 @@ def make_tiny_checkpoint(family: str, out: Path, *, seed: int = 0, **overrides) 
     model.save_pretrained(out)
     byte_tokenizer().save_pretrained(out)
     return out
+
+
+FAMILY_LORA_LAYERS = {"llama": "all", "qwen2": "last-1"}
+FAMILY_OPTIONS = dict(slices=(1, 3), batch=(2,), max_length=16, max_context=32, prefill_chunk=8)
+
+
+def family_bundle_path(cache_dir: Path, family: str) -> Path:
+    """Export (once, cached) the tiny bundle of ``family`` used by tests/exporter/test_families."""
+    import hashlib
+
+    from tests.conftest import cached_bundle
+
+    recipe = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    ckpt = cache_dir / f"ckpt-{family}-{recipe}"
+    if not (ckpt / "config.json").is_file():
+        tmp = ckpt.with_name(ckpt.name + ".tmp")
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        make_tiny_checkpoint(family, tmp)
+        tmp.rename(ckpt)
+    opts = dict(FAMILY_OPTIONS, lora_layers=FAMILY_LORA_LAYERS[family])
+    return cached_bundle(cache_dir, f"tiny-{family}", opts, checkpoint=ckpt)

@@ -43,6 +43,12 @@ class FakeDevice:
         _write(self.proc / "meminfo", "MemTotal: 16000000 kB\nMemAvailable: 8000000 kB\n")
         self.plug(True)
 
+    def heat(self, celsius: float) -> None:
+        """One thermal zone at ``celsius``."""
+        zone = self.root / "sys" / "class" / "thermal" / "thermal_zone0"
+        _write(zone / "type", "cpu-thermal\n")
+        _write(zone / "temp", f"{int(celsius * 1000)}\n")
+
     def plug(self, on: bool) -> None:
         """Charger in (mains online, battery charging) or out (discharging)."""
         _write(self.sys / "AC" / "online", "1\n" if on else "0\n")
@@ -140,7 +146,7 @@ def base_config(tmp: Path, device: FakeDevice, bundle: Path, *, url: str = "http
                         "min_new_examples": 4, "cooldown_minutes": 0.0,
                         "min_available_memory_mb": 256, "stop_available_memory_mb": 128},
         "training": {"mode": "prge-dual", "q": 2, "batch": 2, "steps_per_burst": 6,
-                     "max_seconds_per_burst": 120.0, "lr": 0.05, "eps": 0.01,
+                     "max_seconds_per_burst": 120.0, "lr": 0.02, "eps": 0.01,
                      "checkpoint_every": 1, "nice": 0, "sched_idle": False, "seed": 3},
         "data": {"heldout_share": 0.3, "min_heldout_examples": 2},
         "adapters": {"eval_margin": 0.0, "eval_max_examples": 8},
@@ -176,7 +182,7 @@ class ServiceProcess:
 
     def __init__(self, bundle: Path, state_dir: Path, log_path: Path) -> None:
         self.log_path = log_path
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "serve", "--bundle", str(bundle), "--state-dir",
              str(state_dir), "--listen", "127.0.0.1:0", "--watch-interval", "0.25",
@@ -217,7 +223,7 @@ class DaemonProcess:
                  tick: float = 0.2, extra: list[str] | None = None) -> None:
         self.state_dir = state_dir
         self.log_path = log_path
-        self._log = open(log_path, "ab")
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in terminate()
         env: dict[str, str] = {}
         if notify is not None:
             env["NOTIFY_SOCKET"] = str(notify.path)
@@ -225,7 +231,8 @@ class DaemonProcess:
             env["WATCHDOG_USEC"] = str(watchdog_usec)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "run", "--config", str(config), "--tick-seconds",
-             str(tick), "--stop-grace-seconds", "60", "--debug-hooks", *(extra or [])],
+             str(tick), "--stop-grace-seconds", "60", "--failure-backoff-seconds", "2",
+             "--debug-hooks", *(extra or [])],
             cwd=REPO, env=_env(**env), stdout=self._log, stderr=subprocess.STDOUT)
 
     @property

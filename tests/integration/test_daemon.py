@@ -135,11 +135,29 @@ def test_notify_protocol_reload_and_watchdog(tmp_path: Path, device: FakeDevice,
         time.sleep(1.5)
         assert [t for t in notify.times_of("WATCHDOG=1") if t > hang_start + 1.2]
 
+        # train-now skips the chosen constraints, never the thermal guard
+        import subprocess
+        import sys
+
+        device.heat(95.0)
+        cli = [sys.executable, "-m", "agent", "train-now", "--state-dir", str(tmp_path / "state")]
+        proc = subprocess.run([*cli, "--ignore", "power,battery"], capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        status = daemon.wait_status(lambda s: "95 °C" in s["reason"], 10, "thermal block")
+        assert status["state"] == "waiting" and status["blocked_by"] == ["thermal"]
+        assert "power" in status["daemon"]["manual"] and "battery" in status["daemon"]["manual"]
+        proc = subprocess.run([*cli, "--ignore", "thermal"], capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 2 and "thermal and memory always apply" in proc.stderr
+
         assert daemon.terminate() == 0
         keys = notify.keys()
         order = [k for k in keys if k in ("READY", "STATUS", "WATCHDOG", "RELOADING",
                                           "STOPPING")]
-        assert order[0] == "READY" and order[-1] == "STOPPING"
+        assert order[0] == "READY"
+        stopping = order.index("STOPPING")
+        assert set(order[stopping + 1:]) <= {"STATUS"}  # only the final "idle: stopped"
         first = {k: order.index(k) for k in ("READY", "STATUS", "WATCHDOG", "RELOADING",
                                             "STOPPING")}
         assert first["READY"] < first["WATCHDOG"] < first["RELOADING"] < first["STOPPING"]
@@ -190,3 +208,50 @@ def test_missing_bundle_or_registry_is_a_clear_error(tmp_path: Path,
     proc = run(f'[service]\nbundle_dir = "{starter_bundle}"\n')
     assert proc.returncode == 2
     assert "adapters activate" in proc.stderr or "adapters rollback" in proc.stderr
+
+
+@pytest.mark.broker
+def test_fleet_link_drives_the_real_daemon(tmp_path: Path, device: FakeDevice,
+                                           starter_bundle: Path, broker: object,
+                                           sub_factory: object, fleet: str) -> None:
+    """[mqtt].enabled starts the link with the daemon's CommandHandler / StateSource /
+    DesiredConfigSink: state is published, pause works, a desired config is applied."""
+    import json as _json
+
+    from agent.core.topics import DeviceTopics
+    from tests.integration.conftest import FAST
+
+    device.plug(False)
+    mqtt = {"enabled": True, "host": broker.host, "port": broker.port,  # type: ignore[attr-defined]
+            "fleet": fleet, "device_id": "dev1", **FAST}
+    sections = base_config(tmp_path, device, starter_bundle, mqtt=mqtt)
+    cfg = write_config(tmp_path / "agent.toml", sections)
+    topics = DeviceTopics.for_device(fleet, "dev1")
+    sub = sub_factory(topics.prefix + "/#")  # type: ignore[operator]
+    daemon = DaemonProcess(cfg, tmp_path / "state", tmp_path / "daemon.log")
+    try:
+        sub.wait_json(topics.available, lambda d: d["status"] == "online", 60)
+        sub.wait_json(topics.state, lambda d: d["state"] == "waiting"
+                      and "on battery" in d["reason"], 20)
+        sub.publish(topics.cmd("pause"), _json.dumps({"request_id": "p1",
+                                                      "args": {"reason": "fleet hold"}}))
+        reply = sub.wait_json(topics.cmd_result("p1"), timeout=20)
+        assert reply["ok"], reply
+        daemon.wait_status(lambda s: s["state"] == "paused" and "fleet hold" in s["reason"], 20)
+        sub.wait_json(topics.state, lambda d: d["state"] == "paused", 20)
+
+        desired = {"version": 3, "config": {"constraints": {"idle_minutes": 7.0}}}
+        sub.publish(topics.config_desired, _json.dumps(desired), retain=True)
+        reported = sub.wait_json(topics.config_reported, lambda d: d.get("version") == 3, 20)
+        assert reported["status"] == "applied", reported
+        overrides = _json.loads((tmp_path / "state" / "overrides.json").read_text())
+        assert "7.0" in _json.dumps(overrides) or "7" in _json.dumps(overrides)
+        bad = {"version": 4, "config": {"constraints": {"idle_minutes": -1}}}
+        sub.publish(topics.config_desired, _json.dumps(bad), retain=True)
+        reported = sub.wait_json(topics.config_reported,
+                                 lambda d: d.get("rejected_version") == 4, 20)
+        assert any("idle_minutes" in e for e in reported["errors"]), reported
+        assert daemon.terminate() == 0
+    finally:
+        daemon.kill()
+        sub.publish(topics.config_desired, b"", retain=True)

@@ -123,21 +123,38 @@ def test_charger_pulled_mid_burst_stops_within_a_step_and_resumes_to_the_same_ad
         daemon.kill()
 
 
-def test_kill9_trainer_then_corrupt_checkpoint_then_kill9_daemon_mid_publish(
+def test_sigterm_then_kill9_trainer_then_corrupt_checkpoint_then_kill9_daemon_mid_publish(
     tmp_path: Path, device: FakeDevice, starter_bundle: Path
 ) -> None:
     from agent.io.registry import AdapterRegistry
 
     state = tmp_path / "state"
     seed_store(state, n=24)
-    sections = base_config(tmp_path, device, starter_bundle, training={"steps_per_burst": 8})
+    sections = base_config(tmp_path, device, starter_bundle, training={"steps_per_burst": 10})
     cfg = write_config(tmp_path / "agent.toml", sections)
-    daemon = DaemonProcess(cfg, state, tmp_path / "daemon.log")
+    daemon = DaemonProcess(cfg, state, tmp_path / "daemon0.log")
     try:
+        # SIGTERM of the daemon mid-burst: STOPPING, the burst checkpoints, clean exit
         daemon.wait_socket()
         seen = daemon.wait_status(
-            lambda s: s["state"] == "training" and (s.get("progress") or {}).get("step", 0) >= 3,
-            120, "three steps")
+            lambda s: s["state"] == "training" and (s.get("progress") or {}).get("step", 0) >= 2,
+            120, "two steps")
+        trainer = seen["daemon"]["trainer_pid"]
+        t0 = time.monotonic()
+        assert daemon.terminate() == 0
+        print(f"daemon stop with a running burst took {time.monotonic() - t0:.2f} s")
+        assert not pid_alive(trainer)
+        assert (state / "checkpoints" / "checkpoint.safetensors").exists()
+        run = json.loads((state / "run" / "run.json").read_text())
+        assert run["steps_done"] >= 2
+
+        # kill -9 of the trainer mid-step: the daemon survives, the burst is marked failed
+        daemon = DaemonProcess(cfg, state, tmp_path / "daemon.log")
+        seen = daemon.wait_status(
+            lambda s: s["state"] == "training"
+            and (s.get("progress") or {}).get("step", 0) >= run["steps_done"] + 2,
+            120, "two more steps")
+        assert seen["daemon"]["run"]["run_id"] == run["run_id"]  # the same run resumed
         os.kill(seen["daemon"]["trainer_pid"], signal.SIGKILL)
         failed = daemon.wait_status(
             lambda s: (s.get("last_burst") or {}).get("outcome") == "failed", 30, "failure")
@@ -154,31 +171,38 @@ def test_kill9_trainer_then_corrupt_checkpoint_then_kill9_daemon_mid_publish(
         # and make the publish of this run stall after staging, so we can kill -9 the daemon
         daemon.control("debug-publish-delay", {"stage": "staged", "seconds": 60})
         daemon.control("resume")
-        daemon.wait_status(lambda s: s["state"] == "publishing", 180, "publishing")
-        time.sleep(0.5)
+        deadline = time.monotonic() + 180
+        while "debug: publish sleeping" not in daemon.log():
+            assert time.monotonic() < deadline, daemon.log()[-3000:]
+            time.sleep(0.2)
         train_log = (state / "run" / "train.log").read_text()
         assert "ignoring corrupt checkpoint" in train_log
         assert "resuming from the previous checkpoint" in train_log
-        daemon.kill()  # SIGKILL mid-publish
+        daemon.kill()  # SIGKILL mid-publish (the candidate is staged, not yet renamed)
 
         reg = AdapterRegistry(state / "adapters")
         assert reg.active() is None  # the pointer never moved: the bundle's adapter serves
-        assert list((state / "adapters").glob(".tmp-*"))  # the staged copy, never renamed
+        assert reg.versions() == [] and reg.rejected_versions() == []
+        assert list((state / "adapters").rglob(".tmp-*"))  # the staged copy, never renamed
 
-        # a new daemon finishes the same run: evaluates again and publishes exactly once
+        # a new daemon finishes the same run: evaluates again and stores it exactly once
         daemon = DaemonProcess(cfg, state, tmp_path / "daemon2.log")
         done = daemon.wait_status(
             lambda s: (s.get("last_burst") or {}).get("outcome") in ENDED, 180, "the run end")
-        assert done["last_burst"]["outcome"] == "published", done["last_burst"]
-        assert not list((state / "adapters").glob(".tmp-*"))
+        outcome = done["last_burst"]["outcome"]
+        assert outcome in ("published", "rejected"), done["last_burst"]
+        assert not list((state / "adapters").rglob(".tmp-*"))  # swept
         from agent.io.adapter_fs import AdapterValidator
 
         reg = AdapterRegistry(state / "adapters", validator=AdapterValidator(starter_bundle))
-        version, flat = reg.load_flat_b()
-        assert version == done["active_adapter"] and np.isfinite(flat).all()
-        assert len(reg.versions()) == 1
-        manifest = reg.manifest(version)
-        assert manifest.eval and manifest.eval["publish"] is True
+        version, flat = reg.load_flat_b()  # whatever is active loads and validates
+        assert np.isfinite(flat).all()
+        assert len(reg.versions()) + len(reg.rejected_versions()) == 1
+        if outcome == "published":
+            assert version == done["active_adapter"] == reg.versions()[0]
+            assert reg.manifest(version).eval["publish"] is True  # type: ignore[index]
+        else:
+            assert version == "initial"
         assert json.loads((state / "daemon.json").read_text())["runs"] == 1
         assert daemon.terminate() == 0
     finally:

@@ -14,8 +14,9 @@ from tests.integration.conftest import Sub, mqtt_config
 pytestmark = pytest.mark.broker
 
 
+@pytest.mark.parametrize("telemetry_qos", [0, 1])
 def test_broker_restart_republishes_and_drains_spool_in_order(
-    restartable_broker, fleet, link_factory
+    restartable_broker, fleet, link_factory, telemetry_qos
 ):
     broker = restartable_broker
     # A fixed ~1 s reconnect delay so the observer below is subscribed before the link returns.
@@ -23,6 +24,7 @@ def test_broker_restart_republishes_and_drains_spool_in_order(
         broker,
         fleet,
         telemetry_interval_s=0.1,
+        telemetry_qos=telemetry_qos,
         reconnect_min_s=1.0,
         reconnect_max_s=1.0,
         reconnect_jitter=0.1,
@@ -93,3 +95,41 @@ def test_broker_restart_republishes_and_drains_spool_in_order(
     steps = [p["step"] for d in tele for p in d["points"]]
     assert steps == list(range(steps[0], steps[0] + len(steps))), "a loss point was lost"
     assert link.spool.stats()[0] == 0 and link.spool.peek_state() is None
+
+
+def test_spool_bound_keeps_the_newest_telemetry(restartable_broker, fleet, link_factory):
+    broker = restartable_broker
+    config = mqtt_config(
+        broker,
+        fleet,
+        telemetry_interval_s=0.05,
+        spool_max_bytes=4096,
+        reconnect_min_s=1.0,
+        reconnect_max_s=1.0,
+        reconnect_jitter=0.1,
+    )
+    link, _ = link_factory(config)
+    t = DeviceTopics.for_device(fleet, "dev1")
+    broker.stop()
+    deadline = time.monotonic() + 5
+    while link.connected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for step in range(1, 200):  # far more than 4 KiB of telemetry while offline
+        link.record_point(step, 0.5)
+        time.sleep(0.01)
+    time.sleep(0.2)
+    entries, size = link.spool.stats()
+    assert size <= 4096 and link.spool.dropped > 0
+    broker.start()
+    obs = Sub(broker, t.telemetry)
+    try:
+        got = []
+        deadline = time.monotonic() + 10
+        while len(got) < entries and time.monotonic() < deadline:
+            got += [json.loads(m.payload) for m in obs.drain(0.2)]
+    finally:
+        obs.close()
+    steps = [p["step"] for d in got for p in d["points"]]
+    assert steps and steps == sorted(steps)
+    assert steps[-1] == 199 or max(steps) >= 190  # the newest survived; the oldest were dropped
+    assert min(steps) > 1

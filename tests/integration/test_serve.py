@@ -179,7 +179,7 @@ def test_store_full_evicts_oldest_and_keeps_serving(starter_bundle: Path,
         client = _client(svc)
         ids = []
         for i in range(30):
-            r = client.complete(f"fill the store {i} " + "x" * 200, max_tokens=8, **GREEDY)
+            r = client.complete(f"fill the store {i} " + "x" * 80, max_tokens=8, **GREEDY)
             assert r.status == 200
             ids.append(r.json["id"])
         assert svc.store is not None

@@ -1,0 +1,92 @@
+"""One memory measurement in a fresh process (run by ``mobizo-bench zo``; prints one JSON line).
+
+``python -m agent.bench.rss_probe {infer|prge|firstorder} BUNDLE --q Q --batch B``
+
+Baseline: resident memory after all imports. Peak: the kernel's high-water mark (VmHWM),
+reset through /proc/self/clear_refs after the baseline, so import-time spikes do not count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+from pathlib import Path
+
+MB = 1024 * 1024
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    except OSError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("kind", choices=["infer", "prge", "firstorder"])
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--q", type=int, required=True)
+    p.add_argument("--batch", type=int, required=True)
+    args = p.parse_args(argv)
+
+    import torch
+
+    from agent.core.bundle import lora_layout_of, read_manifest
+    from agent.core.zo import zo_step
+    from agent.io.runtime import TrainProgram  # imports executorch for every kind
+    from exporter.model import Decoder, TrainForward
+    from exporter.reference import load_base_model, load_lora_a
+
+    # Pay every import before the baseline: the runtime's shared libraries, transformers.
+    from executorch.runtime import Runtime
+    from transformers import LlamaForCausalLM, Qwen2ForCausalLM  # noqa: F401
+
+    Runtime.get()
+    m = read_manifest(args.bundle)
+    t, q, b = m.train.max_length, args.q, args.batch
+    tokens = torch.randint(0, min(256, m.model.vocab_size), (b, t))
+    mask = torch.ones(b, t)
+    gc.collect()
+    base_kb = _status_kb("VmRSS")
+    _reset_peak()
+    out = {"weights_mb": m.model.num_params * 4 / MB}
+    if args.kind in ("infer", "prge"):
+        slices = 1 if args.kind == "infer" else 2 * q
+        prog = TrainProgram(args.bundle, slices=slices, batch=b)
+        out["load_mb"] = (_status_kb("VmRSS") - base_kb) / 1024
+        lora_b = torch.zeros(m.lora.num_params)
+        if args.kind == "infer":
+            prog.losses(tokens, mask, lora_b[None])
+        else:
+            zo_step(prog, "prge-dual", lora_b, tokens, mask, run_seed=0, step=0, q=q,
+                    eps=1e-2, lr=1e-4)
+    else:  # first-order LoRA with autograd on q·b sequences, eager PyTorch
+        layout = lora_layout_of(m)
+        hf = load_base_model(m, workdir=args.bundle.parent)
+        core = Decoder(hf, layout, load_lora_a(args.bundle, layout))
+        del hf
+        gc.collect()
+        out["load_mb"] = (_status_kb("VmRSS") - base_kb) / 1024
+        fwd = TrainForward(core, slices=1, batch=q * b, max_length=t)
+        lora_b = torch.zeros(1, m.lora.num_params, requires_grad=True)
+        loss = fwd(tokens.repeat(q, 1), mask.repeat(q, 1), lora_b)[0]
+        loss.backward()
+        with torch.no_grad():
+            lora_b -= 1e-4 * lora_b.grad
+    out["peak_mb"] = (_status_kb("VmHWM") - base_kb) / 1024
+    out["baseline_mb"] = base_kb / 1024
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

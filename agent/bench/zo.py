@@ -1,0 +1,218 @@
+"""``mobizo-bench zo``: what a P-RGE step costs next to MeZO, a plain forward and eager PyTorch.
+
+Per configuration (shape, q, b, seq, lora-layers) it measures, each as the median of
+``--repeats`` runs after a warm-up, all including the host-side work (perturbations drawn
+from seeds, the B stacks, the ZO-SGD update — ``agent.core.zo.zo_step``):
+
+- ``t_mezo``: a MeZO step: 2q sequential calls of the S=1 method on b sequences;
+- ``t_prge``: a P-RGE dual step: one call of the S=2q method (2q·b rows);
+- ``t_fwd``: a plain forward (no LoRA) over the same 2q·b sequences (bench-only method);
+- ``t_eager``: the same P-RGE dual step with the same decoder in eager PyTorch.
+
+and, each in a fresh process (``agent.bench.rss_probe``), peak resident memory above the
+process's baseline after imports: an inference forward of b sequences, a P-RGE step, and a
+first-order LoRA step with autograd on q·b sequences. It also reports what loading the train
+program cost in resident memory relative to the model's weight bytes.
+
+Bundles are exported into ``--workdir`` once per configuration and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HELP = "P-RGE vs MeZO vs plain forward vs eager: step time and peak memory"
+
+# A ~110M-parameter Llama shape (random weights are fine for timing).
+SHAPE_110M = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                  num_attention_heads=12, num_key_value_heads=12, vocab_size=32000,
+                  max_position_embeddings=2048, tie_word_embeddings=False)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shape", choices=["starter", "110m"], default="starter")
+    p.add_argument("--q", type=_ints, default=[4], help="queries, comma-separated (e.g. 1,4,8)")
+    p.add_argument("--batch", type=_ints, default=[1], help="per-query batch, comma-separated")
+    p.add_argument("--seq", type=_ints, default=[128], help="sequence lengths, comma-separated")
+    p.add_argument("--lora-layers", choices=["all", "last-quarter"], nargs="+",
+                   default=["all"])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--skip-rss", action="store_true", help="timings only")
+    p.add_argument("--workdir", type=Path, default=Path(".bench"),
+                   help="where checkpoints and bundles are exported and kept")
+    p.add_argument("--json", type=Path, help="write the results as a JSON list here")
+
+
+def make_110m_checkpoint(out: Path, seed: int = 0) -> Path:
+    """A random-weight ~110M Llama with the starter's byte tokenizer (saved once)."""
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from exporter.starter import byte_tokenizer
+
+    tok = byte_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(LlamaConfig(**SHAPE_110M))
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def bench_bundle(workdir: Path, shape: str, q: int, b: int, seq: int, lora_layers: str) -> Path:
+    """Export (once) a bundle with methods S=1 and S=2q at batch b, plus the plain forward."""
+    from exporter.export import export_bundle
+    from exporter.options import ExportOptions
+
+    out = workdir / f"{shape}-q{q}-b{b}-T{seq}-{lora_layers}"
+    if (out / "manifest.json").is_file():
+        return out
+    opts = ExportOptions(slices=(1, 2 * q), batch=(b,), max_length=seq, max_context=64,
+                         prefill_chunk=8, lora_layers=lora_layers, bench_forward=True)
+    if shape == "starter":
+        export_bundle(None, out, opts, preset="starter", force=True)
+    else:
+        ckpt = make_110m_checkpoint(workdir / "ckpt-110m")
+        export_bundle(ckpt, out, opts, force=True)
+    return out
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up: first calls pay for lazy init and page faults
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure_times(bundle: Path, q: int, b: int, repeats: int) -> dict[str, float]:
+    import torch
+
+    from agent.core.bundle import read_manifest
+    from agent.core.zo import zo_step
+    from agent.io.runtime import TrainProgram
+    from exporter.export import forward_method_name
+    from exporter.reference import EagerTrainProgram, load_base_model
+
+    m = read_manifest(bundle)
+    t = m.train.max_length
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, min(256, m.model.vocab_size), (b, t), generator=gen)
+    mask = torch.ones(b, t)
+    mask[:, : t // 2] = 0  # loss on the second half, like a response
+    lora_b = torch.zeros(m.lora.num_params)
+    state = {"b": lora_b, "step": 0}
+
+    def step(fn, mode):
+        def run():
+            r = zo_step(fn, mode, state["b"], tokens, mask, run_seed=0, step=state["step"],
+                        q=q, eps=1e-2, lr=1e-4)
+            state["b"], state["step"] = r.lora_b, state["step"] + 1
+        return run
+
+    mezo = TrainProgram(bundle, slices=1, batch=b)
+    out = {"t_mezo": _median_time(step(mezo, "mezo"), repeats)}
+    del mezo
+    prge = TrainProgram(bundle, slices=2 * q, batch=b)
+    out["t_prge"] = _median_time(step(prge, "prge-dual"), repeats)
+    del prge
+    fwd = _ForwardMethod(bundle, forward_method_name(2 * q * b), t, m.lora.num_params)
+    out["t_fwd"] = _median_time(lambda: fwd(tokens[:1]), repeats)
+    del fwd
+    eager = EagerTrainProgram(bundle, slices=2 * q, batch=b,
+                              hf_model=load_base_model(m, workdir=bundle.parent))
+    out["t_eager"] = _median_time(step(eager, "prge-dual"), repeats)
+    return out
+
+
+class _ForwardMethod:
+    """The bench-only plain-forward method (no LoRA, 2q·b rows), called like the others."""
+
+    def __init__(self, bundle: Path, method: str, t: int, p: int) -> None:
+        import torch
+        from executorch.runtime import Runtime
+
+        prog = Runtime.get().load_program(bundle / "train.pte")
+        self._m = prog.load_method(method)
+        self._keep = prog
+        self._mask = torch.ones(1, t)
+        self._b = torch.zeros(1, p)
+
+    def __call__(self, tokens):
+        return self._m.execute([tokens, self._mask, self._b])[0]
+
+
+def measure_rss(bundle: Path, q: int, b: int) -> dict[str, float]:
+    """Peak RSS above baseline, each kind in its own fresh process."""
+    out = {}
+    for kind in ("infer", "prge", "firstorder"):
+        cmd = [sys.executable, "-m", "agent.bench.rss_probe", kind, str(bundle),
+               "--q", str(q), "--batch", str(b)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"rss probe {kind} failed:\n{res.stderr[-2000:]}")
+        data = json.loads(res.stdout.strip().splitlines()[-1])
+        for k, v in data.items():
+            out[f"{kind}_{k}"] = v
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for seq in args.seq:
+        for q in args.q:
+            for b in args.batch:
+                for ll in args.lora_layers:
+                    t0 = time.monotonic()
+                    bundle = bench_bundle(args.workdir, args.shape, q, b, seq, ll)
+                    print(f"[{args.shape} q={q} b={b} seq={seq} {ll}] bundle ready "
+                          f"({time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
+                    row = {"shape": args.shape, "q": q, "batch": b, "seq": seq,
+                           "lora_layers": ll}
+                    row.update(measure_times(bundle, q, b, args.repeats))
+                    row["speedup_vs_mezo"] = row["t_mezo"] / row["t_prge"]
+                    row["overhead_vs_forward"] = row["t_prge"] / row["t_fwd"]
+                    row["et_vs_eager"] = row["t_prge"] / row["t_eager"]
+                    if not args.skip_rss:
+                        rss = measure_rss(bundle, q, b)
+                        row.update(rss)
+                        row["rss_train_over_infer"] = rss["prge_peak_mb"] / rss["infer_peak_mb"]
+                        row["rss_firstorder_over_zo"] = (rss["firstorder_peak_mb"]
+                                                         / rss["prge_peak_mb"])
+                        row["load_over_weights"] = rss["prge_load_mb"] / rss["prge_weights_mb"]
+                    results.append(row)
+                    _print_row(row)
+                    if args.json:
+                        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def _print_row(r: dict) -> None:
+    def f(key, fmt="{:.3f}"):
+        return fmt.format(r[key]) if key in r else "-"
+
+    print(f"{r['shape']:>7} q={r['q']} b={r['batch']} seq={r['seq']} {r['lora_layers']:>12} | "
+          f"mezo {f('t_mezo')} s  prge {f('t_prge')} s  fwd {f('t_fwd')} s  "
+          f"eager {f('t_eager')} s | mezo/prge {f('speedup_vs_mezo', '{:.2f}')}  "
+          f"prge/fwd {f('overhead_vs_forward', '{:.2f}')}  "
+          f"prge/eager {f('et_vs_eager', '{:.2f}')}  "
+          f"rss train/infer {f('rss_train_over_infer', '{:.2f}')}  "
+          f"rss 1st-order/zo {f('rss_firstorder_over_zo', '{:.2f}')}  "
+          f"load/weights {f('load_over_weights', '{:.2f}')}", flush=True)
