@@ -280,7 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="service port (default: a free one)")
     parser.add_argument("--interactions", type=int, default=24)
     parser.add_argument("--steps", type=int, default=40, help="ZO steps per burst")
-    parser.add_argument("--lr", type=float, default=2e-3, help="ZO learning rate")
+    parser.add_argument("--lr", type=float, default=1e-2,
+                        help="ZO learning rate (the random starter model needs 5e-3..1e-2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--short", action="store_true", help="exit once an adapter is served (CI)")

@@ -18,13 +18,14 @@ def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mobizo-export", description=__doc__)
     p.add_argument("checkpoint", nargs="?", type=Path,
-                   help="local Hugging Face checkpoint dir (config.json, *.safetensors, tokenizer)")
+                   help="local Hugging Face checkpoint dir (config.json, safetensors, tokenizer)")
     p.add_argument("--preset", choices=["starter"],
                    help="export a built-in model instead (starter: small random Llama)")
     p.add_argument("--out", type=Path, required=True, help="bundle directory to create")

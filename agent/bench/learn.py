@@ -46,8 +46,8 @@ log = logging.getLogger(__name__)
 
 HELP = "learning quality: MeZO vs P-RGE vs first-order LoRA on generated tasks or your data"
 
-QUICK_FORWARDS = 1920  # 60 ZO steps of 32 forwards
-FULL_FORWARDS = 9600  # 300 ZO steps
+QUICK_FORWARDS = 1024  # 32 ZO steps of 32 forwards
+FULL_FORWARDS = 6400  # 200 ZO steps
 DEFAULT_TASKS = ("personal-facts", "reply-style", "label-words")
 
 
@@ -72,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eps", type=float, default=DEFAULT_ZO_EPS, help="ZO perturbation ε")
     parser.add_argument("--fo-lr", type=float, default=DEFAULT_FO_LR,
                         help="first-order (Adam) learning rate")
-    parser.add_argument("--eval-points", type=int, default=12,
+    parser.add_argument("--eval-points", type=int, default=8,
                         help="held-out evaluations per run besides the start")
     parser.add_argument("--seed", type=int, default=0, help="task, data-order and ZO seed")
     parser.add_argument("--train-size", type=int, default=64, help="train examples per task")

@@ -9,6 +9,7 @@ reset through /proc/self/clear_refs after the baseline, so import-time spikes do
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 from pathlib import Path
@@ -24,10 +25,8 @@ def _status_kb(field: str) -> int:
 
 
 def _reset_peak() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):  # resets VmHWM to the current RSS
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,15 +39,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    # Pay every import before the baseline: the runtime's shared libraries, transformers.
+    from executorch.runtime import Runtime
+    from transformers import LlamaForCausalLM, Qwen2ForCausalLM  # noqa: F401
+
     from agent.core.bundle import lora_layout_of, read_manifest
     from agent.core.zo import zo_step
     from agent.io.runtime import TrainProgram  # imports executorch for every kind
     from exporter.model import Decoder, TrainForward
     from exporter.reference import load_base_model, load_lora_a
-
-    # Pay every import before the baseline: the runtime's shared libraries, transformers.
-    from executorch.runtime import Runtime
-    from transformers import LlamaForCausalLM, Qwen2ForCausalLM  # noqa: F401
 
     Runtime.get()
     m = read_manifest(args.bundle)

@@ -14,6 +14,10 @@ One run, one machine, side by side:
    latency p50/p99 (validate + swap + HTTP), the in-service swap time alone, watcher-only
    switches (file-only publishes noticed by polling), and failed requests.
 
+ExecuTorch's thread pool is process-wide and cannot be resized at run time (DESIGN §3):
+``--threads`` sets torch's threads only, so compare at equal parallelism by pinning the whole
+run with ``taskset -c 0 mobizo-bench serve --threads 1`` (or give both every core).
+
 Targets (issue 3): service generation ≥ eager; switch p99 < 50 ms; zero failed requests.
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import threading
 import time
@@ -70,7 +75,9 @@ def run(bundle: Path, *, prompt_tokens: int = 64, gen_tokens: int = 64, repeats:
         listen="127.0.0.1:0", threads=threads, watch_interval_s=0.01))
     results: dict[str, Any] = {"bundle": str(bundle), "bundle_id": svc.bundle_id,
                                "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
-                               "threads": threads or torch.get_num_threads()}
+                               "threads": threads or torch.get_num_threads(),
+                               "cpus": len(os.sched_getaffinity(0)),
+                               "load_avg_1m": os.getloadavg()[0]}
     versions = [svc.registry.publish(work / f"a{k}", activate=False) for k in range(2)]
     svc.registry.activate(versions[0])
     svc.start()
@@ -93,7 +100,7 @@ def run(bundle: Path, *, prompt_tokens: int = 64, gen_tokens: int = 64, repeats:
             body = client.complete(**req).json
             wall = time.perf_counter() - t0
             svc_runs.append((body["timings"], wall, body))
-        svc_tokens = svc.codec.encode_prompt(svc_runs[-1][2]["choices"][0]["text"])
+        svc_text = svc_runs[-1][2]["choices"][0]["text"]
         results["service"] = {
             "prompt_tok_s": float(np.median([t["prompt_per_second"] for t, _, _ in svc_runs])),
             "gen_tok_s": float(np.median([t["predicted_per_second"] for t, _, _ in svc_runs])),
@@ -124,12 +131,17 @@ def run(bundle: Path, *, prompt_tokens: int = 64, gen_tokens: int = 64, repeats:
         p, g = float(np.median(pre)), float(np.median(gen))
         results["eager"] = {"prompt_tok_s": prompt_tokens / p,
                             "gen_tok_s": gen_tokens / max(g - p, 1e-9), "end_to_end_s": g}
+        # compare decoded text: a random model emits arbitrary bytes, so re-encoding the
+        # service's text would not give its token ids back
+        eager_text = svc.codec.decode(eager_tokens)
         agree = 0
-        for a, b in zip(svc_tokens, eager_tokens, strict=False):
+        for a, b in zip(svc_text, eager_text, strict=False):
             if a != b:
                 break
             agree += 1
-        results["parity"] = {"greedy_prefix_agreement": agree, "of": gen_tokens}
+        results["parity"] = {"greedy_prefix_agreement": agree,
+                             "of": max(len(svc_text), len(eager_text)),
+                             "identical": svc_text == eager_text}
         results["switch"] = _switches(svc, client, versions, switches)
     finally:
         svc.stop()
@@ -187,7 +199,7 @@ def format_table(r: dict[str, Any]) -> str:
     s, e, sw = r["service"], r["eager"], r["switch"]
     lines = [
         f"bundle {r['bundle_id']}  prompt {r['prompt_tokens']} tok  gen {r['gen_tokens']} tok"
-        f"  threads {r['threads']}",
+        f"  torch threads {r['threads']}  cpus {r['cpus']}  load avg {r['load_avg_1m']:.1f}",
         "| engine | prompt tok/s | gen tok/s | end-to-end s |",
         "|---|---|---|---|",
         f"| ExecuTorch service (HTTP) | {s['prompt_tok_s']:.0f} | {s['gen_tok_s']:.1f} | "
@@ -195,7 +207,8 @@ def format_table(r: dict[str, Any]) -> str:
         f"| eager transformers generate | {e['prompt_tok_s']:.0f} | {e['gen_tok_s']:.1f} | "
         f"{e['end_to_end_s']:.3f} |",
         "",
-        f"greedy agreement: {r['parity']['greedy_prefix_agreement']}/{r['parity']['of']} tokens",
+        f"greedy output identical: {r['parity']['identical']} (common prefix "
+        f"{r['parity']['greedy_prefix_agreement']}/{r['parity']['of']} characters)",
         f"adapter switches under load: {sw['switches']}, requests during: "
         f"{sw['requests_during']}, failed: {sw['failed_requests']}",
         f"control request p50 {sw['control_p50_ms']:.2f} ms, p99 {sw['control_p99_ms']:.2f} ms;"

@@ -134,7 +134,6 @@ def measure_times(bundle: Path, q: int, b: int, repeats: int) -> dict[str, float
     del prge
     fwd = _ForwardMethod(bundle, forward_method_name(2 * q * b), t, m.lora.num_params)
     out["t_fwd"] = _median_time(lambda: fwd(tokens[:1]), repeats)
-    del fwd
     eager = EagerTrainProgram(bundle, slices=2 * q, batch=b,
                               hf_model=load_base_model(m, workdir=bundle.parent))
     out["t_eager"] = _median_time(step(eager, "prge-dual"), repeats)

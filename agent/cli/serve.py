@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from agent.io.store import StoreConfig
+    from agent.io.systemd import Notifier
     from agent.services.inference.service import InferenceService, ServeConfig
 
     config = ServeConfig(
@@ -61,17 +62,12 @@ def main(args: argparse.Namespace) -> int:
     # one line on stdout that scripts and tests wait for
     print(f"serving on {address[0]}:{address[1]}" if address else
           f"serving on unix:{config.unix_socket}", flush=True)
-    _notify("READY=1")
+    # Type=notify: the Notifier speaks the raw socket protocol when systemd-python is
+    # missing (install does not build it on boards), and is a no-op outside systemd.
+    notifier = Notifier()
+    notifier.ready(f"serving adapter {service.health()['adapter']['version']}")
     stop.wait()
-    _notify("STOPPING=1")
+    notifier.stopping()
     service.stop()
+    notifier.close()
     return 0
-
-
-def _notify(state: str) -> None:
-    """systemd Type=notify, when run under systemd and systemd-python is installed."""
-    try:
-        from systemd import daemon  # type: ignore[import-not-found,attr-defined,unused-ignore]
-    except ImportError:
-        return
-    daemon.notify(state)

@@ -103,16 +103,15 @@ def main(args: argparse.Namespace) -> int:
     config = _config(args)
     use_bar = args.progress == "bar" or (args.progress == "auto" and sys.stdout.isatty())
     bar = None
-    if use_bar:
-        from tqdm import tqdm
-
-        bar = tqdm(total=config.steps, unit="step", desc=f"{config.mode} q={config.q}",
-                   dynamic_ncols=True)
 
     def on_step(m: dict[str, Any]) -> None:
-        if bar is not None:
-            if bar.n == 0 and m["step"] > 1:
-                bar.update(m["step"] - 1)  # resumed: start the bar where the run is
+        nonlocal bar
+        if use_bar:
+            if bar is None:  # made at the first step, so loading time does not skew its rate
+                from tqdm import tqdm
+
+                bar = tqdm(total=config.steps, initial=m["step"] - 1, unit="step",
+                           desc=f"{config.mode} q={config.q}", dynamic_ncols=True)
             bar.update(1)
             bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2g}")
         else:

@@ -23,7 +23,6 @@ No torch, no executorch: the trainer and the evaluator are child processes
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -41,7 +40,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from agent import __version__
 from agent.config import AgentConfig, LoadedConfig
@@ -70,6 +69,8 @@ from agent.services.burst import (
     describe_exit,
     limits_from_training,
 )
+from agent.services.handover import hand_over
+from agent.services.runstate import DaemonMemory, RunState, training_hash
 from agent.services.snapshot import remove_snapshot, snapshot_examples
 
 log = logging.getLogger(__name__)
@@ -104,38 +105,6 @@ class DaemonTimings:
     failure_backoff_max_s: float = 900.0
 
 
-class RunState(BaseModel):
-    """``<state_dir>/run/run.json``: one candidate in progress (survives restarts)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    run_id: str
-    seed: int = Field(ge=0)
-    init_adapter: str = Field(description="adapter directory the run started from")
-    init_version: str = Field(description="its registry version ('initial' = the bundle's)")
-    cursor: int = Field(ge=0, description="store change cursor the data snapshot covers")
-    n_train: int = 0
-    n_heldout: int = 0
-    created_at: float
-    phase: str = Field(default="training", description="training, evaluating or publishing")
-    attempts: int = 0
-    failures: int = 0
-    steps_done: int = 0
-    manual: bool = False
-    training_hash: str = Field(default="", description="[training] the run was started under")
-    trainer_pid: int | None = Field(default=None, description="pid of the last burst's trainer")
-
-
-class DaemonMemory(BaseModel):
-    """``<state_dir>/daemon.json``: what the policy's history needs across restarts."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    cursor: int = 0
-    last_burst_end: float | None = None
-    runs: int = 0
-
-
 @dataclass
 class Command:
     """A request for the main loop; the caller waits on ``done`` for ``result``."""
@@ -160,14 +129,6 @@ class RunOutcome:
 
 Sensors = Any  # agent.io.sysfs.SysfsSensors (anything with .snapshot() -> DeviceSnapshot)
 ServiceLink = Any  # agent.io.http.Client-like: reload_adapter(), health()
-
-
-def training_hash(training: Any) -> str:
-    """Hash of the [training] settings that shape a run's trajectory."""
-    data = training.model_dump(mode="json") if hasattr(training, "model_dump") else training
-    for key in ("max_seconds_per_burst", "nice", "sched_idle", "memory_max_mb"):
-        data.pop(key, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class Daemon:
@@ -255,6 +216,7 @@ class Daemon:
         self._constraints_hold_at: float | None = None
         self._hang_s = 0.0
         self._publish_delay: tuple[str, float] | None = None
+        self._eval_against: tuple[str, str] = ("initial", "")
         # a crashing trainer must not be restarted in a tight loop
         self._backoff = Backoff(self.timings.failure_backoff_s,
                                 max(self.timings.failure_backoff_s,
@@ -622,7 +584,9 @@ class Daemon:
         assert run is not None
         cfg = self.config
         candidate = self.candidates_dir / run.run_id
-        argv = [self.python, "-m", "agent", "eval", str(candidate), run.init_adapter,
+        # Compare with what serves NOW (a rollback may have happened while the run trained).
+        self._eval_against = self._serving_adapter(run)
+        argv = [self.python, "-m", "agent", "eval", str(candidate), self._eval_against[1],
                 "--bundle", str(cfg.bundle_dir), "--data", str(self.run_dir / "heldout.jsonl"),
                 "--split", "all", "--backend", cfg.training.backend, "--json"]
         if cfg.device.threads:
@@ -636,8 +600,20 @@ class Daemon:
             return
         self.eval_child = child
         self.eval_started = time.monotonic()
-        self._set("evaluating", f"held-out loss of the candidate vs {run.init_version} on "
+        self._set("evaluating", f"held-out loss of the candidate vs {self._eval_against[0]} on "
                   f"{run.n_heldout} examples")
+
+    def _serving_adapter(self, run: RunState) -> tuple[str, str]:
+        """(version, directory) of the adapter serving now; the run's own start if unknown."""
+        try:
+            active = self.registry.active()
+            if active is None:
+                return "initial", str(self.registry.validator.initial_dir)  # type: ignore[union-attr]
+            return active, str(self.registry.path_of(active))
+        except AdapterError as exc:
+            log.warning("cannot tell the active adapter (%s); comparing with %s", exc,
+                        run.init_version)
+            return run.init_version, run.init_adapter
 
     def _follow_eval(self) -> None:
         child = self.eval_child
@@ -663,7 +639,7 @@ class Daemon:
         try:
             losses = report["losses"]
             cand = float(losses[str(candidate)])
-            active = float(losses[run.init_adapter])
+            active = float(losses[self._eval_against[1]])
             examples = int(report["examples"])
         except (TypeError, KeyError, ValueError) as exc:
             self._finish_run(RunOutcome("failed", f"evaluation output unreadable ({exc})",
@@ -690,6 +666,7 @@ class Daemon:
                    "n_heldout": run.n_heldout, "seed": run.seed,
                    "train_loss_end": self._burst_losses[-1] if self._burst_losses else None}
         parent = run.init_version
+        metrics["compared_with"] = self._eval_against[0]
         extra = {"heldout_loss_candidate": _or_none(gate.candidate_loss),
                  "heldout_loss_active": _or_none(gate.active_loss)}
         if not gate.publish:
@@ -731,36 +708,10 @@ class Daemon:
                                     adapter_version=version), extra=extra)
 
     def _tell_service(self, version: str) -> str | None:
-        """Ask the service to serve ``version``; the refusal reason, or None if it serves it
-        (or cannot be reached: its pointer watcher picks the version up when it runs)."""
+        """Ask the service to serve ``version``; its refusal, or None (see hand_over)."""
         if self.service is None:
             return None
-        try:
-            reply = self.service.reload_adapter()
-        except OSError as exc:
-            log.warning("inference service not reachable (%s); it will load %s from the "
-                        "registry when it runs", exc, version)
-            return None
-        if reply.status == 409:
-            try:
-                return str(reply.json.get("error") or "refused")
-            except ValueError:
-                return "refused"
-        deadline = time.monotonic() + self.timings.publish_verify_s
-        last = None
-        while time.monotonic() < deadline:
-            try:
-                health = self.service.health()
-                last = (health.get("adapter") or {}).get("version")
-                error = (health.get("adapter") or {}).get("last_error")
-            except (OSError, ValueError):
-                return None
-            if last == version:
-                return None
-            if error and version in str(error):
-                return str(error)
-            time.sleep(0.1)
-        return f"still serving {last} after {self.timings.publish_verify_s:.0f} s"
+        return hand_over(self.service, version, self.timings.publish_verify_s)
 
     def _finish_run(self, outcome: RunOutcome, *, record: bool = True,
                     advance_cursor: bool = True, extra: dict[str, Any] | None = None) -> None:

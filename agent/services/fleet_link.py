@@ -175,6 +175,7 @@ class FleetLink:
         self._stale_jobs: set[str] = set()
         self._job_pub_lock = threading.Lock()
         self._last_birth_fix = 0.0
+        self._stopped = False
         self._terminal_published: dict[str, None] = {}  # insertion-ordered, bounded
         self._threads: list[threading.Thread] = []
         self.replies_sent = 0
@@ -222,7 +223,10 @@ class FleetLink:
         self.transport.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Publish ``stopped`` (retained), disconnect cleanly, stop the threads."""
+        """Publish ``stopped`` (retained), disconnect cleanly, stop the threads. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._stop.set()
         self._jobq.put("")  # wakes the job thread; an empty id is never a job
         with contextlib.suppress(queue.Full):
@@ -311,10 +315,11 @@ class FleetLink:
             self.transport.publish(
                 self.topics.config_reported, reported.encode(), qos=self.config.qos, retain=True
             )
-        for job_id in list(self._stale_jobs):
-            job = self.store.get_job(job_id)
-            if job is not None and self.publish_job(job):
-                self._stale_jobs.discard(job_id)
+        # Job updates that could not be published while offline, oldest change first.
+        stale = [j for j in map(self.store.get_job, list(self._stale_jobs)) if j is not None]
+        for job in sorted(stale, key=lambda j: j.updated_at):
+            if self.publish_job(job):
+                self._stale_jobs.discard(job.job_id)
         self._drain_spool()
 
     def _tick(self) -> None:

@@ -231,14 +231,15 @@ def test_fleet_link_drives_the_real_daemon(tmp_path: Path, device: FakeDevice,
     daemon = DaemonProcess(cfg, tmp_path / "state", tmp_path / "daemon.log")
     try:
         sub.wait_json(topics.available, lambda d: d["status"] == "online", 60)
-        sub.wait_json(topics.state, lambda d: d["state"] == "waiting"
-                      and "on battery" in d["reason"], 20)
+        state_sub = sub_factory(topics.state)  # type: ignore[operator]  # retained: replayed
+        state_sub.wait_json(topics.state, lambda d: d["state"] == "waiting"
+                            and "on battery" in d["reason"], 20)
         sub.publish(topics.cmd("pause"), _json.dumps({"request_id": "p1",
                                                       "args": {"reason": "fleet hold"}}))
         reply = sub.wait_json(topics.cmd_result("p1"), timeout=20)
         assert reply["ok"], reply
         daemon.wait_status(lambda s: s["state"] == "paused" and "fleet hold" in s["reason"], 20)
-        sub.wait_json(topics.state, lambda d: d["state"] == "paused", 20)
+        state_sub.wait_json(topics.state, lambda d: d["state"] == "paused", 20)
 
         desired = {"version": 3, "config": {"constraints": {"idle_minutes": 7.0}}}
         sub.publish(topics.config_desired, _json.dumps(desired), retain=True)

@@ -10,6 +10,7 @@ import pytest
 
 from agent.config.mqtt import MqttConfig
 from agent.fleet.cli import main as fleet_main
+from agent.fleet.client import BrokerOptions, FleetClient
 from tests.integration.conftest import FAST
 
 pytestmark = pytest.mark.broker
@@ -40,7 +41,28 @@ def test_link_and_controller_over_mutual_tls(tls_broker, tls_files, fleet, link_
     link.start()
     try:
         assert link.transport.wait_connected(10)
-        time.sleep(0.3)  # let the subscriptions land before the first command
+        # The birth follows the SUBSCRIBE on the link's connection: once a controller sees
+        # it (over TLS, with its own client certificate), commands reach the device.
+        opts = BrokerOptions(
+            port=tls_broker.tls_port,
+            fleet=fleet,
+            ca_file=f.ca,
+            cert_file=f.client_cert,
+            key_file=f.client_key,
+            tls=True,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            with FleetClient(opts) as fc:
+                view = fc.snapshot(0.5, device="dev1").get("dev1")
+            if (
+                view
+                and view.available
+                and view.available.status == "online"
+                and view.available.session_seq == link.session_seq
+            ):
+                break
+            assert time.monotonic() < deadline, "no birth over TLS"
         args = [
             "--host",
             "127.0.0.1",
@@ -74,7 +96,7 @@ def test_untrusted_client_certificate_never_connects(tls_broker, tls_files, flee
 
 
 def test_plain_tcp_client_is_not_served_on_tls_port(tls_broker, fleet):
-    from agent.fleet.client import BrokerOptions, FleetClient, FleetError
+    from agent.fleet.client import FleetError
 
     with pytest.raises(FleetError):
         FleetClient(

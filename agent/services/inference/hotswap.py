@@ -35,7 +35,8 @@ import numpy as np
 
 from agent.core.adapters import INITIAL_VERSION
 from agent.errors import AdapterError
-from agent.io.registry import AdapterRegistry
+from agent.io.adapter_fs import WEIGHTS_NAME
+from agent.io.registry import MANIFEST_NAME, AdapterRegistry
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,10 @@ class AdapterSlot:
         self._current: tuple[str, np.ndarray] = (version, flat)
         self.last_error: str | None = None
         self.switches: list[tuple[float, str]] = [(clock(), version)]
+        # validated adapters by version, keyed by their files' identity: a rollback to a
+        # version served before swaps in microseconds instead of re-reading and re-checking
+        self._validated: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}
+        self.cache_size = 8
 
     def current(self) -> tuple[str, np.ndarray]:
         """(version, flat LoRA-B): one atomic read, taken once per request."""
@@ -121,7 +126,7 @@ class AdapterSlot:
             if wanted == self._current[0]:
                 return ReloadResult(wanted, False, None, time.perf_counter() - t0)
             try:
-                version, flat = self.registry.load_flat_b(wanted)
+                version, flat = self._load(wanted)
             except AdapterError as exc:
                 return self._refuse(f"refused adapter {wanted}: {exc}", t0)
             self._current = (version, flat)
@@ -132,6 +137,29 @@ class AdapterSlot:
         if self._hook is not None and self.registry.validator is not None:
             self._hook(version, self.registry.path_of(version), self.registry.validator.bundle_id)
         return ReloadResult(version, True, None, time.perf_counter() - t0)
+
+    def _file_key(self, version: str) -> tuple[int, ...]:
+        path = self.registry.path_of(version)
+        key: list[int] = []
+        for name in (WEIGHTS_NAME, MANIFEST_NAME):
+            try:
+                st = os.stat(path / name)
+            except FileNotFoundError:
+                key += [0, 0, 0]
+                continue
+            key += [st.st_ino, st.st_mtime_ns, st.st_size]
+        return tuple(key)
+
+    def _load(self, version: str) -> tuple[str, np.ndarray]:
+        key = self._file_key(version)
+        hit = self._validated.get(version)
+        if hit is not None and hit[0] == key:
+            return version, hit[1]
+        version, flat = self.registry.load_flat_b(version)
+        self._validated[version] = (key, flat)
+        while len(self._validated) > self.cache_size:
+            self._validated.pop(next(iter(self._validated)))
+        return version, flat
 
     def _refuse(self, reason: str, t0: float) -> ReloadResult:
         self.last_error = reason

@@ -164,6 +164,7 @@ class Handler(BaseHTTPRequestHandler):
                                  "error": result.error, "seconds": result.seconds})
 
     def _feedback(self) -> None:
+        self.app.last_request_at = time.time()  # the user is here: not idle
         req: FeedbackRequest = self._validated(FeedbackRequest, self._body())
         store = self.app.store
         if store is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +46,8 @@ class ServeConfig(BaseModel):
         default=2.0, ge=0, description="wait this long for the row to commit before answering")
     watch_interval_s: float = Field(default=0.25, gt=0, le=60,
                                     description="poll period of the active-adapter pointer")
+    gil_switch_interval_s: float = Field(
+        default=0.001, gt=0, le=0.1, description="Python thread switch interval in the service")
     adapters_kept: int = Field(default=5, ge=1, description="registry retention")
     post_switch_command: list[str] | None = Field(
         default=None, description="run after each adapter switch (env MOBIZO_ADAPTER_*)")
@@ -108,6 +111,9 @@ class InferenceService:
         return None
 
     def start(self) -> None:
+        # The generation thread holds the GIL between runtime calls; a shorter switch
+        # interval (default 5 ms) lets HTTP threads (health, reload, accept) in sooner.
+        sys.setswitchinterval(self.config.gil_switch_interval_s)
         self.worker.start()
         self.watcher.start()
         if self.config.listen:
@@ -167,7 +173,7 @@ class InferenceService:
 
 def _model_name(source: str) -> str:
     if source.startswith("preset:"):
-        return source.split(":", 1)[1].split("?")[0].split(",")[0] or "starter"
+        return (source.split(":", 1)[1].split() or ["starter"])[0]
     return Path(source).name or source
 
 
