@@ -42,8 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-context", type=int, default=1024, help="generation context (KV cache)")
     p.add_argument("--prefill-chunk", type=int, default=32)
     p.add_argument("--backend", choices=["xnnpack", "portable"], default="xnnpack")
-    p.add_argument("--quantize", default="none",
-                   help="weight quantization; only 'none' is implemented so far")
+    p.add_argument("--quantize", choices=["none", "8da8w", "8da4w"], default="none",
+                   help="quantize the frozen base linears (LoRA, embeddings, norms and the LM "
+                        "head stay fp32): 8da8w = int8 dynamic activations x int8 per-channel "
+                        "weights, 8da4w = x int4 group-32 weights (xnnpack backend only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bench-forward", action="store_true",
                    help="also export plain-forward methods (for mobizo-bench)")
@@ -55,10 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(message)s")
-    if args.quantize != "none":
-        print(f"mobizo-export: --quantize {args.quantize} is not implemented yet; only 'none' "
-              "(float32) is supported in this version", file=sys.stderr)
-        return 2
     if (args.checkpoint is None) == (args.preset is None):
         print("mobizo-export: give either CHECKPOINT_DIR or --preset starter", file=sys.stderr)
         return 2
@@ -71,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rank=args.rank, alpha=args.alpha, lora_layers=args.lora_layers,
             slices=args.slices, batch=args.batch, max_length=args.max_length,
             max_context=args.max_context, prefill_chunk=args.prefill_chunk,
-            backend=args.backend, seed=args.seed, bench_forward=args.bench_forward,
+            backend=args.backend, quantize=args.quantize, seed=args.seed,
+            bench_forward=args.bench_forward,
         )
     except ValidationError as exc:
         msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

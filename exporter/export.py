@@ -34,6 +34,7 @@ from exporter.checkpoint import Checkpoint, inspect_checkpoint, load_model, load
 from exporter.families import model_shape
 from exporter.lora_init import a_sha256, init_lora_a
 from exporter.options import MAX_LENGTH, MIN_LENGTH, ExportOptions
+from exporter.quantize import check_scheme, probe_quantized, quantize_base
 from exporter.starter import make_starter_checkpoint
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ def export_bundle(checkpoint: Path | None, out: Path, opts: ExportOptions, *,
                   preset: str | None = None, force: bool = False) -> BundleManifest:
     """Export ``checkpoint`` (or ``preset``) into a bundle at ``out``; returns its manifest."""
     out = Path(out).absolute()
+    check_scheme(opts.quantize, opts.backend)
     _prepare_target(out, force)
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=".mobizo-export-", dir=out.parent) as tmp_str:
@@ -175,6 +177,7 @@ def _export_into(ckpt: Checkpoint, staging: Path, opts: ExportOptions, source: s
     lora_layout_of(manifest)  # consistency check: consumers rebuild the same layout
 
     core = Decoder(hf, layout, lora_a)
+    quantize_base(core, opts.quantize)  # base linears only; no-op for 'none'
     t, p = opts.max_length, layout.num_params
     methods = {}
     for s, b in shapes:
@@ -206,7 +209,10 @@ def _export_into(ckpt: Checkpoint, staging: Path, opts: ExportOptions, source: s
     bundle_writer.write_adapter(staging, layout, lora_a)
     bundle_writer.write_tokenizer(staging, tok)
     bundle_writer.write_manifest(staging, manifest)
-    _probe(staging, manifest, hf, layout, lora_a)
+    if opts.quantize == "none":
+        _probe(staging, manifest, hf, layout, lora_a)
+    else:  # the reference is the eager model quantized the same way
+        probe_quantized(staging, manifest, core, layout)
     return manifest
 
 

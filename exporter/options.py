@@ -30,7 +30,8 @@ class ExportOptions(BaseModel):
     max_context: int = Field(default=1024, description="KV cache length of the infer program")
     prefill_chunk: int = Field(default=32, ge=1, le=512)
     backend: Literal["xnnpack", "portable"] = "xnnpack"
-    quantize: Literal["none"] = "none"
+    quantize: Literal["none", "8da8w", "8da4w"] = Field(
+        default="none", description="base-linear quantization (exporter/quantize.py)")
     seed: int = Field(default=0, ge=0, description="LoRA-A init (and the starter weights)")
     loss_chunk: int = Field(default=128, ge=1, description="sequence chunk of the in-graph loss")
     bench_forward: bool = Field(

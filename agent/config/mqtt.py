@@ -164,7 +164,7 @@ class MqttConfig(BaseModel):
             environ: environment to look up ``CREDENTIALS_DIRECTORY`` in; default ``os.environ``.
 
         Returns:
-            The first line of the file without its line ending, or None when no file is set.
+            The first line of the file, stripped; None when no file is set or it is blank.
 
         Raises:
             ConfigError: the file is set but cannot be read.
@@ -184,7 +184,10 @@ class MqttConfig(BaseModel):
                     raise ConfigError(
                         f"mqtt.password_file: cannot read {candidate}: {exc}; check its permissions"
                     ) from exc
-                return text.splitlines()[0] if text else ""
+                # systemd 252 rejects an empty SetCredential=, so the unit's fallback for a
+                # missing secret is a lone newline: blank means "no password".
+                first = text.splitlines()[0].strip() if text.strip() else ""
+                return first or None
         raise ConfigError(
             f"mqtt.password_file: {self.password_file!r} not found (looked in "
             f"{', '.join(str(c) for c in candidates)}); create it or set LoadCredential="

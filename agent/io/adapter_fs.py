@@ -120,18 +120,28 @@ class AdapterValidator:
     def initial_dir(self) -> Path:
         return self.bundle_dir / ADAPTER_DIR
 
-    def load_flat_b(self, adapter_dir: Path, *, bundle_id: str | None = None) -> np.ndarray:
+    def load_flat_b(self, adapter_dir: Path, *, bundle_id: str | None = None,
+                    quantize: str | None = None) -> np.ndarray:
         """Validate ``adapter_dir`` and return its flat float32 LoRA-B [num_params].
 
         Args:
             adapter_dir: a PEFT adapter directory.
             bundle_id: the bundle id its registry manifest claims, if any.
+            quantize: the base quantization scheme its registry manifest claims, if any
+                (named in the refusal when it differs from this bundle's).
 
         Raises:
             AdapterError: naming what is wrong (other bundle, corrupt file, wrong shape,
                 different LoRA-A, non-finite values).
         """
         if bundle_id is not None and bundle_id != self.bundle_id:
+            if quantize is not None and quantize != self.manifest.quantize:
+                raise AdapterError(
+                    f"adapter {adapter_dir} was trained on a base quantized with "
+                    f"{quantize!r}, this bundle's base uses {self.manifest.quantize!r}: adapters "
+                    "are interchangeable only within one quantization scheme; retrain it on "
+                    f"this bundle (or serve it with a {quantize!r} bundle of the same base)"
+                )
             raise AdapterError(
                 f"adapter {adapter_dir} was trained for bundle {bundle_id}, this service runs "
                 f"bundle {self.bundle_id}; retrain it on this bundle"

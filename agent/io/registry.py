@@ -61,6 +61,8 @@ class AdapterManifest(BaseModel):
 
     version: str
     bundle_id: str = Field(description="the bundle this adapter was trained for")
+    quantize: str | None = Field(
+        default=None, description="base quantization scheme of that bundle (None: not recorded)")
     parent: str | None = Field(default=None, description="version it was trained from")
     created_at: str
     metrics: dict[str, Any] = Field(default_factory=dict, description="training metrics")
@@ -197,7 +199,8 @@ class AdapterRegistry:
             return version, self.validator.load_flat_b(self.validator.initial_dir)
         manifest = self.manifest(version)
         return version, self.validator.load_flat_b(self.path_of(version),
-                                                   bundle_id=manifest.bundle_id)
+                                                   bundle_id=manifest.bundle_id,
+                                                   quantize=manifest.quantize)
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -248,7 +251,8 @@ class AdapterRegistry:
         if self.validator is None:
             raise AdapterError("this registry has no bundle to validate adapters against")
         return AdapterManifest(
-            version=version, bundle_id=self.validator.bundle_id, parent=parent,
+            version=version, bundle_id=self.validator.bundle_id,
+            quantize=self.validator.manifest.quantize, parent=parent,
             created_at=datetime.fromtimestamp(self._clock(), UTC).isoformat(),
             metrics=dict(metrics or {}), eval=eval_result, rejected_reason=reason)
 

@@ -48,6 +48,7 @@ from agent.training.programs import (
     default_factory,
     resolve_batch,
 )
+from agent.training.quant_guard import epsilon_warning
 from agent.training.tokenize import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,8 @@ class ZOTrainRecipe:
                 f"{exported_len}; use at most {exported_len}, or re-export the bundle with "
                 f"mobizo-export --max-length {cfg.max_length}"
             )
+        if (warning := epsilon_warning(manifest.quantize, cfg.eps)) is not None:
+            log.warning(warning)  # issue 8: quantized bases need a larger ε
         self.batch = resolve_batch(manifest, cfg.mode, cfg.q, cfg.batch)
         self.shape = choose_train_shape(manifest, cfg.mode, cfg.q, self.batch)
         validator = AdapterValidator(cfg.bundle, manifest)

@@ -90,9 +90,10 @@ def test_existing_target_needs_force(tiny_llama, tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
 
 
-def test_quantize_other_than_none_is_rejected(tiny_llama, tmp_path, capsys):
-    assert export_main([str(tiny_llama), "--out", str(tmp_path / "o"), "--quantize", "8da4w"]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+def test_quantize_on_portable_backend_is_rejected(tiny_llama, tmp_path, capsys):
+    assert export_main([str(tiny_llama), "--out", str(tmp_path / "o"), "--quantize", "8da4w",
+                        "--backend", "portable"]) == 1
+    assert "needs --backend xnnpack" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

@@ -1,0 +1,168 @@
+"""``mobizo-bench zo-quant``: fp32 vs 8da8w vs 8da4w bases side by side (issue 8).
+
+For one configuration (default: the 110M shape, q = 4, b = 1, seq 128) it exports one bundle
+per scheme into ``--workdir`` (once, reused) with the P-RGE dual method S = 2q, and reports:
+
+- ``t_prge``: median P-RGE dual step time (``agent.core.zo.zo_step``, host work included);
+- ``peak_mb`` / ``load_mb``: resident memory of one P-RGE step above the post-import
+  baseline, in a fresh process (``agent.bench.rss_probe prge``);
+- ``pte_mb``: the size of ``train.pte`` (``infer.pte`` is reported too);
+- ``corr_fp32``: Pearson correlation of the program's projected gradients g_i with the fp32
+  eager model's (same seeds, same batch, ε from ``--eps``), over ``--corr-steps`` steps of q
+  directions each.
+
+The issue's targets for 8da8w: step ≥ 2× faster than fp32, peak RSS ≤ 0.7× fp32,
+correlation ≥ 0.98 at ε = 1e-2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+HELP = "fp32 vs 8da8w vs 8da4w base: step time, peak memory, .pte size, g_i fidelity"
+SCHEMES = ("none", "8da8w", "8da4w")
+MB = 1024 * 1024
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shape", choices=["starter", "110m"], default="110m")
+    p.add_argument("--q", type=int, default=4)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--schemes", nargs="+", choices=SCHEMES, default=list(SCHEMES))
+    p.add_argument("--eps", type=float, default=1e-2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--corr-steps", type=int, default=6, help="steps of q g_i each")
+    p.add_argument("--skip-rss", action="store_true")
+    p.add_argument("--workdir", type=Path, default=Path(".bench"))
+    p.add_argument("--json", type=Path, help="write the results as a JSON list here")
+
+
+def quant_bundle(workdir: Path, shape: str, scheme: str, q: int, b: int, seq: int) -> Path:
+    """Export (once) a bundle of ``scheme`` with the S = 2q method at batch b."""
+    from agent.bench.zo import make_110m_checkpoint
+    from exporter.export import export_bundle
+    from exporter.options import ExportOptions
+
+    out = workdir / f"{shape}-{scheme}-q{q}-b{b}-T{seq}"
+    if (out / "manifest.json").is_file():
+        return out
+    opts = ExportOptions(slices=(2 * q,), batch=(b,), max_length=seq, max_context=64,
+                         prefill_chunk=8, quantize=scheme)
+    t0 = time.monotonic()
+    if shape == "starter":
+        export_bundle(None, out, opts, preset="starter", force=True)
+    else:
+        export_bundle(make_110m_checkpoint(workdir / "ckpt-110m"), out, opts, force=True)
+    print(f"exported {out.name} in {time.monotonic() - t0:.0f} s", flush=True)
+    return out
+
+
+def _batch(manifest, b: int):  # -> (tokens, mask)
+    import torch
+
+    t = manifest.train.max_length
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, min(256, manifest.model.vocab_size), (b, t), generator=gen)
+    mask = torch.ones(b, t)
+    mask[:, : t // 2] = 0  # loss on the second half, like a response
+    return tokens, mask
+
+
+def projected_grads(fn, manifest, q: int, b: int, eps: float, steps: int) -> list[float]:
+    """g_i of ``steps`` P-RGE dual steps at B = 0 (seeds 0..steps-1), concatenated."""
+    import torch
+
+    from agent.core import zo
+
+    tokens, mask = _batch(manifest, b)
+    lora_b = torch.zeros(manifest.lora.num_params)
+    out: list[float] = []
+    for step in range(steps):
+        est = zo.estimate(fn, "prge-dual", lora_b, tokens, mask,
+                          seed_t=zo.step_seed(0, step), q=q, eps=eps)
+        out.extend(est.projected_grads)
+    return out
+
+
+def step_time(bundle: Path, q: int, b: int, repeats: int) -> float:
+    import torch
+
+    from agent.bench.zo import _median_time
+    from agent.core.bundle import read_manifest
+    from agent.core.zo import zo_step
+    from agent.io.runtime import TrainProgram
+
+    m = read_manifest(bundle)
+    tokens, mask = _batch(m, b)
+    prog = TrainProgram(bundle, slices=2 * q, batch=b)
+    state = {"b": torch.zeros(m.lora.num_params), "step": 0}
+
+    def run() -> None:
+        r = zo_step(prog, "prge-dual", state["b"], tokens, mask, run_seed=0,
+                    step=state["step"], q=q, eps=1e-2, lr=1e-4)
+        state["b"], state["step"] = r.lora_b, state["step"] + 1
+
+    return _median_time(run, repeats)
+
+
+def peak_rss(bundle: Path, q: int, b: int) -> dict[str, float]:
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "agent.bench.rss_probe", "prge", str(bundle), "--q", str(q),
+           "--batch", str(b)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"rss probe failed:\n{res.stderr[-2000:]}")
+    data = json.loads(res.stdout.strip().splitlines()[-1])
+    return {"peak_mb": data["peak_mb"], "load_mb": data["load_mb"]}
+
+
+def main(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from agent.core.bundle import read_manifest
+    from agent.io.runtime import TrainProgram
+    from exporter.reference import EagerTrainProgram, load_base_model
+
+    q, b = args.q, args.batch
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    bundles = {s: quant_bundle(args.workdir, args.shape, s, q, b, args.seq)
+               for s in args.schemes}
+    first = read_manifest(next(iter(bundles.values())))
+    hf = load_base_model(first, workdir=args.workdir)
+    # the fp32 eager reference: the same decoder, unquantized, same LoRA-A (same seed)
+    ref_fn = EagerTrainProgram(next(iter(bundles.values())), slices=2 * q, batch=b, hf_model=hf)
+    ref = np.array(projected_grads(ref_fn, first, q, b, args.eps, args.corr_steps))
+    del ref_fn
+    rows = []
+    for scheme, bundle in bundles.items():
+        m = read_manifest(bundle)
+        row: dict = {"scheme": scheme, "shape": args.shape, "q": q, "b": b, "seq": args.seq,
+                     "pte_mb": (bundle / m.train.program).stat().st_size / MB,
+                     "infer_pte_mb": (bundle / m.infer.program).stat().st_size / MB}
+        row["t_prge"] = step_time(bundle, q, b, args.repeats)
+        got = np.array(projected_grads(TrainProgram(bundle, slices=2 * q, batch=b), m, q, b,
+                                       args.eps, args.corr_steps))
+        row["corr_fp32"] = float(np.corrcoef(ref, got)[0, 1])
+        if not args.skip_rss:
+            row.update(peak_rss(bundle, q, b))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    base = next((r for r in rows if r["scheme"] == "none"), None)
+    print(f"\n{'scheme':8} {'t_prge s':>9} {'speedup':>8} {'peak MB':>8} {'×fp32':>6} "
+          f"{'pte MB':>7} {'×fp32':>6} {'corr':>7}")
+    for r in rows:
+        sp = base["t_prge"] / r["t_prge"] if base else float("nan")
+        rss = r.get("peak_mb", float("nan"))
+        rss_x = rss / base["peak_mb"] if base and "peak_mb" in base else float("nan")
+        pte_x = r["pte_mb"] / base["pte_mb"] if base else float("nan")
+        print(f"{r['scheme']:8} {r['t_prge']:9.3f} {sp:8.2f} {rss:8.0f} {rss_x:6.2f} "
+              f"{r['pte_mb']:7.1f} {pte_x:6.2f} {r['corr_fp32']:7.4f}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0

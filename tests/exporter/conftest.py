@@ -1,0 +1,47 @@
+"""Fixtures of the exporter tests: tiny quantized bundles, exported once per source version.
+
+Quantized exports lower slowly on a busy 2-core machine, so they are cached like the starter
+bundle (tests/conftest.py: ``cached_bundle``); exporter/quantize.py is part of the cache name
+because the shared cache key does not cover it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+QUANT_OPTIONS = dict(slices=(1, 2), batch=(1,), max_length=16, max_context=32, prefill_chunk=8,
+                     rank=4, alpha=8.0, seed=0)
+
+
+def quant_bundle_path(cache_dir: Path, scheme: str) -> Path:
+    """Export (once, cached) the tiny Llama bundle quantized with ``scheme``."""
+    from tests.conftest import cached_bundle
+    from tests.exporter.tiny import make_tiny_checkpoint
+
+    root = Path(__file__).resolve().parents[2]
+    qkey = hashlib.sha256((root / "exporter/quantize.py").read_bytes()
+                          + Path(__file__).read_bytes()).hexdigest()[:8]
+    ckpt = cache_dir / "ckpt-quant-llama"
+    if not (ckpt / "config.json").is_file():
+        tmp = ckpt.with_name(ckpt.name + ".tmp")
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        make_tiny_checkpoint("llama", tmp)
+        tmp.rename(ckpt)
+    return cached_bundle(cache_dir, f"quant-{scheme}-{qkey}", dict(QUANT_OPTIONS, quantize=scheme),
+                         checkpoint=ckpt)
+
+
+@pytest.fixture(scope="session")
+def quant_bundle_8da8w(bundle_cache_dir: Path) -> Path:
+    return quant_bundle_path(bundle_cache_dir, "8da8w")
+
+
+@pytest.fixture(scope="session")
+def quant_bundle_8da4w(bundle_cache_dir: Path) -> Path:
+    return quant_bundle_path(bundle_cache_dir, "8da4w")
