@@ -21,6 +21,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -51,6 +52,11 @@ class Console:
     def say(self, who: str, text: str) -> None:
         if not self.quiet:
             print(f"[{time.monotonic() - self.t0:6.1f}s] {who:>8} | {text}", flush=True)
+
+
+def _printable(text: str, width: int = 40) -> str:
+    """What a terminal can show of a reply: the starter model's random bytes included."""
+    return "".join(c if c.isprintable() else "·" for c in text[:width])
 
 
 class Http:
@@ -99,6 +105,21 @@ def _active_version(client: Http) -> str | None:
     return str(value) if value else None
 
 
+def _fitting_q(bundle: Path, batch: int = 2, wanted: Sequence[int] = (4, 2, 1)) -> int:
+    """The largest q whose P-RGE dual shape (2q slices x batch) the bundle exports.
+
+    The dev profile asks for q = 4; the small bundle the tests export stops at 4 slices.
+    """
+    from agent.core.bundle import read_manifest
+
+    train = read_manifest(bundle).train
+    for q in wanted:
+        if train.method_for(2 * q, batch) is not None:
+            return q
+    raise MobizoError(f"{bundle} exports no P-RGE dual shape for batch {batch}; re-export it "
+                      "with `mobizo-export --preset starter --slices 1,2,4,8 --batch 2`")
+
+
 def _write_config(path: Path, *, state_dir: Path, bundle: Path, port: int,
                   mqtt_port: int | None, steps: int, lr: float) -> None:
     lines = [
@@ -106,7 +127,11 @@ def _write_config(path: Path, *, state_dir: Path, bundle: Path, port: int,
         "[device]", 'profile = "dev"', "",
         "[paths]", f'state_dir = "{state_dir}"', "",
         "[service]", f'bundle_dir = "{bundle}"', f'inference_url = "http://127.0.0.1:{port}"', "",
-        "[training]", f"steps_per_burst = {steps}", f"lr = {lr}", "",
+        "[training]", f"q = {_fitting_q(bundle)}", "batch = 2",
+        f"steps_per_burst = {steps}", f"lr = {lr}", "",
+        # The held-out split is stable by (random) interaction id: with a short session a
+        # second held-out example is not guaranteed, so the demo's gate accepts one.
+        "[data]", "min_heldout_examples = 1", "",
     ]
     if mqtt_port is not None:
         lines += ["[mqtt]", "enabled = true", f"port = {mqtt_port}", 'fleet = "demo"',
@@ -141,7 +166,7 @@ def _user_session(client: Http, rows: Sequence[dict[str, Any]], console: Console
             continue
         answer = body["choices"][0]["message"]["content"]
         interaction = body.get("id")
-        console.say("user", f"{row['prompt']!r} -> {answer[:40]!r} (adapter "
+        console.say("user", f"{row['prompt']!r} -> '{_printable(answer)}' (adapter "
                             f"{body.get('adapter_version', '?')})")
         status, _ = client.call("POST", "/v1/feedback", {
             "id": interaction, "rating": "down", "correction": row["response"],
@@ -219,7 +244,7 @@ def run_demo(args: argparse.Namespace) -> int:
         served = body.get("adapter_version") if isinstance(body, dict) else None
         if status == 200 and isinstance(body, dict):
             console.say("user", f"{rows[0]['prompt']!r} -> "
-                                f"{body['choices'][0]['message']['content'][:40]!r} "
+                                f"'{_printable(body['choices'][0]['message']['content'])}' "
                                 f"(adapter {served})")
         if broker:
             _show_fleet(broker[1], console)
@@ -242,8 +267,9 @@ def _follow(client: Http, daemon: subprocess.Popen[bytes], state_dir: Path,
             first_version: str | None, console: Console, timeout: float) -> str | None:
     """Print the daemon's state as it changes until the service serves a new adapter."""
     deadline = time.monotonic() + timeout
-    last = ""
+    last = last_line = ""
     while time.monotonic() < deadline:
+        # Only print a line when the state changes, not when a countdown in it ticks.
         if daemon.poll() is not None:
             console.say("agent", f"the daemon exited with code {daemon.returncode}")
             return None
@@ -251,9 +277,10 @@ def _follow(client: Http, daemon: subprocess.Popen[bytes], state_dir: Path,
             headline = read_status(state_dir).headline()
         except MobizoError:
             headline = "starting"
-        if headline != last:
+        shape = re.sub(r"\d+(\.\d+)?", "#", headline)
+        if shape != last or "training" in headline and headline != last_line:
             console.say("agent", headline)
-            last = headline
+            last, last_line = shape, headline
         version = _active_version(client)
         if version and version != first_version:
             console.say("service", f"switched to adapter {version} (no restart)")
@@ -278,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=Path("build/demo"))
     parser.add_argument("--keep-state", action="store_true", help="reuse the previous state dir")
     parser.add_argument("--port", type=int, default=0, help="service port (default: a free one)")
-    parser.add_argument("--interactions", type=int, default=24)
+    parser.add_argument("--interactions", type=int, default=32)
     parser.add_argument("--steps", type=int, default=40, help="ZO steps per burst")
     parser.add_argument("--lr", type=float, default=1e-2,
                         help="ZO learning rate (the random starter model needs 5e-3..1e-2)")
@@ -288,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-mqtt", action="store_true", help="do not start a broker")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    # SIGTERM (a CI timeout, `kill`) stops the children as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return run_demo(args)
     except MobizoError as exc:

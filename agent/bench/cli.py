@@ -19,6 +19,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "zo": ("agent.bench.zo", "P-RGE vs MeZO vs plain forward vs eager: time and peak memory"),
     "serve": ("agent.bench.serve", "inference service: generation speed and adapter swap"),
     "learn": ("agent.bench.learn", "does ZO fine-tuning learn: held-out loss over steps"),
+    "zo-quant": ("agent.bench.zo_quant", "fp32 vs 8da8w vs 8da4w base: time, memory, fidelity"),
+    "daemon": ("agent.bench.daemon", "agent daemon footprint and time to the first ZO step"),
+    "fleet": ("agent.bench.fleet", "fleet link: commands/s, round-trip p50/p99, idle CPU and RSS"),
 }
 
 

@@ -17,7 +17,31 @@ preset is exported with the shapes the methods need and cached under ``--cache-d
 
 Determinism: data, perturbations and batches are pure functions of the seed and the step, and
 the programs are deterministic on CPU, so a rerun reproduces every loss and accuracy; only
-the seconds vary.
+the seconds vary. PyTorch runs single-threaded (``--threads``): with two OpenMP threads on
+a busy 2-core machine the eager forward was 5–7x slower (spin-waiting), not just noisier.
+
+Findings (starter preset: random weights, 4 layers, hidden 256, T = 80, LoRA r = 16 on all
+seven projections, 131k B values; ``--quick`` = 768 forwards per method, seed 0, on a 2-core
+machine shared with other jobs, so the seconds are indicative only):
+
+- lr: the paper's 1e-4 barely moves B from zero on this model; a MeZO sweep over 30 steps
+  gave held-out 5.83 → 5.55 (1e-3), 5.39 (1e-2), 5.54 (1e-1, noisy). P-RGE dual at 1e-2 beat
+  3e-2 too. Default ZO lr 1e-2, ε 1e-2 (the paper's ε). First-order Adam lr 1e-3.
+- Equal forwards: P-RGE dual q=4 b=4 and q=16 b=1 end below MeZO q=1 b=16 on every task
+  (e.g. label-words 4.92 / 4.72 vs 5.46): more directions on smaller batches win, as the
+  paper reports. First-order LoRA is far ahead of all ZO methods per forward (1.45–3.1).
+- Wall-clock, LoRA on all layers: a P-RGE dual step (one S=8, b=4 or S=32, b=1 call) took
+  1.07–1.16x the seconds of a MeZO step (two S=1, b=16 calls; the same 32 sequences), so
+  P-RGE's advantage in seconds is its per-forward advantage only: q=4 reached MeZO's final
+  loss at 0.40 / 0.67 / 0.29 of MeZO's seconds (facts / style / labels).
+- Wall-clock, LoRA on the last layer only (``--lora-layers last-1``, prefix sharing): a P-RGE
+  dual step runs the first three layers once on b sequences and took ~0.43x MeZO's seconds;
+  but with 1/4 of the trainable values every method learns less per forward, and P-RGE's
+  per-forward edge shrinks to a tie (label-words: 5.279 vs MeZO 5.272).
+- Accuracy: greedy exact match stays 0 for every method within the quick budget (random
+  weights; the first-order baseline reaches 0.5–0.9 token accuracy, ZO ≤ 0.2); label-words
+  accuracy stays at chance (0.50) for ZO, first-order 0.58: the ZO gains so far are the
+  label/response token distribution, not the conditional mapping.
 """
 
 from __future__ import annotations
@@ -46,7 +70,7 @@ log = logging.getLogger(__name__)
 
 HELP = "learning quality: MeZO vs P-RGE vs first-order LoRA on generated tasks or your data"
 
-QUICK_FORWARDS = 1024  # 32 ZO steps of 32 forwards
+QUICK_FORWARDS = 768  # 24 ZO steps of 32 forwards, 48 first-order steps of 16
 FULL_FORWARDS = 6400  # 200 ZO steps
 DEFAULT_TASKS = ("personal-facts", "reply-style", "label-words")
 
@@ -88,6 +112,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the exported starter bundle is cached")
     parser.add_argument("--eval-margin", type=float, default=None,
                         help="eval-gate margin (default: the [adapters] default)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="PyTorch threads for the eager model (first-order baseline and "
+                        "argmax match); 1 keeps its order deterministic and avoids OpenMP spin "
+                        "collapse on a busy 2-core machine. ExecuTorch's pool is process-wide: "
+                        "pin the whole run with taskset to compare on one core")
     parser.add_argument("--json", type=Path, default=None, help="write results as JSON here")
     parser.add_argument("--plot", type=Path, default=None, help="write the PNG plot here")
 
@@ -164,6 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from agent.training.tokenize import load_tokenizer
 
     torch.manual_seed(args.seed)
+    torch.set_num_threads(max(1, args.threads))
     methods = build_methods(args)
     budget = args.forwards or (QUICK_FORWARDS if args.quick else FULL_FORWARDS)
     bundle = args.bundle or starter_bundle(methods, max_length=args.max_length,
@@ -263,8 +293,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     if args.plot is not None:
         meta = doc["meta"]
+        lora = meta["lora"]
         title = (f"held-out loss, {meta['budget_forwards']} forwards per method, seed "
-                 f"{meta['seed']}{' (random-weight starter)' if meta['random_weights'] else ''}")
+                 f"{meta['seed']}, LoRA r={lora['rank']} on layers {lora['layers']}"
+                 f"{' (random-weight starter)' if meta['random_weights'] else ''}")
         plot_results(runs, args.plot, title)
         print(f"wrote {args.plot}")
     return 0

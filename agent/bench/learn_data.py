@@ -51,10 +51,8 @@ def task_data(task: Task, tokenizer: Tokenizer, *, max_length: int, pad_id: int)
     """Tokenize a generated task; for label tasks also pack every (example, label) pair."""
     train, s1 = _examples(task.rows("train"), tokenizer, max_length, pad_id)
     held, s2 = _examples(task.rows("heldout"), tokenizer, max_length, pad_id)
-    if len(train) != len(task.train) or len(held) != len(task.heldout):
-        # duplicates collapse (same prompt and reply): fine, but never an empty split
-        if not train or not held:
-            raise DataError(f"task {task.name} has an empty split after tokenization")
+    if not train or not held:  # duplicates collapse (same prompt and reply); never to nothing
+        raise DataError(f"task {task.name} has an empty split after tokenization")
     candidates: list[Candidate] = []
     if task.metric == "accuracy":
         for ex in task.heldout:

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from agent.core.bundle import BundleManifest, lora_layout_of
 from agent.training.data import Example, collate
+from exporter.model import TrainForward
 
 
 class EagerModel:
@@ -44,12 +45,10 @@ class EagerModel:
         for p in self.core.parameters():
             p.requires_grad_(False)
         self.max_length = manifest.train.max_length
-        self._fwd: dict[int, torch.nn.Module] = {}
+        self._fwd: dict[int, TrainForward] = {}
 
-    def forward_for(self, batch: int) -> torch.nn.Module:
+    def forward_for(self, batch: int) -> TrainForward:
         """``TrainForward`` with one slice and ``batch`` rows (cached per batch)."""
-        from exporter.model import TrainForward
-
         if batch not in self._fwd:
             self._fwd[batch] = TrainForward(self.core, slices=1, batch=batch,
                                             max_length=self.max_length)

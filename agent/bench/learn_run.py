@@ -164,6 +164,7 @@ def run_method(
         t0 = clock()
         tokens, mask = stream.batch_at(t)
         if spec.kind == "fo":
+            assert eager is not None
             opt.zero_grad(set_to_none=True)
             step_loss = eager.loss(tokens, mask, param)
             step_loss.backward()

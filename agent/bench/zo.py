@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    default=["all"])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--skip-rss", action="store_true", help="timings only")
-    p.add_argument("--workdir", type=Path, default=Path(".bench"),
+    p.add_argument("--workdir", type=Path, default=Path("build/bench"),
                    help="where checkpoints and bundles are exported and kept")
     p.add_argument("--json", type=Path, help="write the results as a JSON list here")
 

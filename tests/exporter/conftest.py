@@ -22,8 +22,7 @@ def quant_bundle_path(cache_dir: Path, scheme: str) -> Path:
     from tests.exporter.tiny import make_tiny_checkpoint
 
     root = Path(__file__).resolve().parents[2]
-    qkey = hashlib.sha256((root / "exporter/quantize.py").read_bytes()
-                          + Path(__file__).read_bytes()).hexdigest()[:8]
+    qkey = hashlib.sha256((root / "exporter/quantize.py").read_bytes()).hexdigest()[:8]
     ckpt = cache_dir / "ckpt-quant-llama"
     if not (ckpt / "config.json").is_file():
         tmp = ckpt.with_name(ckpt.name + ".tmp")
@@ -35,6 +34,20 @@ def quant_bundle_path(cache_dir: Path, scheme: str) -> Path:
         tmp.rename(ckpt)
     return cached_bundle(cache_dir, f"quant-{scheme}-{qkey}", dict(QUANT_OPTIONS, quantize=scheme),
                          checkpoint=ckpt)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Export the quantized bundles the selected tests need now, outside any test's timeout."""
+    cache = getattr(session.config, "cache", None)
+    if cache is None or session.config.option.collectonly:
+        return
+    wanted: set[str] = set()
+    for item in session.items:
+        wanted.update(getattr(item, "fixturenames", ()))
+    cache_dir = Path(cache.mkdir("mobizo-bundles"))
+    for scheme in ("8da8w", "8da4w"):
+        if f"quant_bundle_{scheme}" in wanted or "quant_bundle" in wanted:
+            quant_bundle_path(cache_dir, scheme)
 
 
 @pytest.fixture(scope="session")

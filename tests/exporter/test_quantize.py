@@ -8,6 +8,7 @@ way, that a quantized bundle trains and serves, and that adapters do not cross s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -93,9 +94,7 @@ def test_only_base_linears_are_quantized(tiny_hf, scheme):
     assert len(names) == 7 * tiny_hf.config.num_hidden_layers
     assert quantize_base(core, scheme) == len(names)
     for name in names:
-        assert type(core.get_submodule(name).weight).__name__ != "Parameter" or \
-            core.get_submodule(name).weight.__class__ is not nn.Parameter
-        assert core.get_submodule(name).weight.__class__.__name__.startswith("Intx")
+        assert type(core.get_submodule(name).weight).__name__.startswith("Intx")
     # the LoRA path, the LM head, embeddings and norms stay plain fp32
     for name, mod in core.named_modules():
         if name.endswith("lora_a") or name == "lm_head":
@@ -197,8 +196,7 @@ def test_probe_refuses_a_program_that_computes_something_else(quant_bundle_8da8w
     manifest, layout, hf, _ = _quantized_core(quant_bundle_8da8w)
     wrong = Decoder(hf, layout, load_lora_a(quant_bundle_8da8w, layout))
     with torch.no_grad():  # a visibly different model: what a mis-lowered program looks like
-        for blk in wrong.blocks:
-            blk.down_proj.base.weight.mul_(3.0)
+        wrong.lm_head.weight.mul_(5.0)
     with pytest.raises(ExportError, match="disagrees with the eager model quantized the same"):
         probe_quantized(quant_bundle_8da8w, manifest, wrong, layout)
 
@@ -250,10 +248,9 @@ def test_trainer_warns_when_epsilon_is_too_small(quant_bundle_8da8w, tmp_path, c
     data.write_text("".join(f'{{"prompt": "q{i}", "response": "a{i}"}}\n' for i in range(8)))
     cfg = TrainJobConfig(bundle=quant_bundle_8da8w, data=data, out=tmp_path / "out", eps=1e-3,
                          mode="prge-dual", q=1, batch=1)
-    with caplog.at_level(logging.WARNING, logger="agent.training.trainer"):
-        try:
-            ZOTrainRecipe(cfg).setup()
-        except Exception:  # noqa: BLE001 - only the warning is under test here
-            pass
+    # only the warning is under test: setup may fail later on the toy data
+    with caplog.at_level(logging.WARNING, logger="agent.training.trainer"), \
+            contextlib.suppress(Exception):
+        ZOTrainRecipe(cfg).setup()
     assert any("below 0.01" in r.getMessage() and "8da8w" in r.getMessage()
                for r in caplog.records)
