@@ -213,7 +213,7 @@ def test_show_renders_valid_toml_with_sources(tmp_path: Path) -> None:
     text = render_show(loaded)
     assert "q = 3  # file " in text
     assert "require_charging_or_mains = false  # profile dev" in text
-    assert "eps = 0.01  # default" in text
+    assert "lr_schedule = \"constant\"  # default" in text
     reparsed = tomllib.loads(text)  # the output is itself a config file
     assert AgentConfig.model_validate(reparsed).training.q == 3
     doc = show_json(loaded)

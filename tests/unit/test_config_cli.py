@@ -56,7 +56,7 @@ def test_show_json_reports_sources(tmp_path: Path, capsys: pytest.CaptureFixture
     assert doc["sources"]["training.q"] == "override"
     assert doc["sources"]["constraints.idle_minutes"] == "profile dev"
     assert doc["sources"]["device.profile"] == f"file {path}"
-    assert doc["sources"]["training.eps"] == "default"
+    assert doc["sources"]["training.lr_schedule"] == "default"
 
 
 def test_console_script_exit_code(tmp_path: Path) -> None:
