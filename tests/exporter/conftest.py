@@ -58,3 +58,15 @@ def quant_bundle_8da8w(bundle_cache_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def quant_bundle_8da4w(bundle_cache_dir: Path) -> Path:
     return quant_bundle_path(bundle_cache_dir, "8da4w")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests on exported quantized bundles are slow: two XNNPACK lowerings of several minutes.
+
+    Marked here, before `-m "not slow"` deselects, so the default run never exports them;
+    `make test-all` runs them.
+    """
+    for item in items:
+        if any(name.startswith("quant_bundle") for name in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
