@@ -7,11 +7,11 @@ Each module defines ``HELP``, ``add_arguments(parser)`` and ``main(args) -> int`
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
+from agent.cli.lazy import add_lazy_subcommands
 from agent.errors import MobizoError
 
 # name -> (module, one-line help)
@@ -29,19 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="mobizo-bench", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    chosen = next((a for a in argv if a in SUBCOMMANDS), None)
-    module = None
-    for name, (module_name, help_text) in SUBCOMMANDS.items():
-        sp = sub.add_parser(name, help=help_text, description=help_text)
-        if name == chosen:
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as exc:
-                if exc.name != module_name:
-                    raise
-                parser.error(f"`{name}` is not available in this build")
-            module.add_arguments(sp)
+    module = add_lazy_subcommands(parser, SUBCOMMANDS, argv)
     args = parser.parse_args(argv)
     if module is None:
         parser.print_help()

@@ -13,12 +13,12 @@ for importing torch or executorch.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
 from agent import __version__
+from agent.cli.lazy import add_lazy_subcommands
 from agent.errors import MobizoError
 
 # name -> (module, one-line help). Grouped commands ("config check") use a module that
@@ -43,19 +43,7 @@ def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, object |
     parser = argparse.ArgumentParser(prog="mobizo-agent", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mobizo-agent {__version__}")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    chosen = next((a for a in argv if a in SUBCOMMANDS), None)
-    module = None
-    for name, (module_name, help_text) in SUBCOMMANDS.items():
-        sp = sub.add_parser(name, help=help_text, description=help_text)
-        if name == chosen:
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as exc:
-                if exc.name != module_name:
-                    raise
-                parser.error(f"`{name}` is not available in this build")
-            module.add_arguments(sp)
+    module = add_lazy_subcommands(parser, SUBCOMMANDS, argv)
     return parser, module
 
 
