@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_ints, default=(2,),
                    help="per-slice batch sizes b to export (default 2)")
     p.add_argument("--max-length", type=int, default=256, help="training sequence length T")
+    p.add_argument("--max-targets", type=int, default=None,
+                   help="target tokens per training sequence that reach the LM head (default: "
+                        "max-length - 1, all; e.g. the longest response you train on: faster "
+                        "when prompts are long)")
     p.add_argument("--max-context", type=int, default=1024, help="generation context (KV cache)")
     p.add_argument("--prefill-chunk", type=int, default=32)
     p.add_argument("--backend", choices=["xnnpack", "portable"], default="xnnpack")
@@ -49,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bench-forward", action="store_true",
                    help="also export plain-forward methods (for mobizo-bench)")
+    p.add_argument("--train-only", action="store_true",
+                   help="skip the inference program (benchmark bundles; they cannot serve)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -70,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             slices=args.slices, batch=args.batch, max_length=args.max_length,
             max_context=args.max_context, prefill_chunk=args.prefill_chunk,
             backend=args.backend, quantize=args.quantize, seed=args.seed,
-            bench_forward=args.bench_forward,
+            bench_forward=args.bench_forward, max_targets=args.max_targets,
+            train_only=args.train_only,
         )
     except ValidationError as exc:
         msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
@@ -86,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {args.out}: {manifest.model.family}, {manifest.model.num_params:,} params, "
           f"LoRA r={manifest.lora.rank} on {len(manifest.lora.layers)} layers "
           f"({manifest.lora.num_params:,} B values), train shapes {shapes}, "
-          f"T={manifest.train.max_length}, context {manifest.infer.max_context}"
+          f"T={manifest.train.max_length} (loss window {manifest.train.max_targets}), "
+          + (f"context {manifest.infer.max_context}" if manifest.infer else "train only")
           + (" [random weights]" if manifest.base.random_weights else ""))
     return 0
 

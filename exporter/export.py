@@ -70,6 +70,17 @@ def _check_limits(opts: ExportOptions, max_positions: int) -> None:
             f"{min(MAX_LENGTH, max_positions)} (the model's max_position_embeddings is "
             f"{max_positions})"
         )
+    if not opts.train_only:  # a train-only bundle has no inference program to size
+        _check_context(opts, max_positions)
+    try:
+        window = opts.target_window()
+    except ValueError as exc:
+        raise ExportError(str(exc)) from exc
+    if window > opts.loss_chunk * 64:
+        raise ExportError("loss_chunk is too small for --max-length; raise it")
+
+
+def _check_context(opts: ExportOptions, max_positions: int) -> None:
     if not MIN_LENGTH <= opts.max_context <= min(MAX_LENGTH * 4, max_positions):
         raise ExportError(
             f"--max-context {opts.max_context} is out of range: choose between {MIN_LENGTH} "
@@ -78,8 +89,6 @@ def _check_limits(opts: ExportOptions, max_positions: int) -> None:
     if opts.prefill_chunk > opts.max_context:
         raise ExportError(f"the prefill chunk ({opts.prefill_chunk}) exceeds --max-context "
                           f"({opts.max_context}); raise --max-context")
-    if opts.max_length - 1 > opts.loss_chunk * 64:
-        raise ExportError("loss_chunk is too small for --max-length; raise it")
 
 
 def _prepare_target(out: Path, force: bool) -> None:
@@ -135,7 +144,7 @@ def _install(staging: Path, out: Path) -> None:
 def _export_into(ckpt: Checkpoint, staging: Path, opts: ExportOptions, source: str,
                  random_weights: bool, note: str) -> BundleManifest:
     from exporter.lower import lower_methods
-    from exporter.model import Decoder, InferStep, KVCache, TrainForward
+    from exporter.model import Decoder, InferStep, KVCache, TrainForward, TrainMethod
 
     hf = load_model(ckpt)
     num_params = sum(p.numel() for p in hf.parameters())
@@ -157,9 +166,11 @@ def _export_into(ckpt: Checkpoint, staging: Path, opts: ExportOptions, source: s
         model=shape,
         lora=LoraSpec(rank=opts.rank, alpha=opts.alpha, targets=opts.targets, layers=layers,
                       num_params=1, a_sha256=""),
-        train=TrainProgramSpec(max_length=opts.max_length, shapes=tuple(
+        train=TrainProgramSpec(max_length=opts.max_length, max_targets=opts.target_window(),
+                               shapes=tuple(
             TrainShape(method=train_method_name(s, b), slices=s, batch=b) for s, b in shapes)),
-        infer=InferProgramSpec(max_context=opts.max_context, prefill_chunk=opts.prefill_chunk),
+        infer=None if opts.train_only else InferProgramSpec(
+            max_context=opts.max_context, prefill_chunk=opts.prefill_chunk),
         tokenizer=TokenizerSpec(
             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else (
@@ -178,33 +189,32 @@ def _export_into(ckpt: Checkpoint, staging: Path, opts: ExportOptions, source: s
 
     core = Decoder(hf, layout, lora_a)
     quantize_base(core, opts.quantize)  # base linears only; no-op for 'none'
-    t, p = opts.max_length, layout.num_params
+    t, k, p = opts.max_length, opts.target_window(), layout.num_params
     methods = {}
     for s, b in shapes:
-        methods[train_method_name(s, b)] = (
-            TrainForward(core, slices=s, batch=b, max_length=t, loss_chunk=opts.loss_chunk),
-            (torch.zeros(b, t, dtype=torch.long), torch.ones(b, t), torch.zeros(s, p)),
-        )
+        train = TrainMethod(TrainForward(core, slices=s, batch=b, max_length=t, max_targets=k,
+                                         loss_chunk=opts.loss_chunk))
+        methods[train_method_name(s, b)] = (train, train.example_args(p))
         if opts.bench_forward and s == max(opts.slices):
-            methods[forward_method_name(s * b)] = (
-                TrainForward(core, slices=s * b, batch=1, max_length=t,
-                             loss_chunk=opts.loss_chunk, lora=False),
-                (torch.zeros(1, t, dtype=torch.long), torch.ones(1, t), torch.zeros(1, p)),
-            )
+            fwd = TrainMethod(TrainForward(core, slices=s * b, batch=1, max_length=t,
+                                           max_targets=k, loss_chunk=opts.loss_chunk,
+                                           lora=False))
+            methods[forward_method_name(s * b)] = (fwd, fwd.example_args(p))
     log.info("lowering train program: %s", ", ".join(methods))
     lower_methods(methods, staging / manifest.train.program, backend=opts.backend)
 
-    cache = KVCache(shape.num_layers, opts.max_context, shape.num_kv_heads, shape.head_dim)
-    infer = {}
-    for name, chunk in (("prefill", opts.prefill_chunk), ("decode", 1)):
-        infer[name] = (
-            InferStep(core, cache, chunk=chunk, max_context=opts.max_context),
-            (torch.zeros(1, chunk, dtype=torch.long), torch.tensor([0]), torch.tensor([0]),
-             torch.zeros(1, p)),
-        )
-    log.info("lowering infer program: prefill (chunk %d), decode", opts.prefill_chunk)
-    lower_methods(infer, staging / manifest.infer.program, backend=opts.backend,
-                  share_mutable_buffers=True)
+    if manifest.infer is not None:
+        cache = KVCache(shape.num_layers, opts.max_context, shape.num_kv_heads, shape.head_dim)
+        infer = {}
+        for name, chunk in (("prefill", opts.prefill_chunk), ("decode", 1)):
+            infer[name] = (
+                InferStep(core, cache, chunk=chunk, max_context=opts.max_context),
+                (torch.zeros(1, chunk, dtype=torch.long), torch.tensor([0]), torch.tensor([0]),
+                 torch.zeros(1, p)),
+            )
+        log.info("lowering infer program: prefill (chunk %d), decode", opts.prefill_chunk)
+        lower_methods(infer, staging / manifest.infer.program, backend=opts.backend,
+                      share_mutable_buffers=True)
 
     bundle_writer.write_adapter(staging, layout, lora_a)
     bundle_writer.write_tokenizer(staging, tok)
@@ -214,6 +224,15 @@ def _export_into(ckpt: Checkpoint, staging: Path, opts: ExportOptions, source: s
     else:  # the reference is the eager model quantized the same way
         probe_quantized(staging, manifest, core, layout)
     return manifest
+
+
+def probe_mask(batch: int, length: int, max_targets: int) -> torch.Tensor:
+    """A loss mask with a prompt-like unmasked start whose targets all fit the window (so the
+    probe compares every target with the reference, which has no window)."""
+    mask = torch.zeros(batch, length)
+    start = max(1, length - min(max_targets, (3 * length) // 4))
+    mask[:, start:] = 1
+    return mask
 
 
 def _layout(manifest: BundleManifest) -> LoraLayout:
@@ -243,8 +262,7 @@ def _probe(bundle: Path, manifest: BundleManifest, hf: torch.nn.Module, layout: 
     for shape in manifest.train.shapes:
         s, b = shape.slices, shape.batch
         tokens = torch.randint(0, vocab, (b, t), generator=gen)
-        mask = torch.ones(b, t)
-        mask[:, : t // 4] = 0
+        mask = probe_mask(b, t, manifest.train.max_targets)
         lora_b = torch.randn(s, layout.num_params, generator=gen) * 0.02
         got = TrainProgram(bundle, slices=s, batch=b).losses(tokens, mask, lora_b)
         want = hf_losses(hf, layout, lora_a, tokens, mask, lora_b)
@@ -256,6 +274,8 @@ def _probe(bundle: Path, manifest: BundleManifest, hf: torch.nn.Module, layout: 
                 "Try --backend portable, and report the checkpoint"
             )
         log.info("probe %s: max |Δloss| %.2e", shape.method, err)
+    if manifest.infer is None:
+        return
 
     n = min(manifest.infer.prefill_chunk + 3, manifest.infer.max_context)
     ids = torch.randint(0, vocab, (n,), generator=gen).tolist()

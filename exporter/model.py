@@ -10,8 +10,9 @@ shapes (shared/DESIGN.md §3, "what got nearly everything delegated"):
   tables are transformers' own rotary module evaluated once (so every rope variant it knows,
   e.g. Llama 3 scaling, comes for free).
 - Attention is explicit 3-D ``bmm`` with an additive causal mask.
-- The loss is softmax → gather → log (XNNPACK has no log_softmax), chunked over the sequence
-  so the [N, T, vocab] logits never exist all at once.
+- The loss is softmax → gather → log (XNNPACK has no log_softmax), computed only at the
+  target positions (a static window of K per sequence, gathered before the final norm and the
+  LM head) and chunked, so the [N, K, vocab] logits never exist all at once.
 
 MP-LoRA (arXiv 2409.15520 §3.2), per LoRA'd linear with S slices of b sequences::
 
@@ -203,31 +204,43 @@ class Decoder(nn.Module):
 
 
 class TrainForward(nn.Module):
-    """``(tokens[b,T], loss_mask[b,T], lora_b[S,P]) -> losses[S]`` for one static (S, b, T).
+    """Per-slice losses [S] of one static (S, b, T, K) shape; the train program's body.
 
-    ``loss_mask[:, t] = 1`` makes token t a target predicted from position t-1 (column 0 is
-    ignored). Sequences are right-padded, so causal attention never lets padding reach a
-    real token. Each slice's loss is the mean over all masked targets of its b sequences.
-    With ``lora=False`` it is the plain forward (the benchmark's ``t_fwd`` method): S·b rows,
-    no LoRA term.
+    ``forward(tokens[b,T], loss_mask[b,T], lora_b[S,P])`` is the convenient eager form (the
+    mask packed by :func:`agent.core.targets.target_window`); the exported methods are
+    :meth:`windowed`, which takes the packed window: ``target_pos[b,K]`` (position p predicts
+    token p+1) and ``target_weight[b,K]``. Only those K positions per sequence reach the
+    norm and the LM head: the head is the biggest matmul of a small model and runs once per
+    slice, while prompts need no logits (agent/core/targets.py).
+
+    Sequences are right-padded, so causal attention never lets padding reach a real token.
+    Each slice's loss is the weighted mean over the targets of its b sequences. With
+    ``lora=False`` it is the plain forward (the benchmark's ``t_fwd`` method): S·b rows, no
+    LoRA term.
     """
 
     def __init__(self, core: Decoder, *, slices: int, batch: int, max_length: int,
-                 loss_chunk: int = 128, lora: bool = True) -> None:
+                 max_targets: int | None = None, loss_chunk: int = 128,
+                 lora: bool = True) -> None:
         super().__init__()
         self.core = core
         self.slices, self.batch, self.length = slices, batch, max_length
+        self.max_targets = min(max_targets or max_length - 1, max_length - 1)
         self.lora = lora
         cos, sin = core.rope_tables(max_length)
         self.register_buffer("cos", cos[:, None, :], persistent=False)  # [T, 1, hd]
         self.register_buffer("sin", sin[:, None, :], persistent=False)
         causal = torch.full((max_length, max_length), NEG_INF).triu(1)
         self.register_buffer("causal", causal, persistent=False)
+        # first flat index of each of the S·b rows in the [S·b·T, d] hidden states
+        row_start = torch.arange(slices * batch, dtype=torch.long)[:, None] * max_length
+        self.register_buffer("row_start", row_start, persistent=False)
         self.loss_chunk = max(1, loss_chunk)
 
-    def hidden(self, tokens: Tensor, lora_b: Tensor | None) -> Tensor:
+    def trunk(self, tokens: Tensor, lora_b: Tensor | None) -> Tensor:
+        """Hidden states after the last block, before the final norm: [S·b, T, d]."""
         core, d = self.core, self.core.dims
-        s, b, t = self.slices, self.batch, self.length
+        s, t = self.slices, self.length
         h = torch.nn.functional.embedding(tokens, core.embed)  # [b, T, d]
         repeated = False
         share = self.lora  # prefix sharing only when slices differ by their LoRA
@@ -254,23 +267,56 @@ class TrainForward(nn.Module):
             h = h + blk.mlp(blk.post_norm(h), lb, s if lb is not None else 1)
         if not repeated:
             h = h.repeat(s, 1, 1)
-        return core.norm(h)  # [S·b, T, d]
+        return h
+
+    def hidden(self, tokens: Tensor, lora_b: Tensor | None) -> Tensor:
+        """Normed hidden states at every position [S·b, T, d] (what the head would see)."""
+        return self.core.norm(self.trunk(tokens, lora_b))
 
     def forward(self, tokens: Tensor, loss_mask: Tensor, lora_b: Tensor) -> Tensor:
-        s, b, t = self.slices, self.batch, self.length
-        h = self.hidden(tokens, lora_b)[:, : t - 1]  # positions predicting tokens 1..T-1
-        targets = tokens[:, 1:].repeat(s, 1)  # [S·b, T-1]
+        from agent.core.targets import target_window
+
+        window = target_window(loss_mask, self.max_targets)
+        return self.windowed(tokens, window.positions, window.weights, lora_b)
+
+    def windowed(self, tokens: Tensor, target_pos: Tensor, target_weight: Tensor,
+                 lora_b: Tensor) -> Tensor:
+        s, b, t, k = self.slices, self.batch, self.length, self.max_targets
+        d = self.core.dims.hidden
+        h = self.trunk(tokens, lora_b).reshape(s * b * t, d)
+        flat = (target_pos.repeat(s, 1) + self.row_start).reshape(s * b * k)
+        h = self.core.norm(torch.index_select(h, 0, flat).reshape(s * b, k, d))
+        targets = torch.gather(tokens, 1, target_pos + 1).repeat(s, 1)  # [S·b, K]
         nll_parts = []
-        for start in range(0, t - 1, self.loss_chunk):  # static loop: bounded logits memory
-            stop = min(start + self.loss_chunk, t - 1)
-            logits = self.core.lm_head(h[:, start:stop])
-            probs = torch.softmax(logits, dim=-1)
+        for start in range(0, k, self.loss_chunk):  # static loop: bounded logits memory
+            stop = min(start + self.loss_chunk, k)
+            probs = torch.softmax(self.core.lm_head(h[:, start:stop]), dim=-1)
             p = torch.gather(probs, 2, targets[:, start:stop].unsqueeze(2)).squeeze(2)
             nll_parts.append(-torch.log(p.clamp_min(1e-30)))
         nll = torch.cat(nll_parts, dim=1) if len(nll_parts) > 1 else nll_parts[0]
-        mask = loss_mask[:, 1:]
-        per_slice = (nll.reshape(s, b * (t - 1)) * mask.reshape(1, b * (t - 1))).sum(dim=1)
-        return per_slice / mask.sum().clamp_min(1.0)
+        weight = target_weight.reshape(1, b * k)
+        per_slice = (nll.reshape(s, b * k) * weight).sum(dim=1)
+        return per_slice / target_weight.sum().clamp_min(1.0)
+
+
+class TrainMethod(nn.Module):
+    """What a ``train.pte`` method is exported from:
+    ``(tokens[b,T], target_pos[b,K], target_weight[b,K], lora_b[S,P]) -> losses[S]``."""
+
+    def __init__(self, fwd: TrainForward) -> None:
+        super().__init__()
+        self.fwd = fwd
+
+    def forward(self, tokens: Tensor, target_pos: Tensor, target_weight: Tensor,
+                lora_b: Tensor) -> Tensor:
+        return self.fwd.windowed(tokens, target_pos, target_weight, lora_b)
+
+    def example_args(self, num_params: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        f = self.fwd
+        rows = 1 if not f.lora else f.slices
+        return (torch.zeros(f.batch, f.length, dtype=torch.long),
+                torch.zeros(f.batch, f.max_targets, dtype=torch.long),
+                torch.ones(f.batch, f.max_targets), torch.zeros(rows, num_params))
 
 
 class KVCache(nn.Module):

@@ -33,7 +33,13 @@ class ExportOptions(BaseModel):
     quantize: Literal["none", "8da8w", "8da4w"] = Field(
         default="none", description="base-linear quantization (exporter/quantize.py)")
     seed: int = Field(default=0, ge=0, description="LoRA-A init (and the starter weights)")
-    loss_chunk: int = Field(default=128, ge=1, description="sequence chunk of the in-graph loss")
+    max_targets: int | None = Field(
+        default=None, ge=1,
+        description="target positions per sequence that reach the LM head (None: max_length-1,"
+                    " every position; smaller is faster when responses are shorter than T)")
+    loss_chunk: int = Field(default=128, ge=1, description="target chunk of the in-graph loss")
+    train_only: bool = Field(
+        default=False, description="skip infer.pte (benchmark bundles: they never serve)")
     bench_forward: bool = Field(
         default=False,
         description="also export a plain forward over max(slices)·b rows (benchmark t_fwd)",
@@ -70,6 +76,14 @@ class ExportOptions(BaseModel):
             raise ValueError(f"--lora-layers {spec}: the model has {num_layers} layers; "
                              f"choose K between 1 and {num_layers}")
         return tuple(range(num_layers - k, num_layers))
+
+    def target_window(self) -> int:
+        """K: the number of target positions per sequence the train program scores."""
+        full = self.max_length - 1
+        if self.max_targets is not None and self.max_targets > full:
+            raise ValueError(f"--max-targets {self.max_targets} exceeds --max-length - 1 = "
+                             f"{full}; choose at most {full}")
+        return self.max_targets or full
 
     def train_shapes(self) -> list[tuple[int, int]]:
         return [(s, b) for s in self.slices for b in self.batch]

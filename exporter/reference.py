@@ -102,7 +102,8 @@ class EagerTrainProgram:
         self.slices, self.batch = slices, batch
         self.max_length = manifest.train.max_length
         core = Decoder(hf, layout, load_lora_a(Path(bundle_dir), layout))
-        self._fwd = TrainForward(core, slices=slices, batch=batch, max_length=self.max_length)
+        self._fwd = TrainForward(core, slices=slices, batch=batch, max_length=self.max_length,
+                                 max_targets=manifest.train.max_targets)
 
     @torch.no_grad()
     def losses(self, tokens: Tensor, loss_mask: Tensor, lora_b: Tensor) -> Tensor:

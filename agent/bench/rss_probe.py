@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from executorch.runtime import Runtime
     from transformers import LlamaForCausalLM, Qwen2ForCausalLM  # noqa: F401
 
+    from agent.bench.zo import bench_mask
     from agent.core.bundle import lora_layout_of, read_manifest
     from agent.core.zo import zo_step
     from agent.io.runtime import TrainProgram  # imports executorch for every kind
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     m = read_manifest(args.bundle)
     t, q, b = m.train.max_length, args.q, args.batch
     tokens = torch.randint(0, min(256, m.model.vocab_size), (b, t))
-    mask = torch.ones(b, t)
+    mask = bench_mask(b, t)
     gc.collect()
     base_kb = _status_kb("VmRSS")
     _reset_peak()
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         del hf
         gc.collect()
         out["load_mb"] = (_status_kb("VmRSS") - base_kb) / 1024
-        fwd = TrainForward(core, slices=1, batch=q * b, max_length=t)
+        fwd = TrainForward(core, slices=1, batch=q * b, max_length=t,
+                           max_targets=m.train.max_targets)
         lora_b = torch.zeros(1, m.lora.num_params, requires_grad=True)
         loss = fwd(tokens.repeat(q, 1), mask.repeat(q, 1), lora_b)[0]
         loss.backward()

@@ -20,6 +20,7 @@ Bundles are exported into ``--workdir`` once per configuration and reused.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -46,6 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq", type=_ints, default=[128], help="sequence lengths, comma-separated")
     p.add_argument("--lora-layers", choices=["all", "last-quarter"], nargs="+",
                    default=["all"])
+    p.add_argument("--loss-window", choices=["response", "full"], nargs="+",
+                   default=["response"],
+                   help="response: the programs score only the response half of each sequence "
+                        "(the loss mask, --max-targets seq/2); full: logits at every position")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--skip-rss", action="store_true", help="timings only")
     p.add_argument("--workdir", type=Path, default=Path("build/bench"),
@@ -73,16 +78,31 @@ def make_110m_checkpoint(out: Path, seed: int = 0) -> Path:
     return out
 
 
-def bench_bundle(workdir: Path, shape: str, q: int, b: int, seq: int, lora_layers: str) -> Path:
-    """Export (once) a bundle with methods S=1 and S=2q at batch b, plus the plain forward."""
+def response_targets(seq: int) -> int:
+    """Targets per sequence of the benchmark's mask: the second half, like a response."""
+    return seq - seq // 2
+
+
+def bench_mask(b: int, seq: int):  # -> torch.Tensor
+    import torch
+
+    mask = torch.ones(b, seq)
+    mask[:, : seq // 2] = 0
+    return mask
+
+
+def bench_bundle(workdir: Path, shape: str, q: int, b: int, seq: int, lora_layers: str,
+                 loss_window: str = "response") -> Path:
+    """Export (once) a train-only bundle: methods S=1 and S=2q at batch b, the plain forward."""
     from exporter.export import export_bundle
     from exporter.options import ExportOptions
 
-    out = workdir / f"{shape}-q{q}-b{b}-T{seq}-{lora_layers}"
+    out = workdir / f"{shape}-q{q}-b{b}-T{seq}-{lora_layers}-{loss_window}"
     if (out / "manifest.json").is_file():
         return out
-    opts = ExportOptions(slices=(1, 2 * q), batch=(b,), max_length=seq, max_context=64,
-                         prefill_chunk=8, lora_layers=lora_layers, bench_forward=True)
+    opts = ExportOptions(slices=(1, 2 * q), batch=(b,), max_length=seq, lora_layers=lora_layers,
+                         bench_forward=True, train_only=True,
+                         max_targets=response_targets(seq) if loss_window == "response" else None)
     if shape == "starter":
         export_bundle(None, out, opts, preset="starter", force=True)
     else:
@@ -114,8 +134,7 @@ def measure_times(bundle: Path, q: int, b: int, repeats: int) -> dict[str, float
     t = m.train.max_length
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, min(256, m.model.vocab_size), (b, t), generator=gen)
-    mask = torch.ones(b, t)
-    mask[:, : t // 2] = 0  # loss on the second half, like a response
+    mask = bench_mask(b, t)
     lora_b = torch.zeros(m.lora.num_params)
     state = {"b": lora_b, "step": 0}
 
@@ -132,8 +151,8 @@ def measure_times(bundle: Path, q: int, b: int, repeats: int) -> dict[str, float
     prge = TrainProgram(bundle, slices=2 * q, batch=b)
     out["t_prge"] = _median_time(step(prge, "prge-dual"), repeats)
     del prge
-    fwd = _ForwardMethod(bundle, forward_method_name(2 * q * b), t, m.lora.num_params)
-    out["t_fwd"] = _median_time(lambda: fwd(tokens[:1]), repeats)
+    fwd = _ForwardMethod(bundle, forward_method_name(2 * q * b), m)
+    out["t_fwd"] = _median_time(lambda: fwd(tokens[:1], mask[:1]), repeats)
     eager = EagerTrainProgram(bundle, slices=2 * q, batch=b,
                               hf_model=load_base_model(m, workdir=bundle.parent))
     out["t_eager"] = _median_time(step(eager, "prge-dual"), repeats)
@@ -143,18 +162,21 @@ def measure_times(bundle: Path, q: int, b: int, repeats: int) -> dict[str, float
 class _ForwardMethod:
     """The bench-only plain-forward method (no LoRA, 2q·b rows), called like the others."""
 
-    def __init__(self, bundle: Path, method: str, t: int, p: int) -> None:
+    def __init__(self, bundle: Path, method: str, manifest) -> None:  # noqa: ANN001
         import torch
         from executorch.runtime import Runtime
 
-        prog = Runtime.get().load_program(bundle / "train.pte")
+        prog = Runtime.get().load_program(bundle / manifest.train.program)
         self._m = prog.load_method(method)
         self._keep = prog
-        self._mask = torch.ones(1, t)
-        self._b = torch.zeros(1, p)
+        self._k = manifest.train.max_targets
+        self._b = torch.zeros(1, manifest.lora.num_params)
 
-    def __call__(self, tokens):
-        return self._m.execute([tokens, self._mask, self._b])[0]
+    def __call__(self, tokens, mask):
+        from agent.core.targets import target_window
+
+        window = target_window(mask, self._k)  # host-side packing, as TrainProgram does
+        return self._m.execute([tokens, window.positions, window.weights, self._b])[0]
 
 
 def measure_rss(bundle: Path, q: int, b: int) -> dict[str, float]:
@@ -178,13 +200,14 @@ def main(args: argparse.Namespace) -> int:
     for seq in args.seq:
         for q in args.q:
             for b in args.batch:
-                for ll in args.lora_layers:
+                for ll, lw in itertools.product(args.lora_layers, args.loss_window):
                     t0 = time.monotonic()
-                    bundle = bench_bundle(args.workdir, args.shape, q, b, seq, ll)
-                    print(f"[{args.shape} q={q} b={b} seq={seq} {ll}] bundle ready "
+                    bundle = bench_bundle(args.workdir, args.shape, q, b, seq, ll, lw)
+                    print(f"[{args.shape} q={q} b={b} seq={seq} {ll} {lw}] bundle ready "
                           f"({time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
                     row = {"shape": args.shape, "q": q, "batch": b, "seq": seq,
-                           "lora_layers": ll}
+                           "lora_layers": ll, "loss_window": lw,
+                           "max_targets": response_targets(seq) if lw == "response" else seq - 1}
                     row.update(measure_times(bundle, q, b, args.repeats))
                     row["speedup_vs_mezo"] = row["t_mezo"] / row["t_prge"]
                     row["overhead_vs_forward"] = row["t_prge"] / row["t_fwd"]
@@ -207,7 +230,8 @@ def _print_row(r: dict) -> None:
     def f(key, fmt="{:.3f}"):
         return fmt.format(r[key]) if key in r else "-"
 
-    print(f"{r['shape']:>7} q={r['q']} b={r['batch']} seq={r['seq']} {r['lora_layers']:>12} | "
+    print(f"{r['shape']:>7} q={r['q']} b={r['batch']} seq={r['seq']} {r['lora_layers']:>12} "
+          f"{r.get('loss_window', 'full'):>8} | "
           f"mezo {f('t_mezo')} s  prge {f('t_prge')} s  fwd {f('t_fwd')} s  "
           f"eager {f('t_eager')} s | mezo/prge {f('speedup_vs_mezo', '{:.2f}')}  "
           f"prge/fwd {f('overhead_vs_forward', '{:.2f}')}  "

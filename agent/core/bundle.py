@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from agent.core.lora_layout import LoraLayout
 from agent.errors import BundleError
 
-BUNDLE_FORMAT_VERSION = 1
+BUNDLE_FORMAT_VERSION = 2  # 2: train methods take the packed target window
 MANIFEST_NAME = "manifest.json"
 TRAIN_PROGRAM = "train.pte"
 INFER_PROGRAM = "infer.pte"
@@ -65,7 +65,8 @@ class LoraSpec(_Strict):
 
 
 class TrainShape(_Strict):
-    """One exported training method: ``method(tokens[b,T], loss_mask[b,T], lora_b[S,P]) -> [S]``."""
+    """One exported training method:
+    ``method(tokens[b,T], target_pos[b,K], target_weight[b,K], lora_b[S,P]) -> [S]``."""
 
     method: str
     slices: int = Field(ge=1, description="S: models evaluated in one call")
@@ -75,6 +76,9 @@ class TrainShape(_Strict):
 class TrainProgramSpec(_Strict):
     program: str = TRAIN_PROGRAM
     max_length: int = Field(ge=2, description="T: every sequence is padded/truncated to this")
+    max_targets: int = Field(
+        ge=1, description="K: target positions per sequence that reach the LM head "
+        "(agent/core/targets.py); at most max_length - 1")
     shapes: tuple[TrainShape, ...]
 
     def method_for(self, slices: int, batch: int) -> TrainShape | None:
@@ -118,7 +122,8 @@ class BundleManifest(_Strict):
     model: ModelShape
     lora: LoraSpec
     train: TrainProgramSpec
-    infer: InferProgramSpec
+    infer: InferProgramSpec | None = Field(
+        description="null for a train-only bundle (benchmarks): it cannot serve")
     tokenizer: TokenizerSpec
     backend: Backend = "xnnpack"
     quantize: QuantScheme = "none"
@@ -159,7 +164,8 @@ def read_manifest(bundle_dir: Path) -> BundleManifest:
         manifest = BundleManifest.model_validate(raw)
     except ValidationError as exc:
         raise BundleError(f"{path} is invalid: {exc}; re-export the bundle") from exc
-    for name in (manifest.train.program, manifest.infer.program, ADAPTER_DIR, TOKENIZER_DIR):
+    programs = [manifest.train.program] + ([manifest.infer.program] if manifest.infer else [])
+    for name in (*programs, ADAPTER_DIR, TOKENIZER_DIR):
         if not (Path(bundle_dir) / name).exists():
             raise BundleError(f"{bundle_dir} is incomplete: {name} is missing; re-export it")
     return manifest

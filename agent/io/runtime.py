@@ -1,7 +1,8 @@
 """Thin adapter over the ExecuTorch runtime: the only module that imports ``executorch.runtime``.
 
 - :class:`TrainProgram`: one method of a bundle's ``train.pte`` (one static (slices, batch)
-  shape), ``losses(tokens, loss_mask, lora_b) -> [S]``.
+  shape), ``losses(tokens, loss_mask, lora_b) -> [S]``; the mask is packed into the program's
+  target window here (agent/core/targets.py).
 - :class:`InferProgram`: the ``prefill``/``decode`` methods of ``infer.pte``; they share the
   KV cache (mutable buffers exported with ``share_mutable_buffers``), and take LoRA-B as an
   input on every call, so switching adapters costs nothing.
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from agent.core.bundle import BundleManifest, read_manifest
+from agent.core.targets import target_window
 from agent.errors import BundleError
 
 log = logging.getLogger(__name__)
@@ -65,8 +67,10 @@ class TrainProgram:
             )
         self.slices, self.batch = slices, batch
         self.max_length = spec.max_length
+        self.max_targets = spec.max_targets
         self.num_params = self.manifest.lora.num_params
         self.threads = threads
+        self.dropped_targets = 0  # targets beyond the window so far (see agent/core/targets.py)
         self._program = _load_program(self.bundle_dir / spec.program)
         self._method = self._program.load_method(shape.method)
         self.method_name = shape.method
@@ -78,6 +82,8 @@ class TrainProgram:
         Args:
             tokens: [b, t] int token ids, t <= max_length; shorter rows are right-padded.
             loss_mask: [b, t]; 1 where token t is a target (predicted from position t-1).
+                A row with more than ``max_targets`` targets is scored on its first
+                ``max_targets`` (counted in ``dropped_targets``, warned once).
             lora_b: [S, P] float32, one flat LoRA-B row per slice.
         """
         tokens = torch.as_tensor(tokens, dtype=torch.long)
@@ -95,10 +101,16 @@ class TrainProgram:
             raise ValueError(f"expected lora_b [{self.slices}, {self.num_params}], "
                              f"got {tuple(lora_b.shape)}")
         if t < self.max_length:  # right-pad: causal attention keeps padding out of real tokens
-            pad = self.max_length - t
-            tokens = torch.nn.functional.pad(tokens, (0, pad))
-            loss_mask = torch.nn.functional.pad(loss_mask, (0, pad))
-        out = self._method.execute([tokens.contiguous(), loss_mask.contiguous(),
+            tokens = torch.nn.functional.pad(tokens, (0, self.max_length - t))
+        window = target_window(loss_mask, self.max_targets)
+        if window.dropped:
+            if not self.dropped_targets:
+                log.warning("%s scores at most %d targets per sequence (its max_targets); "
+                            "a batch had %d more, left out of the loss. Re-export with a "
+                            "larger --max-targets to train on whole long responses",
+                            self.bundle_dir, self.max_targets, window.dropped)
+            self.dropped_targets += window.dropped
+        out = self._method.execute([tokens.contiguous(), window.positions, window.weights,
                                     lora_b.contiguous()])
         return out[0].clone()
 
@@ -117,6 +129,10 @@ class InferProgram:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest or read_manifest(self.bundle_dir)
         spec = self.manifest.infer
+        if spec is None:
+            raise BundleError(f"{self.bundle_dir} is a train-only bundle (exported with "
+                              "--train-only, for benchmarks) and cannot serve; export one "
+                              "without --train-only")
         self.max_context = spec.max_context
         self.chunk = spec.prefill_chunk
         self.vocab_size = self.manifest.model.vocab_size

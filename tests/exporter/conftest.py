@@ -36,6 +36,21 @@ def quant_bundle_path(cache_dir: Path, scheme: str) -> Path:
                          checkpoint=ckpt)
 
 
+WINDOW_OPTIONS = dict(slices=(2,), batch=(2,), max_length=16, max_targets=6, train_only=True,
+                      bench_forward=True, rank=4, alpha=8.0, seed=0)
+
+
+def windowed_bundle_path(cache_dir: Path) -> Path:
+    """Export (once, cached) a train-only tiny Llama bundle with a 6-target loss window."""
+    from tests.conftest import cached_bundle
+    from tests.exporter.tiny import make_tiny_checkpoint
+
+    ckpt = cache_dir / "ckpt-window-llama"
+    if not (ckpt / "config.json").is_file():
+        make_tiny_checkpoint("llama", ckpt.with_name(ckpt.name + ".tmp")).rename(ckpt)
+    return cached_bundle(cache_dir, "window", WINDOW_OPTIONS, checkpoint=ckpt)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Export the quantized bundles the selected tests need now, outside any test's timeout."""
     cache = getattr(session.config, "cache", None)
@@ -48,6 +63,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     for scheme in ("8da8w", "8da4w"):
         if f"quant_bundle_{scheme}" in wanted or "quant_bundle" in wanted:
             quant_bundle_path(cache_dir, scheme)
+    if "windowed_bundle" in wanted:
+        windowed_bundle_path(cache_dir)
+
+
+@pytest.fixture(scope="session")
+def windowed_bundle(bundle_cache_dir: Path) -> Path:
+    return windowed_bundle_path(bundle_cache_dir)
 
 
 @pytest.fixture(scope="session")

@@ -67,6 +67,7 @@ def test_tokenizer_larger_than_embedding(tmp_path):
     ({"max_length": 100_000}, "--max-length 100000 is out of range"),
     ({"max_context": 100_000}, "--max-context 100000 is out of range"),
     ({"lora_layers": "last-9"}, "the model has 2 layers"),
+    ({"max_targets": 500}, "--max-targets 500 exceeds --max-length - 1"),
 ])
 def test_limits(tiny_llama, tmp_path, update, words):
     with pytest.raises(ExportError, match=words):

@@ -108,3 +108,23 @@ def test_infer_step_matches_transformers_with_cache(hf):
         got12 = prefill(pad, torch.tensor([9]), torch.tensor([3]), row)
     for got, pos in ((got5, 5), (got7, 7), (got8, 8), (got12, 12)):
         torch.testing.assert_close(got[0], want[pos], atol=1e-4, rtol=1e-4)
+
+
+
+def test_a_narrow_target_window_gives_the_same_losses_when_targets_fit(hf):
+    """The head sees only K positions; with all targets inside them nothing changes."""
+    layout = _layout(hf, [0, 1])
+    lora_a = init_lora_a(layout, 0)
+    s, b, t = 2, 2, 12
+    core = Decoder(hf, layout, lora_a)
+    tokens = torch.randint(0, hf.config.vocab_size, (b, t))
+    mask = torch.zeros(b, t)
+    mask[0, 8:] = 1
+    mask[1, 5:9] = 1
+    lora_b = torch.randn(s, layout.num_params) * 0.05
+    full = TrainForward(core, slices=s, batch=b, max_length=t)(tokens, mask, lora_b)
+    narrow = TrainForward(core, slices=s, batch=b, max_length=t, max_targets=4,
+                          loss_chunk=3)(tokens, mask, lora_b)
+    torch.testing.assert_close(narrow, full, rtol=1e-5, atol=1e-5)
+    want = hf_losses(hf, layout, lora_a, tokens, mask, lora_b)
+    torch.testing.assert_close(narrow, want, rtol=1e-4, atol=1e-4)
