@@ -6,7 +6,7 @@ import argparse
 import shlex
 from pathlib import Path, PurePosixPath
 
-from agent.deploy.actions import apply
+from agent.deploy.actions import report
 from agent.deploy.host import read_host_facts
 from agent.deploy.install import InstallOptions, find_source, plan_install
 from agent.deploy.layout import DEFAULT_PREFIX, SERVICE_USER
@@ -54,15 +54,7 @@ def main(args: argparse.Namespace) -> int:
     )
     host = read_host_facts(SERVICE_USER)
     plan, layout = plan_install(opts, host)
-    if not plan.actions:
-        print(f"mobizo-agent is already installed in {layout.root} (prefix {layout.prefix}): "
-              "nothing to do")
-    elif args.dry_run:
-        print("dry run: install would")
-        for line in plan.describe():
-            print("  " + line)
-    else:
-        apply(plan.actions)
-    for note in plan.notes:
-        print(f"note: {note}")
+    report(plan, verb="install", dry_run=args.dry_run,
+           nothing_to_do=f"mobizo-agent is already installed in {layout.root} "
+           f"(prefix {layout.prefix}): nothing to do")
     return 0

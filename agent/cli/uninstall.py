@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path, PurePosixPath
 
-from agent.deploy.actions import apply
+from agent.deploy.actions import report
 from agent.deploy.host import read_host_facts
 from agent.deploy.layout import DEFAULT_PREFIX, SERVICE_USER
 from agent.deploy.uninstall import plan_uninstall
@@ -28,14 +28,6 @@ def main(args: argparse.Namespace) -> int:
     plan, layout = plan_uninstall(
         Path(args.root), host, prefix=PurePosixPath(args.prefix), purge=args.purge
     )
-    if not plan.actions:
-        print(f"nothing to remove in {layout.root}")
-    elif args.dry_run:
-        print("dry run: uninstall would")
-        for line in plan.describe():
-            print("  " + line)
-    else:
-        apply(plan.actions)
-    for note in plan.notes:
-        print(f"note: {note}")
+    report(plan, verb="uninstall", dry_run=args.dry_run,
+           nothing_to_do=f"nothing to remove in {layout.root}")
     return 0

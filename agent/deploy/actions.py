@@ -192,3 +192,26 @@ def _apply_one(action: Action, run: Runner) -> None:
                 + (f" ({action.why})" if action.why else "")
                 + "; fix the cause above and run the same command again (it is idempotent)"
             )
+
+
+def report(plan: Plan, *, verb: str, nothing_to_do: str, dry_run: bool,
+           log: Callable[[str], None] = print) -> None:
+    """What install and uninstall show the operator, and the run itself.
+
+    Prints ``nothing_to_do`` for an empty plan, lists the plan under ``dry run: VERB would``
+    for a dry run, otherwise applies it (each step logged as it runs); the plan's notes come
+    last, so they follow the steps they are about.
+
+    Raises:
+        DeployError: a step failed (see :func:`apply`); the notes are not printed then.
+    """
+    if not plan.actions:
+        log(nothing_to_do)
+    elif dry_run:
+        log(f"dry run: {verb} would")
+        for line in plan.describe():
+            log("  " + line)
+    else:
+        apply(plan.actions, log=log)
+    for note in plan.notes:
+        log(f"note: {note}")
