@@ -111,6 +111,26 @@ def bench_bundle(workdir: Path, shape: str, q: int, b: int, seq: int, lora_layer
     return out
 
 
+def speedup_bound(manifest, q: int) -> float:  # noqa: ANN001 - a BundleManifest
+    """MeZO / P-RGE dual matmul FLOPs of one step: the best ``speedup_vs_mezo`` can be.
+
+    Per sequence a block costs T·(its linear weights) and the LM head K·hidden·vocab (only the
+    K target positions reach it). MeZO runs every block and the head 2q times; P-RGE dual runs
+    the frozen prefix once and the LoRA'd blocks and the head 2q times. Attention, norms and
+    the LoRA terms are left out (a few % at T = 128), so measured ratios land slightly below.
+    """
+    m = manifest.model
+    q_out, kv_out = m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim
+    block = 2 * m.hidden_size * (q_out + kv_out) + 3 * m.hidden_size * m.intermediate_size
+    t, k = manifest.train.max_length, manifest.train.max_targets
+    head = m.hidden_size * m.vocab_size
+    prefix = min(manifest.lora.layers) if manifest.lora.layers else m.num_layers
+    lora_blocks = m.num_layers - prefix
+    mezo = 2 * q * (t * m.num_layers * block + k * head)
+    prge = t * prefix * block + 2 * q * (t * lora_blocks * block + k * head)
+    return mezo / prge
+
+
 def _median_time(fn, repeats: int) -> float:
     fn()  # warm-up: first calls pay for lazy init and page faults
     times = []
@@ -195,6 +215,8 @@ def measure_rss(bundle: Path, q: int, b: int) -> dict[str, float]:
 
 
 def main(args: argparse.Namespace) -> int:
+    from agent.core.bundle import read_manifest
+
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = []
     for seq in args.seq:
@@ -210,6 +232,7 @@ def main(args: argparse.Namespace) -> int:
                            "max_targets": response_targets(seq) if lw == "response" else seq - 1}
                     row.update(measure_times(bundle, q, b, args.repeats))
                     row["speedup_vs_mezo"] = row["t_mezo"] / row["t_prge"]
+                    row["speedup_bound"] = speedup_bound(read_manifest(bundle), q)
                     row["overhead_vs_forward"] = row["t_prge"] / row["t_fwd"]
                     row["et_vs_eager"] = row["t_prge"] / row["t_eager"]
                     if not args.skip_rss:
@@ -233,7 +256,8 @@ def _print_row(r: dict) -> None:
     print(f"{r['shape']:>7} q={r['q']} b={r['batch']} seq={r['seq']} {r['lora_layers']:>12} "
           f"{r.get('loss_window', 'full'):>8} | "
           f"mezo {f('t_mezo')} s  prge {f('t_prge')} s  fwd {f('t_fwd')} s  "
-          f"eager {f('t_eager')} s | mezo/prge {f('speedup_vs_mezo', '{:.2f}')}  "
+          f"eager {f('t_eager')} s | mezo/prge {f('speedup_vs_mezo', '{:.2f}')} "
+          f"(FLOP bound {f('speedup_bound', '{:.2f}')})  "
           f"prge/fwd {f('overhead_vs_forward', '{:.2f}')}  "
           f"prge/eager {f('et_vs_eager', '{:.2f}')}  "
           f"rss train/infer {f('rss_train_over_infer', '{:.2f}')}  "
