@@ -48,7 +48,8 @@ def _parse_date(text: str) -> float:
 
 
 def main(args: argparse.Namespace) -> int:
-    from agent.io.store import InteractionStore, row_to_json
+    from agent.io.store import InteractionStore
+    from agent.io.store_records import row_to_json
 
     with InteractionStore.in_state_dir(_state_dir(args)) as store:
         if args.data_command == "import":

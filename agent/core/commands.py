@@ -1,4 +1,4 @@
-"""Fleet commands: wire models, the protocols the daemon implements, and pure dispatch.
+"""Fleet commands: wire models, the handler protocol the daemon implements, pure dispatch.
 
 A request arrives on ``<prefix>/cmd/<name>`` as JSON (:class:`CommandRequest`). It is answered
 with a :class:`CommandResult` on the MQTT 5 response topic (correlation data echoed), else on
@@ -9,7 +9,8 @@ status, then progress is published on ``<prefix>/jobs/<id>``.
 
 Nothing here touches the network: :func:`parse_command` turns bytes into a typed request or an
 error result, and :func:`execute` calls the :class:`CommandHandler`. A malformed request is an
-error result, never an exception.
+error result, never an exception. The other wire documents (state, availability, config,
+telemetry) are in :mod:`agent.core.fleet_documents`.
 """
 
 from __future__ import annotations
@@ -21,24 +22,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from agent.core.fleet_documents import StateDocument, WireIn, WireOut
 from agent.core.topics import valid_id, valid_publish_topic
 from agent.errors import MobizoError
 
 WIRE_VERSION = 1
-
-
-class _Wire(BaseModel):
-    """Base of every inbound wire model: unknown keys are an error the sender sees."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class _Out(BaseModel):
-    """Base of outbound models: tolerant readers (the controller) ignore new keys."""
-
-    model_config = ConfigDict(extra="ignore")
 
 
 # --- errors the handler raises ----------------------------------------------------------
@@ -64,7 +54,7 @@ ErrorCode = Literal[
 ]
 
 
-class ErrorInfo(_Out):
+class ErrorInfo(WireOut):
     code: ErrorCode
     message: str
 
@@ -72,34 +62,34 @@ class ErrorInfo(_Out):
 # --- arguments ------------------------------------------------------------------------
 
 
-class NoArgs(_Wire):
+class NoArgs(WireIn):
     pass
 
 
-class TrainNowArgs(_Wire):
+class TrainNowArgs(WireIn):
     max_steps: int | None = Field(default=None, ge=1, le=10_000_000, description="step budget")
     ignore_constraints: bool = Field(
         default=False, description="train even when the device is busy / on battery (testing)"
     )
 
 
-class PauseArgs(_Wire):
+class PauseArgs(WireIn):
     reason: str = Field(default="paused by the fleet controller", max_length=200)
 
 
-class RollbackArgs(_Wire):
+class RollbackArgs(WireIn):
     version: int | str | None = Field(
         default=None, description="adapter version to activate; None: the previous one"
     )
 
 
-class PurgeDataArgs(_Wire):
+class PurgeDataArgs(WireIn):
     before: datetime | None = Field(
         default=None, description="delete interactions older than this; None: all of them"
     )
 
 
-class SetLogLevelArgs(_Wire):
+class SetLogLevelArgs(WireIn):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
     @field_validator("level", mode="before")
@@ -111,112 +101,29 @@ class SetLogLevelArgs(_Wire):
 # --- outputs --------------------------------------------------------------------------
 
 
-class Ack(_Out):
+class Ack(WireOut):
     message: str = ""
 
 
-class TrainNowOutput(_Out):
+class TrainNowOutput(WireOut):
     outcome: str = Field(description="e.g. completed, stopped, rejected_by_eval")
     steps: int = 0
     loss: float | None = None
     adapter_version: int | str | None = None
 
 
-class RollbackOutput(_Out):
+class RollbackOutput(WireOut):
     active_version: int | str | None
 
 
-class PurgeDataOutput(_Out):
+class PurgeDataOutput(WireOut):
     deleted: int
 
 
-class AdapterInfo(_Out):
-    version: int | str | None = None
-    eval_metrics: dict[str, float] = Field(default_factory=dict)
+# --- jobs, requests and results -------------------------------------------------------
 
 
-class BurstInfo(_Out):
-    steps: int = 0
-    loss: float | None = None
-    duration_s: float | None = None
-    outcome: str | None = None
-    finished_at: float | None = None
-
-
-class ConstraintsInfo(_Out):
-    power: str | None = Field(default=None, description="e.g. mains, charging, battery")
-    battery_pct: float | None = None
-    thermal: str | None = Field(default=None, description="e.g. nominal, moderate, severe")
-    idle: bool | None = None
-
-
-class StateDocument(_Out):
-    """The retained ``state`` document. The daemon fills it; counts only, never content."""
-
-    state: str = Field(default="unknown", description="e.g. idle, training, paused, error")
-    reason: str = ""
-    adapter: AdapterInfo = Field(default_factory=AdapterInfo)
-    last_burst: BurstInfo | None = None
-    constraints: ConstraintsInfo = Field(default_factory=ConstraintsInfo)
-    store_counts: dict[str, int] = Field(default_factory=dict)
-    versions: dict[str, str] = Field(default_factory=dict)
-    # Filled by the fleet link, not the daemon:
-    session_seq: int | None = Field(default=None, description="bdSeq of the publishing session")
-    ts: float | None = None
-
-
-# --- other wire documents -------------------------------------------------------------
-
-
-class Availability(_Out):
-    """``available`` payload. ``session_seq`` is the Sparkplug bdSeq: a will whose seq is
-    older than the seq in the device's state document is a late death of an old session."""
-
-    status: Literal["online", "offline", "stopped"]
-    session_seq: int
-    device_id: str
-    ts: float | None = None
-
-
-class DesiredConfig(_Wire):
-    version: int = Field(ge=0, description="monotonic; versions <= the applied one are ignored")
-    config: dict[str, Any] = Field(description="runtime overrides, same shape as the TOML file")
-
-
-class ReportedConfig(_Out):
-    version: int | None = Field(description="the version in effect (None: no override ever)")
-    status: Literal["applied", "rejected"]
-    rejected_version: int | None = None
-    errors: list[str] = Field(default_factory=list)
-    ts: float | None = None
-
-
-class ApplyResult(_Out):
-    """What :class:`DesiredConfigSink` answers: the applied version, or validation errors."""
-
-    applied_version: int | None = None
-    errors: list[str] = Field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-
-class TelemetryPoint(_Out):
-    ts: float
-    step: int | None = None
-    loss: float | None = None
-    extra: dict[str, float] = Field(default_factory=dict)
-
-
-class Telemetry(_Out):
-    ts: float
-    session_seq: int
-    points: list[TelemetryPoint] = Field(default_factory=list)
-    resources: dict[str, float] = Field(default_factory=dict)
-
-
-class JobView(_Out):
+class JobView(WireOut):
     job_id: str
     command: str
     status: str
@@ -228,7 +135,7 @@ class JobView(_Out):
     updated_at: float
 
 
-class CommandRequest(_Wire):
+class CommandRequest(WireIn):
     """A command request. Every field is optional: ``{}`` is a valid ``status`` request."""
 
     request_id: str | None = Field(default=None, description="echoed; names the 3.1.1 reply topic")
@@ -264,7 +171,7 @@ class CommandRequest(_Wire):
         return float(self.expires_at)
 
 
-class CommandResult(_Out):
+class CommandResult(WireOut):
     v: int = WIRE_VERSION
     request_id: str | None
     command: str
@@ -277,7 +184,7 @@ class CommandResult(_Out):
     ts: float
 
 
-# --- protocols the daemon implements --------------------------------------------------
+# --- the protocol the daemon implements -----------------------------------------------
 
 
 @runtime_checkable
@@ -307,25 +214,13 @@ class CommandHandler(Protocol):
     def set_log_level(self, level: str) -> Ack: ...
 
 
-class StateSource(Protocol):
-    """The daemon's current state, read by the link on change checks and periodically."""
-
-    def current_state(self) -> StateDocument: ...
-
-
-class DesiredConfigSink(Protocol):
-    """Validates and applies desired overrides (persisted by the config layer)."""
-
-    def apply(self, version: int, document: dict[str, Any]) -> ApplyResult: ...
-
-
 # --- the command table ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class CommandSpec:
     name: str
-    args_model: type[_Wire]
+    args_model: type[WireIn]
     long: bool  # runs as a job
 
 

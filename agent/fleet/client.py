@@ -21,7 +21,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.core.commands import Availability, CommandResult, StateDocument
+from agent.core.commands import CommandResult
+from agent.core.fleet_documents import Availability, StateDocument
 from agent.core.topics import FleetTopics
 from agent.errors import MobizoError
 from agent.io.mqtt import disable_nagle

@@ -27,18 +27,20 @@ from typing import Any
 from agent.config.mqtt import MqttConfig
 from agent.core.commands import (
     Ack,
-    AdapterInfo,
-    ApplyResult,
-    BurstInfo,
     CommandFailed,
     CommandRejected,
-    ConstraintsInfo,
     JobContext,
     PurgeDataOutput,
     RollbackOutput,
-    StateDocument,
     TrainNowArgs,
     TrainNowOutput,
+)
+from agent.core.fleet_documents import (
+    AdapterInfo,
+    ApplyResult,
+    BurstInfo,
+    ConstraintsInfo,
+    StateDocument,
 )
 
 _OVERRIDE_KEYS: dict[str, type] = {"max_steps": int, "lr": float, "log_level": str}

@@ -3,40 +3,43 @@
 Nothing in here ever leaves the device. Other components may read *counts* (:meth:`counts`)
 and the trainer reads examples (:meth:`examples_since`); content is never reported elsewhere.
 
-Durability and SD-card wear (shared/DESIGN.md §5): the database runs in WAL mode with
-``synchronous=NORMAL`` plus an explicit checkpoint-free design; writes go through ONE writer
-thread that commits a batch every ``flush_interval_s`` (one fsync per batch instead of one per
-request). :meth:`record` never blocks the caller; it returns a :class:`Ticket` whose ``wait``
-returns once the row is committed, so a caller that waits before answering knows that an
-interaction the user has seen survives ``kill -9``.
-
-Schema versions are tracked with ``PRAGMA user_version``; :data:`MIGRATIONS` upgrades a file
-written by an older version in place. Pure stdlib + pydantic (no torch): the daemon imports it.
+This module is the store's public face: its ``[store]`` config, writes handed to the writer
+thread, and the read API. The parts: :mod:`agent.io.store_records` (what a row is),
+:mod:`agent.io.store_schema` (tables and migrations), :mod:`agent.io.store_writer` (the one
+batching writer thread; :meth:`InteractionStore.record` never blocks and returns a
+:class:`~agent.io.store_writer.Ticket`) and :mod:`agent.io.store_retention` (size cap,
+retention, purge). The database runs in WAL mode with ``synchronous=NORMAL`` (shared/DESIGN.md
+§5). Pure stdlib + pydantic (no torch): the daemon imports it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import queue
-import sqlite3
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.errors import DataError
+from agent.io import store_retention as retention
+from agent.io.store_records import (
+    FEEDBACK_VALUE,
+    Example,
+    Interaction,
+    Rating,
+    decode_row,
+    interaction_from_json,
+    is_heldout,
+    to_row,
+)
+from agent.io.store_schema import connect, migrate
+from agent.io.store_writer import StoreWriter, Ticket
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "interactions.sqlite3"
-Rating = Literal["up", "down"]
 Split = Literal["train", "heldout", "all"]
 
 
@@ -64,133 +67,6 @@ class StoreConfig(BaseModel):
     )
 
 
-# --- schema -------------------------------------------------------------------------------
-
-_SCHEMA_V1 = """
-CREATE TABLE interactions (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    created_at REAL NOT NULL,
-    kind TEXT NOT NULL,
-    messages TEXT,
-    prompt TEXT,
-    response TEXT NOT NULL,
-    adapter_version TEXT,
-    latency_ms REAL,
-    prompt_tokens INTEGER,
-    completion_tokens INTEGER,
-    feedback INTEGER,
-    correction TEXT,
-    feedback_at REAL,
-    source TEXT NOT NULL DEFAULT 'served',
-    size_bytes INTEGER NOT NULL
-);
-CREATE INDEX interactions_created ON interactions(created_at);
-"""
-
-# v2: a change sequence so that feedback given after the trainer read a row makes the row new
-# again for ``examples_since``; and an input hash for de-duplication.
-_SCHEMA_V2 = """
-ALTER TABLE interactions ADD COLUMN change_seq INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE interactions ADD COLUMN input_sha TEXT;
-UPDATE interactions SET change_seq = seq;
-CREATE INDEX interactions_change ON interactions(change_seq);
-CREATE INDEX interactions_input ON interactions(input_sha);
-"""
-
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema to :data:`SCHEMA_VERSION`; returns the version found before."""
-    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    if found > SCHEMA_VERSION:
-        raise DataError(
-            f"the interaction store has schema {found}, newer than this agent's "
-            f"{SCHEMA_VERSION}; upgrade mobizo-agent or purge the store"
-        )
-    for version in range(found, SCHEMA_VERSION):
-        # each migration is one transaction together with its version bump
-        conn.executescript(
-            "BEGIN;" + MIGRATIONS[version] + f"PRAGMA user_version = {version + 1};COMMIT;"
-        )
-    return found
-
-
-# --- records ------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Interaction:
-    """One served (or imported) exchange."""
-
-    response: str
-    kind: str = "chat"  # "chat" | "completion"
-    messages: Sequence[dict[str, Any]] | None = None
-    prompt: str | None = None
-    adapter_version: str | None = None
-    latency_ms: float | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    feedback: Rating | None = None
-    correction: str | None = None
-    source: str = "served"
-    id: str = field(default_factory=lambda: new_interaction_id())
-    created_at: float = field(default_factory=time.time)
-
-    def input_sha(self) -> str:
-        payload = json.dumps([self.kind, self.messages, self.prompt], sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class Example:
-    """A training example for the trainer: an input and the target response."""
-
-    id: str
-    target: str
-    messages: list[dict[str, Any]] | None
-    prompt: str | None
-    change_seq: int
-
-    def to_json(self) -> dict[str, Any]:
-        """The trainer's JSONL format (agent/training/data.py): a chat is the conversation
-        ending with the assistant's reply; a completion is ``prompt`` + ``response``."""
-        if self.messages is not None:
-            turns = [*self.messages, {"role": "assistant", "content": self.target}]
-            return {"id": self.id, "messages": turns}
-        return {"id": self.id, "prompt": self.prompt or "", "response": self.target}
-
-
-def new_interaction_id() -> str:
-    return "int-" + uuid.uuid4().hex
-
-
-def is_heldout(interaction_id: str, fraction: float) -> bool:
-    """Stable split by id: the same id always lands on the same side, on every device."""
-    bucket = int.from_bytes(hashlib.sha256(interaction_id.encode()).digest()[:4], "big")
-    return bucket / 2**32 < fraction
-
-
-class Ticket:
-    """Handle for a queued write; :meth:`wait` returns True once it is committed."""
-
-    def __init__(self, accepted: bool = True) -> None:
-        self._event = threading.Event()
-        self.accepted = accepted
-        if not accepted:
-            self._event.set()
-
-    def _done(self) -> None:
-        self._event.set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._event.wait(timeout) and self.accepted
-
-
-_Op = tuple[str, Any, Ticket]
-
-
 class InteractionStore:
     """SQLite interaction store with a batching writer thread.
 
@@ -209,34 +85,24 @@ class InteractionStore:
     ) -> None:
         self.path = Path(path)
         self.config = config or StoreConfig()
-        self._clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._read = self._connect()
+        self._read = connect(self.path)
         migrate(self._read)
         self._read_lock = threading.Lock()
-        self._queue: queue.Queue[_Op | None] = queue.Queue()
-        self._pending_ids: set[str] = set()
-        self._pending_lock = threading.Lock()
         self.dropped_oversize = 0
-        self.dropped_full_queue = 0
-        self.evicted = 0
         self._closed = False
-        self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
-        self._writer.start()
+        self._writer = StoreWriter(
+            self.path,
+            flush_interval_s=self.config.flush_interval_s,
+            max_pending=self.config.max_pending,
+            max_total_bytes=self.config.max_total_bytes,
+            retention_days=self.config.retention_days,
+            clock=clock,
+        )
 
     @classmethod
     def in_state_dir(cls, state_dir: Path, config: StoreConfig | None = None) -> InteractionStore:
         return cls(Path(state_dir) / DB_NAME, config)
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30,
-                               isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a commit survives a process kill (it is in the WAL file); only
-        # an OS crash can lose the last batch. FULL would fsync every batch on the SD card.
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=30000")
-        return conn
 
     # --- writes (non-blocking) ------------------------------------------------------------
 
@@ -244,49 +110,43 @@ class InteractionStore:
         """Queue one interaction; never blocks. Dropped (ticket not accepted) if over caps."""
         if not self.config.capture or self._closed:
             return Ticket(accepted=False)
-        row = _row(interaction)
+        row = to_row(interaction)
         if row["size_bytes"] > self.config.max_record_bytes:
             self.dropped_oversize += 1
             log.warning("interaction %s not stored: %d bytes > max_record_bytes %d",
                         interaction.id, row["size_bytes"], self.config.max_record_bytes)
             return Ticket(accepted=False)
-        return self._enqueue("insert", row, interaction.id)
+        return self._writer.enqueue("insert", row, interaction.id)
 
     def set_feedback(self, interaction_id: str, rating: Rating | None,
                      correction: str | None = None) -> Ticket:
         """Queue feedback for a known id; raises KeyError if the id is unknown."""
         if not self.exists(interaction_id):
             raise KeyError(interaction_id)
-        value = {"up": 1, "down": -1, None: None}[rating]
-        return self._enqueue("feedback", (interaction_id, value, correction), None)
-
-    def _enqueue(self, kind: str, payload: Any, pending_id: str | None) -> Ticket:
-        if self._queue.qsize() >= self.config.max_pending:
-            self.dropped_full_queue += 1
-            return Ticket(accepted=False)
-        ticket = Ticket()
-        if pending_id is not None:
-            with self._pending_lock:
-                self._pending_ids.add(pending_id)
-        self._queue.put((kind, payload, ticket))
-        return ticket
+        value = FEEDBACK_VALUE[rating]
+        return self._writer.enqueue("feedback", (interaction_id, value, correction), None)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is committed."""
-        ticket = Ticket()
-        self._queue.put(("noop", None, ticket))
-        return ticket.wait(timeout)
+        return self._writer.flush(timeout)
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        return self._writer.pending
+
+    @property
+    def dropped_full_queue(self) -> int:
+        return self._writer.dropped_full_queue
+
+    @property
+    def evicted(self) -> int:
+        return self._writer.evicted
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(None)
-        self._writer.join(timeout=30)
+        self._writer.close()
         self._read.close()
 
     def __enter__(self) -> InteractionStore:
@@ -295,109 +155,6 @@ class InteractionStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _write_loop(self) -> None:
-        conn = self._connect()
-        total = self._total_bytes(conn)
-        last_retention = 0.0
-        stop = False
-        while not stop:
-            first = self._queue.get()
-            batch: list[_Op] = []
-            if first is None:
-                stop = True
-            else:
-                batch.append(first)
-                deadline = time.monotonic() + self.config.flush_interval_s
-                while True:
-                    left = deadline - time.monotonic()
-                    try:
-                        op = self._queue.get(timeout=max(left, 0)) if left > 0 else \
-                            self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if op is None:
-                        stop = True
-                        break
-                    batch.append(op)
-            if not batch:
-                continue
-            try:
-                total = self._commit(conn, batch, total)
-                now = self._clock()
-                if now - last_retention > 60:
-                    total -= self._apply_retention(conn, now)
-                    last_retention = now
-            except sqlite3.Error:
-                log.exception("interaction store write failed; %d writes lost", len(batch))
-            finally:
-                for _, _, ticket in batch:
-                    ticket._done()
-                with self._pending_lock:
-                    for kind, payload, _ in batch:
-                        if kind == "insert":
-                            self._pending_ids.discard(payload["id"])
-        conn.close()
-
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Op], total: int) -> int:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            seq = conn.execute("SELECT COALESCE(MAX(change_seq), 0) FROM interactions")
-            change_seq = int(seq.fetchone()[0])
-            for kind, payload, _ in batch:
-                if kind == "insert":
-                    change_seq += 1
-                    cols = {**payload, "change_seq": change_seq}
-                    conn.execute(
-                        f"INSERT OR IGNORE INTO interactions ({','.join(cols)}) "
-                        f"VALUES ({','.join('?' * len(cols))})", tuple(cols.values()))
-                    total += payload["size_bytes"]
-                elif kind == "feedback":
-                    change_seq += 1
-                    iid, value, correction = payload
-                    conn.execute(
-                        "UPDATE interactions SET feedback = ?, "
-                        "correction = COALESCE(?, correction), feedback_at = ?, change_seq = ? "
-                        "WHERE id = ?",
-                        (value, correction, self._clock(), change_seq, iid))
-            if total > self.config.max_total_bytes:
-                total -= self._evict(conn, total - self.config.max_total_bytes)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return total
-
-    def _evict(self, conn: sqlite3.Connection, excess: int) -> int:
-        """Delete the oldest rows until ``excess`` bytes are gone; returns bytes freed."""
-        freed, cutoff, count = 0, None, 0
-        for seq, size in conn.execute("SELECT seq, size_bytes FROM interactions ORDER BY seq"):
-            freed += size
-            cutoff = seq
-            count += 1
-            if freed >= excess:
-                break
-        if cutoff is not None:
-            conn.execute("DELETE FROM interactions WHERE seq <= ?", (cutoff,))
-            self.evicted += count
-            log.info("store over max_total_bytes: evicted %d oldest interactions", count)
-        return freed
-
-    def _apply_retention(self, conn: sqlite3.Connection, now: float) -> int:
-        cutoff = now - self.config.retention_days * 86400
-        return self._delete_before(conn, cutoff)
-
-    @staticmethod
-    def _delete_before(conn: sqlite3.Connection, cutoff: float) -> int:
-        row = conn.execute("SELECT COALESCE(SUM(size_bytes), 0) FROM interactions "
-                           "WHERE created_at < ?", (cutoff,)).fetchone()
-        conn.execute("DELETE FROM interactions WHERE created_at < ?", (cutoff,))
-        return int(row[0])
-
-    @staticmethod
-    def _total_bytes(conn: sqlite3.Connection) -> int:
-        return int(conn.execute(
-            "SELECT COALESCE(SUM(size_bytes), 0) FROM interactions").fetchone()[0])
-
     # --- reads ----------------------------------------------------------------------------
 
     def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
@@ -405,9 +162,8 @@ class InteractionStore:
             return self._read.execute(sql, tuple(args)).fetchall()
 
     def exists(self, interaction_id: str) -> bool:
-        with self._pending_lock:
-            if interaction_id in self._pending_ids:
-                return True
+        if self._writer.is_pending(interaction_id):
+            return True
         return bool(self._query("SELECT 1 FROM interactions WHERE id = ?", (interaction_id,)))
 
     def get(self, interaction_id: str) -> dict[str, Any] | None:
@@ -420,10 +176,7 @@ class InteractionStore:
             cur = self._read.execute(f"SELECT * FROM interactions {where}", tuple(args))
             names = [d[0] for d in cur.description]
             out = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-        for row in out:
-            row["messages"] = json.loads(row["messages"]) if row["messages"] else None
-            row["feedback"] = {1: "up", -1: "down"}.get(row["feedback"])
-        return out
+        return [decode_row(row) for row in out]
 
     def iter_rows(self, batch: int = 500) -> Iterable[dict[str, Any]]:
         """Every row, oldest first (for ``data export``)."""
@@ -486,14 +239,7 @@ class InteractionStore:
         """Delete every row (or those created before ``before``); returns rows deleted."""
         self.flush()
         with self._read_lock:
-            where, args = ("WHERE created_at < ?", (before,)) if before is not None else ("", ())
-            n = self._read.execute(f"SELECT COUNT(*) FROM interactions {where}", args)
-            count = int(n.fetchone()[0])
-            self._read.execute(f"DELETE FROM interactions {where}", args)
-            # reclaim the space so deleted content is really gone from the file
-            self._read.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._read.execute("VACUUM")
-        return count
+            return retention.purge(self._read, before)
 
     def import_rows(self, rows: Iterable[dict[str, Any]]) -> tuple[int, int]:
         """Insert trainer-format dicts (prompt/response/feedback/correction/messages).
@@ -513,70 +259,3 @@ class InteractionStore:
             imported += 1
         self.flush(timeout=120)
         return imported, skipped
-
-
-def interaction_from_json(raw: Any, *, where: str = "row") -> Interaction:
-    """One JSONL row of the trainer's format → :class:`Interaction` (source 'import')."""
-    if not isinstance(raw, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(raw).__name__}")
-    messages, prompt = raw.get("messages"), raw.get("prompt")
-    response = raw.get("response")
-    last = messages[-1] if isinstance(messages, list) and messages else None
-    if response is None and isinstance(last, dict) and last.get("role") == "assistant":
-        # a chat transcript whose last turn is the assistant's answer (the trainer's form)
-        response, messages = last.get("content"), list(messages or [])[:-1]
-    if not isinstance(response, str):
-        raise DataError(f"{where}: needs a string 'response' (or messages ending with an "
-                        "assistant turn)")
-    if messages is None and not isinstance(prompt, str):
-        raise DataError(f"{where}: needs 'prompt' (string) or 'messages' (list of role/content)")
-    if messages is not None and not (isinstance(messages, list) and all(
-            isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)):
-        raise DataError(f"{where}: 'messages' must be a list of {{role, content}} objects")
-    feedback = raw.get("feedback")
-    if feedback not in (None, "up", "down"):
-        raise DataError(f"{where}: 'feedback' must be 'up', 'down' or absent, got {feedback!r}")
-    kw: dict[str, Any] = {}
-    if isinstance(raw.get("id"), str):
-        kw["id"] = raw["id"]
-    # created_at is the time the row entered this store (not the file's): retention counts
-    # from the import, so importing an old history does not evict it at once
-    return Interaction(
-        response=response, kind="chat" if messages is not None else "completion",
-        messages=messages, prompt=prompt if messages is None else None, feedback=feedback,
-        correction=raw.get("correction"), source="import",
-        adapter_version=raw.get("adapter_version"), **kw,
-    )
-
-
-def row_to_json(row: dict[str, Any]) -> dict[str, Any]:
-    """A stored row → the trainer's JSONL format (what ``data export`` writes).
-
-    Chats are written as the whole conversation ending with the assistant's reply (the form
-    agent/training/data.py reads); completions as ``prompt`` + ``response``.
-    """
-    out: dict[str, Any] = {"id": row["id"], "created_at": row["created_at"]}
-    if row["messages"] is not None:
-        out["messages"] = [*row["messages"], {"role": "assistant", "content": row["response"]}]
-    else:
-        out["prompt"] = row["prompt"] or ""
-        out["response"] = row["response"]
-    for key in ("feedback", "correction", "adapter_version"):
-        if row.get(key) is not None:
-            out[key] = row[key]
-    return out
-
-
-def _row(item: Interaction) -> dict[str, Any]:
-    messages = json.dumps(list(item.messages)) if item.messages is not None else None
-    size = sum(len(s.encode()) for s in (messages, item.prompt, item.response, item.correction)
-               if s)
-    return {
-        "id": item.id, "created_at": item.created_at, "kind": item.kind, "messages": messages,
-        "prompt": item.prompt, "response": item.response,
-        "adapter_version": item.adapter_version, "latency_ms": item.latency_ms,
-        "prompt_tokens": item.prompt_tokens, "completion_tokens": item.completion_tokens,
-        "feedback": {"up": 1, "down": -1, None: None}[item.feedback],
-        "correction": item.correction, "source": item.source, "size_bytes": size + 64,
-        "input_sha": item.input_sha(),
-    }

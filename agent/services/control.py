@@ -15,7 +15,8 @@ the daemon's main loop (:meth:`Daemon.submit`), so nothing here touches daemon s
 another thread; ``status`` is answered the same way, which also shows whether the loop lives.
 
 :class:`DaemonCommands` implements the fleet link's ``CommandHandler`` / ``StateSource`` /
-``DesiredConfigSink`` protocols (agent/core/commands.py) over the same daemon.
+``DesiredConfigSink`` protocols (agent/core/commands.py, agent/core/fleet_documents.py) over
+the same daemon.
 """
 
 from __future__ import annotations
@@ -34,18 +35,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.core.commands import (
     Ack,
-    AdapterInfo,
-    ApplyResult,
-    BurstInfo,
     CommandFailed,
     CommandRejected,
-    ConstraintsInfo,
     JobContext,
     PurgeDataOutput,
     RollbackOutput,
-    StateDocument,
     TrainNowArgs,
     TrainNowOutput,
+)
+from agent.core.fleet_documents import (
+    AdapterInfo,
+    ApplyResult,
+    BurstInfo,
+    ConstraintsInfo,
+    StateDocument,
 )
 from agent.core.policy import SKIPPABLE
 from agent.errors import MobizoError

@@ -2,8 +2,8 @@
 
 Targets are what :meth:`InteractionStore.examples_since` yields: corrections, and responses
 rated up (or imported and not rated down); examples with the same input keep only the newest.
-The held-out split is stable by interaction id (:func:`agent.io.store.is_heldout`), so an
-example never moves between train and held-out as the store grows, and the eval gate always
+The held-out split is stable by interaction id (:func:`agent.io.store_records.is_heldout`), so
+an example never moves between train and held-out as the store grows, and the eval gate always
 compares adapters on examples neither was trained on.
 
 A run keeps its snapshot until it finishes: a burst that was stopped resumes on exactly the
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.config.atomic import atomic_write_text
-from agent.io.store import InteractionStore, is_heldout
+from agent.io.store import InteractionStore
+from agent.io.store_records import is_heldout
 
 TRAIN_FILE = "train.jsonl"
 HELDOUT_FILE = "heldout.jsonl"

@@ -305,7 +305,7 @@ def test_late_will_of_an_older_session_is_overridden(broker, fleet, link_factory
 
 
 def test_controller_view_ignores_a_will_older_than_the_state():
-    from agent.core.commands import Availability, StateDocument
+    from agent.core.fleet_documents import Availability, StateDocument
     from agent.fleet.client import DeviceView
 
     view = DeviceView(

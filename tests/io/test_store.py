@@ -12,14 +12,9 @@ from typing import Any
 import pytest
 
 from agent.errors import DataError
-from agent.io.store import (
-    SCHEMA_VERSION,
-    Interaction,
-    InteractionStore,
-    StoreConfig,
-    is_heldout,
-    row_to_json,
-)
+from agent.io.store import InteractionStore, StoreConfig
+from agent.io.store_records import Interaction, is_heldout, row_to_json
+from agent.io.store_schema import SCHEMA_VERSION
 
 
 def _store(tmp_path: Path, **cfg: object) -> InteractionStore:
@@ -42,7 +37,7 @@ def test_round_trip_and_wal(tmp_path: Path) -> None:
 
 
 def test_migrates_a_v1_file(tmp_path: Path) -> None:
-    from agent.io.store import MIGRATIONS
+    from agent.io.store_schema import MIGRATIONS
 
     conn = sqlite3.connect(tmp_path / "s.sqlite3")
     conn.executescript(MIGRATIONS[0] + "PRAGMA user_version = 1;")
@@ -174,7 +169,8 @@ def test_committed_rows_survive_kill_9(tmp_path: Path) -> None:
     db = tmp_path / "s.sqlite3"
     script = textwrap.dedent(f"""
         import sys, time
-        from agent.io.store import Interaction, InteractionStore
+        from agent.io.store import InteractionStore
+        from agent.io.store_records import Interaction
         store = InteractionStore({str(db)!r})
         i = 0
         while True:

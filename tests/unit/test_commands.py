@@ -16,12 +16,12 @@ from agent.core.commands import (
     ParseError,
     PurgeDataOutput,
     RollbackOutput,
-    StateDocument,
     TrainNowOutput,
     error_of,
     parse_command,
     run_short,
 )
+from agent.core.fleet_documents import StateDocument
 
 NOW = 1_800_000_000.0
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from agent.io.store import new_interaction_id
+from agent.io.store_records import new_interaction_id
 from agent.services.inference.protocol import (
     ChatCompletionRequest,
     CompletionRequest,

@@ -18,7 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.io.store import Interaction, InteractionStore, Ticket
+from agent.io.store import InteractionStore
+from agent.io.store_records import Interaction
+from agent.io.store_writer import Ticket
 from agent.services.inference.generation import GenerationResult, Generator
 from agent.services.inference.hotswap import AdapterSlot
 from agent.services.inference.sampling import SamplingParams

@@ -1,0 +1,131 @@
+"""The fleet's wire documents other than commands, and the base models of every wire model.
+
+The device publishes its ``state`` (retained; counts only, never content), its availability
+(``available``: will, birth and goodbye, stamped with the session sequence) and telemetry; it
+receives desired config on ``config/desired`` and reports the outcome on ``config/reported``.
+Commands and jobs (:mod:`agent.core.commands`) build on the same base models.
+
+The daemon implements :class:`StateSource` and :class:`DesiredConfigSink` for the fleet link.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class WireIn(BaseModel):
+    """Base of every inbound wire model: unknown keys are an error the sender sees."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class WireOut(BaseModel):
+    """Base of outbound models: tolerant readers (the controller) ignore new keys."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+# --- the state document -----------------------------------------------------------------
+
+
+class AdapterInfo(WireOut):
+    version: int | str | None = None
+    eval_metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class BurstInfo(WireOut):
+    steps: int = 0
+    loss: float | None = None
+    duration_s: float | None = None
+    outcome: str | None = None
+    finished_at: float | None = None
+
+
+class ConstraintsInfo(WireOut):
+    power: str | None = Field(default=None, description="e.g. mains, charging, battery")
+    battery_pct: float | None = None
+    thermal: str | None = Field(default=None, description="e.g. nominal, moderate, severe")
+    idle: bool | None = None
+
+
+class StateDocument(WireOut):
+    """The retained ``state`` document. The daemon fills it; counts only, never content."""
+
+    state: str = Field(default="unknown", description="e.g. idle, training, paused, error")
+    reason: str = ""
+    adapter: AdapterInfo = Field(default_factory=AdapterInfo)
+    last_burst: BurstInfo | None = None
+    constraints: ConstraintsInfo = Field(default_factory=ConstraintsInfo)
+    store_counts: dict[str, int] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    # Filled by the fleet link, not the daemon:
+    session_seq: int | None = Field(default=None, description="bdSeq of the publishing session")
+    ts: float | None = None
+
+
+# --- availability, desired / reported config, telemetry ---------------------------
+
+
+class Availability(WireOut):
+    """``available`` payload. ``session_seq`` is the Sparkplug bdSeq: a will whose seq is
+    older than the seq in the device's state document is a late death of an old session."""
+
+    status: Literal["online", "offline", "stopped"]
+    session_seq: int
+    device_id: str
+    ts: float | None = None
+
+
+class DesiredConfig(WireIn):
+    version: int = Field(ge=0, description="monotonic; versions <= the applied one are ignored")
+    config: dict[str, Any] = Field(description="runtime overrides, same shape as the TOML file")
+
+
+class ReportedConfig(WireOut):
+    version: int | None = Field(description="the version in effect (None: no override ever)")
+    status: Literal["applied", "rejected"]
+    rejected_version: int | None = None
+    errors: list[str] = Field(default_factory=list)
+    ts: float | None = None
+
+
+class ApplyResult(WireOut):
+    """What :class:`DesiredConfigSink` answers: the applied version, or validation errors."""
+
+    applied_version: int | None = None
+    errors: list[str] = Field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class TelemetryPoint(WireOut):
+    ts: float
+    step: int | None = None
+    loss: float | None = None
+    extra: dict[str, float] = Field(default_factory=dict)
+
+
+class Telemetry(WireOut):
+    ts: float
+    session_seq: int
+    points: list[TelemetryPoint] = Field(default_factory=list)
+    resources: dict[str, float] = Field(default_factory=dict)
+
+
+# --- protocols the daemon implements ----------------------------------------------------
+
+
+class StateSource(Protocol):
+    """The daemon's current state, read by the link on change checks and periodically."""
+
+    def current_state(self) -> StateDocument: ...
+
+
+class DesiredConfigSink(Protocol):
+    """Validates and applies desired overrides (persisted by the config layer)."""
+
+    def apply(self, version: int, document: dict[str, Any]) -> ApplyResult: ...
