@@ -5,6 +5,12 @@ proved equal to it by the exporter's parity tests), so the first-order baseline 
 very loss the ZO methods estimate: B trainable, A frozen, same masking and mean. It also
 gives per-position logits, which the train program keeps inside the runtime, for the
 teacher-forced argmax match.
+
+A bundle with a quantized base (``manifest.quantize``) gets its eager twin quantized the same
+way (exporter/quantize.py), so the argmax match scores the model the programs run. torchao's
+quantized linears pass no gradient to their input, so backpropagation through such a base
+would silently drop every gradient path through a base linear: ``differentiable`` is False
+then, ``loss`` refuses, and the benchmark skips the first-order baseline.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ class EagerModel:
 
     def __init__(self, bundle_dir: Path, manifest: BundleManifest) -> None:
         from exporter.model import Decoder
+        from exporter.quantize import quantize_base
         from exporter.reference import load_base_model, load_lora_a
 
         layout = lora_layout_of(manifest)
@@ -44,8 +51,15 @@ class EagerModel:
         self.core = Decoder(hf, layout, load_lora_a(Path(bundle_dir), layout))
         for p in self.core.parameters():
             p.requires_grad_(False)
+        self.scheme = manifest.quantize
+        quantize_base(self.core, self.scheme)  # no-op for 'none'
         self.max_length = manifest.train.max_length
         self._fwd: dict[int, TrainForward] = {}
+
+    @property
+    def differentiable(self) -> bool:
+        """Whether autograd reaches every LoRA term (False on a quantized base)."""
+        return self.scheme == "none"
 
     def forward_for(self, batch: int) -> TrainForward:
         """``TrainForward`` with one slice and ``batch`` rows (cached per batch)."""
@@ -55,7 +69,15 @@ class EagerModel:
         return self._fwd[batch]
 
     def loss(self, tokens: Tensor, mask: Tensor, lora_b: Tensor) -> Tensor:
-        """Mean CE over the masked targets (differentiable in ``lora_b`` [1, P])."""
+        """Mean CE over the masked targets (differentiable in ``lora_b`` [1, P]).
+
+        Raises:
+            ValueError: the base is quantized (its gradients would be silently wrong).
+        """
+        if not self.differentiable:
+            raise ValueError(f"the first-order baseline needs an fp32 base; this bundle's base "
+                             f"is quantized ({self.scheme}) and torchao's quantized linears "
+                             "pass no gradient to their input")
         return self.forward_for(tokens.shape[0])(tokens, mask, lora_b)[0]
 
     @torch.no_grad()

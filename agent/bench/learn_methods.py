@@ -20,9 +20,10 @@ from agent.core import zo
 Kind = Literal["zo", "fo"]
 Optimizer = Literal["sgd", "adam"]
 
-# Found by the sweep recorded in agent/bench/learn.py's docstring (starter bundle, all seven
-# projections, rank 16): ZO needs a far larger step than the paper's 1e-4 on a random-weight
-# model with B starting at zero, and ε large enough that L± differ well above fp32 noise.
+# Found by the sweeps recorded in agent/bench/learn.py's docstring (starter bundle, all seven
+# projections; rank 16 on all layers, rank 32 on the last two): ZO needs a far larger step than
+# the paper's 1e-4 on a random-weight model with B starting at zero, and ε large enough that
+# L± differ well above fp32 (and int8 activation) noise.
 DEFAULT_ZO_LR = 1e-2
 DEFAULT_ZO_EPS = 1e-2
 DEFAULT_FO_LR = 1e-3

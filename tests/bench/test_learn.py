@@ -115,3 +115,13 @@ def test_runs_on_a_users_own_data(starter_bundle: Path, tmp_path: Path) -> None:
     assert learn.main(args) == 0
     (row,) = json.loads((tmp_path / "d.json").read_text())["results"]
     assert row["task"] == "file:mine.jsonl" and row["forwards"] == 8
+
+
+def test_quantize_must_match_the_bundles_scheme(starter_bundle: Path, tmp_path: Path,
+                                                capsys) -> None:
+    args = _args(starter_bundle, tmp_path, "q")
+    args.quantize = "8da8w"  # the fixture bundle is fp32: no silent requantization
+    assert learn.main(args) == 2
+    err = capsys.readouterr().err
+    assert "exported with --quantize none" in err and "mobizo-export --quantize 8da8w" in err
+    assert not (tmp_path / "q.json").exists()
