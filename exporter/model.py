@@ -157,12 +157,24 @@ class ModelDims:
         return self.heads // self.kv_heads
 
 
-def _expand_kv(x: Tensor, groups: int) -> Tensor:
-    """[N, T, KV, hd] → [N, T, KV·groups, hd] (GQA: each kv head serves ``groups`` q heads)."""
-    if groups == 1:
-        return x
-    n, t, kv, hd = x.shape
-    return x.unsqueeze(3).expand(n, t, kv, groups, hd).reshape(n, t, kv * groups, hd)
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float,
+              groups: int) -> Tensor:
+    """Softmax attention, GQA without copying k/v: q [N, Tq, H, hd], k/v [N, Tk, KV, hd],
+    ``mask`` [groups·Tq, Tk] additive (the [Tq, Tk] mask repeated ``groups`` times) → [N, Tq, H·hd].
+
+    Query head i reads kv head i // groups (transformers' repeat_kv), so the ``groups`` query
+    heads of one kv head are contiguous: stacking them along the query axis turns GQA into one
+    3-D ``bmm`` per kv head. Expanding k/v to H heads instead is an expand + copy that XNNPACK
+    does not delegate: it split every layer's graph into two partitions.
+    """
+    n, tq, h, hd = q.shape
+    tk, kv = k.shape[1], k.shape[2]
+    q = q.transpose(1, 2).reshape(n * kv, groups * tq, hd)
+    k = k.transpose(1, 2).reshape(n * kv, tk, hd)
+    v = v.transpose(1, 2).reshape(n * kv, tk, hd)
+    att = torch.softmax(torch.bmm(q, k.transpose(1, 2)) * scale + mask, dim=-1)
+    o = torch.bmm(att, v).reshape(n, h, tq, hd).transpose(1, 2)
+    return o.reshape(n, tq, h * hd)
 
 
 class Decoder(nn.Module):
@@ -231,7 +243,8 @@ class TrainForward(nn.Module):
         self.register_buffer("cos", cos[:, None, :], persistent=False)  # [T, 1, hd]
         self.register_buffer("sin", sin[:, None, :], persistent=False)
         causal = torch.full((max_length, max_length), NEG_INF).triu(1)
-        self.register_buffer("causal", causal, persistent=False)
+        # tiled for the query heads that share a kv head (see attention())
+        self.register_buffer("causal", causal.repeat(core.dims.groups, 1), persistent=False)
         # first flat index of each of the S·b rows in the [S·b·T, d] hidden states
         row_start = torch.arange(slices * batch, dtype=torch.long)[:, None] * max_length
         self.register_buffer("row_start", row_start, persistent=False)
@@ -240,7 +253,7 @@ class TrainForward(nn.Module):
     def trunk(self, tokens: Tensor, lora_b: Tensor | None) -> Tensor:
         """Hidden states after the last block, before the final norm: [S·b, T, d]."""
         core, d = self.core, self.core.dims
-        s, t = self.slices, self.length
+        s = self.slices
         h = torch.nn.functional.embedding(tokens, core.embed)  # [b, T, d]
         repeated = False
         share = self.lora  # prefix sharing only when slices differ by their LoRA
@@ -252,17 +265,9 @@ class TrainForward(nn.Module):
                 h = h.repeat(s, 1, 1)
                 repeated = True
             lb = lora_b if (repeated and self.lora) else None
-            n = h.shape[0]
             x = blk.input_norm(h)
             q, k, v = blk.qkv(x, lb, s if lb is not None else 1, self.cos, self.sin, core.rot)
-            k, v = _expand_kv(k, d.groups), _expand_kv(v, d.groups)
-            q = q.transpose(1, 2).reshape(n * d.heads, t, d.head_dim)
-            k = k.transpose(1, 2).reshape(n * d.heads, t, d.head_dim)
-            v = v.transpose(1, 2).reshape(n * d.heads, t, d.head_dim)
-            att = torch.bmm(q, k.transpose(1, 2)) * core.scale + self.causal
-            att = torch.softmax(att, dim=-1)
-            o = torch.bmm(att, v).reshape(n, d.heads, t, d.head_dim).transpose(1, 2)
-            o = o.reshape(n, t, d.heads * d.head_dim)
+            o = attention(q, k, v, self.causal, core.scale, d.groups)
             h = h + blk.o_proj(o, lb, s if lb is not None else 1)
             h = h + blk.mlp(blk.post_norm(h), lb, s if lb is not None else 1)
         if not repeated:
@@ -351,15 +356,18 @@ class InferStep(nn.Module):
         self.register_buffer("cos", cos, persistent=False)  # [ctx, hd]
         self.register_buffer("sin", sin, persistent=False)
         self.register_buffer("ctx_pos", torch.arange(max_context), persistent=False)
+        # chunk positions repeated for the query heads that share a kv head (see attention())
         self.register_buffer("chunk_pos", torch.arange(chunk), persistent=False)
+        self.register_buffer("chunk_pos_grouped", torch.arange(chunk).repeat(core.dims.groups),
+                             persistent=False)
 
     def forward(self, tokens: Tensor, start_pos: Tensor, last: Tensor, lora_b: Tensor) -> Tensor:
         core, d = self.core, self.core.dims
-        c, ctx = self.chunk, self.max_context
         pos = start_pos + self.chunk_pos  # [C]
         cos = torch.index_select(self.cos, 0, pos)[:, None, :]  # [C, 1, hd]
         sin = torch.index_select(self.sin, 0, pos)[:, None, :]
-        mask = torch.where(self.ctx_pos[None, :] <= pos[:, None], 0.0, NEG_INF)  # [C, ctx]
+        pos_grouped = start_pos + self.chunk_pos_grouped  # [groups·C]
+        mask = torch.where(self.ctx_pos[None, :] <= pos_grouped[:, None], 0.0, NEG_INF)
         h = torch.nn.functional.embedding(tokens, core.embed)  # [1, C, d]
         for i, blk in enumerate(core.blocks):
             lb = lora_b if blk.has_lora else None
@@ -368,13 +376,7 @@ class InferStep(nn.Module):
             k_cache, v_cache = self.cache.layer(i)
             k_cache.index_copy_(1, pos, k)
             v_cache.index_copy_(1, pos, v)
-            kk, vv = _expand_kv(k_cache, d.groups), _expand_kv(v_cache, d.groups)
-            q = q.transpose(1, 2).reshape(d.heads, c, d.head_dim)
-            kk = kk.transpose(1, 2).reshape(d.heads, ctx, d.head_dim)
-            vv = vv.transpose(1, 2).reshape(d.heads, ctx, d.head_dim)
-            att = torch.bmm(q, kk.transpose(1, 2)) * core.scale + mask
-            att = torch.softmax(att, dim=-1)
-            o = torch.bmm(att, vv).transpose(0, 1).reshape(1, c, d.heads * d.head_dim)
+            o = attention(q, k_cache, v_cache, mask, core.scale, d.groups)
             h = h + blk.o_proj(o, lb, 1)
             h = h + blk.mlp(blk.post_norm(h), lb, 1)
         h = torch.index_select(h, 1, last)  # [1, 1, d]
