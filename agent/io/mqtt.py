@@ -101,6 +101,18 @@ def disable_nagle(client: paho.Client, userdata: Any, sock: Any) -> None:
         pass
 
 
+def network_thread_writes(client: paho.Client, userdata: Any, sock: Any) -> None:
+    """Registered as paho's ``on_socket_register_write``: nothing to do, and that is the point.
+
+    With no such hook, paho's ``publish()`` writes to the socket at once from the calling thread
+    (the link's worker, the job runner) while the network thread reads and writes the same
+    socket. An SSL object is not thread-safe: under load the broker saw corrupt TLS records
+    ("decryption failed or bad record mac") and dropped the link; plain TCP could interleave
+    partial writes. With the hook, ``publish()`` only queues the packet and wakes the network
+    thread's ``select()`` (paho's socketpair), which writes it: all socket I/O on one thread.
+    """
+
+
 class MqttTransport:
     """One broker connection with reconnects; events go to ``events``."""
 
@@ -160,6 +172,7 @@ class MqttTransport:
             )
             client.tls_insecure_set(s.tls_insecure)
         client.on_socket_open = disable_nagle
+        client.on_socket_register_write = network_thread_writes
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message

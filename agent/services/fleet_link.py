@@ -16,7 +16,9 @@ event and the periodic state / telemetry ticks in order; one job thread runs lon
 at a time (each in a helper thread so its deadline can be enforced). Nothing here imports torch.
 
 On each connect: subscriptions are renewed (by the transport), then the latest state is
-published (retained), then the birth, then spooled telemetry in order.
+published (retained), then the birth, then spooled telemetry in order. Ahead of all these, paho
+re-sends what the previous connection published at QoS 1 and never saw acknowledged (at least
+once); it is older, so the retained state and birth that follow supersede it.
 """
 
 from __future__ import annotations
@@ -221,8 +223,10 @@ class FleetLink:
 
     def _on_connected(self) -> None:
         log.info("connected to fleet broker (session %d)", self.session_seq)
+        seq = self.session.session_seq
         self.outbound.publish_state(force=True)  # the latest state first (supersedes spooled)
-        self.session.publish_birth()
+        if self.session.publish_birth() == seq:  # else the connection changed meanwhile
+            self.outbound.announced_seq = seq  # state and birth are out: telemetry may follow
         self.inbound.republish_reported_config()
         self.jobs.publish_stale()
         self.outbound.drain_spool()

@@ -78,6 +78,13 @@ class FleetOutbound:
         self._points_lock = threading.Lock()
         self._last_state: dict[str, Any] | None = None
         self._last_state_at = 0.0
+        # The session whose state and birth are out (set by the link's worker on connect).
+        # The transport reports "connected" at the CONNACK, before the worker has handled it:
+        # a telemetry tick in between must not put telemetry, live or spooled, ahead of them.
+        self.announced_seq: int | None = None
+
+    def _telemetry_may_go_out(self) -> bool:
+        return self.transport.connected and self.announced_seq == self.session.session_seq
 
     def record_point(self, step: int | None, loss: float | None, **extra: float) -> None:
         """Add a loss-curve point to the next telemetry message (any thread)."""
@@ -119,8 +126,12 @@ class FleetOutbound:
         )
         payload = wire_bytes(message)
         # Live only when nothing older waits in the spool, so order is kept.
-        if self.spool.stats()[0] == 0 and self.transport.publish(
-            self.topics.telemetry, payload, qos=self.config.telemetry_qos
+        if (
+            self._telemetry_may_go_out()
+            and self.spool.stats()[0] == 0
+            and self.transport.publish(
+                self.topics.telemetry, payload, qos=self.config.telemetry_qos
+            )
         ):
             return
         self.spool.append(self.topics.telemetry, payload)
@@ -134,7 +145,7 @@ class FleetOutbound:
         "Handed over" is the PUBACK at QoS 1, the socket write at QoS 0 (a connection that
         dies right then loses those few; rows not yet written stay for the next connect).
         """
-        while self.transport.connected and not self._stop.is_set():
+        while self._telemetry_may_go_out() and not self._stop.is_set():
             batch = self.spool.peek(_DRAIN_BATCH)
             if not batch:
                 return

@@ -100,11 +100,14 @@ class FleetSession:
         )
         return Will(self.topics.available, wire_bytes(offline), qos=1, retain=True)
 
-    def publish_birth(self) -> None:
+    def publish_birth(self) -> int | None:
+        """Publish ``online`` for the current session; its sequence, or None when offline."""
+        seq = self.session_seq
         online = Availability(
-            status="online", session_seq=self.session_seq, device_id=self.device_id, ts=self.clock()
+            status="online", session_seq=seq, device_id=self.device_id, ts=self.clock()
         )
-        self.transport.publish(self.topics.available, wire_bytes(online), qos=1, retain=True)
+        info = self.transport.publish(self.topics.available, wire_bytes(online), qos=1, retain=True)
+        return seq if info is not None else None
 
     def on_available(self, msg: Inbound) -> None:
         """A retained will from an older session may land after our birth: re-assert it.
@@ -119,6 +122,13 @@ class FleetSession:
         except ValidationError:
             seen = None
         if seen is not None and seen.status == "online" and seen.session_seq == self.session_seq:
+            return
+        if seen is not None and seen.status == "offline" and seen.session_seq == self.session_seq:
+            # Our own will: the broker has declared this connection dead (it is shutting down,
+            # or our client id was taken over) and is closing it. A birth now is never
+            # acknowledged, and paho replays unacknowledged QoS 1 publishes after the next
+            # CONNACK: this session's "online" would come back, retained, after the outage,
+            # ahead of the new session's state and birth. The next connection announces itself.
             return
         if seen is not None and seen.session_seq > self.session_seq:
             log.error(

@@ -14,24 +14,70 @@ from tests.integration.conftest import Sub, mqtt_config
 pytestmark = pytest.mark.broker
 
 
+class ReconnectHold:
+    """Holds the link's return until the observer listens, so the whole publish order after a
+    broker restart is seen live, whatever the load (else the link may reconnect, and publish its
+    state, birth and backlog, before the observer has subscribed).
+
+    While the broker is down the link's attempts run (and fail) as usual. ``broker_back()``,
+    called before the broker starts, makes every later attempt wait for ``observer_ready``;
+    the lock guarantees no attempt is half way past that check while the broker starts.
+    """
+
+    def __init__(self, link) -> None:
+        self.observer_ready = threading.Event()
+        self._back = threading.Event()
+        self._attempt = threading.Lock()
+        self._connect_once = link.transport._connect_once
+        link.transport._connect_once = self._held_connect_once
+
+    def _held_connect_once(self) -> bool:
+        with self._attempt:
+            if not self._back.is_set():
+                return self._connect_once()
+        assert self.observer_ready.wait(10), "the observer never subscribed"
+        return self._connect_once()
+
+    def broker_back(self) -> None:
+        with self._attempt:
+            self._back.set()
+
+
+def _wait_for(what: str, condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} not within {timeout} s"
+        time.sleep(0.02)
+
+
+def _describe(fresh, first_seq) -> str:
+    """The deliveries in short, for assertion messages: ``leaf:what:session_seq[:R]``."""
+    out = []
+    for tp, d, retained in fresh[:40]:
+        leaf = tp.rsplit("/", 1)[-1]
+        what = d.get("status") or d.get("state") or f"{len(d.get('points', []))}pts@{d['ts']:.2f}"
+        out.append(f"{leaf}:{what}:{d.get('session_seq')}{':R' if retained else ''}")
+    return f"first_seq={first_seq}: " + " ".join(out)
+
+
 @pytest.mark.parametrize("telemetry_qos", [0, 1])
 def test_broker_restart_republishes_and_drains_spool_in_order(
     restartable_broker, fleet, link_factory, telemetry_qos
 ):
     broker = restartable_broker
-    # A fixed ~1 s reconnect delay so the observer below is subscribed before the link returns.
     config = mqtt_config(
         broker,
         fleet,
         telemetry_interval_s=0.1,
         telemetry_qos=telemetry_qos,
-        reconnect_min_s=1.0,
-        reconnect_max_s=1.0,
+        reconnect_min_s=0.3,
+        reconnect_max_s=0.3,
         reconnect_jitter=0.1,
     )
     link, device = link_factory(config)
     t = DeviceTopics.for_device(fleet, "dev1")
     first_seq = link.session_seq
+    hold = ReconnectHold(link)
 
     stop = threading.Event()
 
@@ -44,19 +90,27 @@ def test_broker_restart_republishes_and_drains_spool_in_order(
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
     try:
-        time.sleep(0.5)
+        time.sleep(0.5)  # live telemetry flows
         broker.stop()
-        deadline = time.monotonic() + 5
-        while link.connected and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not link.connected
+        _wait_for("link offline", lambda: not link.connected)
         device.state = "paused"  # a state change while offline goes to the spool
-        time.sleep(1.5)
+        _wait_for(
+            "a backlog, the paused state spooled and a failed reconnect",
+            lambda: (
+                link.spool.stats()[0] >= 5
+                and link.spool.peek_state() is not None
+                and link.session_seq > first_seq
+            ),
+        )
+        # The backlog's head: the first telemetry the new session must publish after its state
+        # and birth. Anything older arriving earlier is paho re-sending what the old connection
+        # never saw acknowledged (at least once), not the backlog.
+        backlog_head_ts = json.loads(link.spool.peek(1)[0].payload)["ts"]
         spooled, _ = link.spool.stats()
-        assert spooled >= 5
-        assert link.spool.peek_state() is not None
+        hold.broker_back()
         broker.start()
         obs = Sub(broker, t.available, t.state, t.telemetry)
+        hold.observer_ready.set()
         try:
             msgs = []
             deadline = time.monotonic() + 10
@@ -68,9 +122,12 @@ def test_broker_restart_republishes_and_drains_spool_in_order(
         finally:
             obs.close()
     finally:
+        hold.observer_ready.set()
         stop.set()
         feeder.join()
 
+    # Retained copies come at subscription, before anything the link publishes; the old
+    # session's availability among them (its will) is not news.
     fresh = [
         (m.topic, json.loads(m.payload), bool(m.retain))
         for m in msgs
@@ -78,31 +135,34 @@ def test_broker_restart_republishes_and_drains_spool_in_order(
         or m.topic != t.available
         or json.loads(m.payload)["session_seq"] > first_seq
     ]
+    seen = _describe(fresh, first_seq)
+    live = [(tp, d) for tp, d, retained in fresh if not retained]
 
-    def first(topic: str, match, *, live_only: bool) -> int | None:
-        return next((i for i, (tp, d, retained) in enumerate(fresh)
-                     if tp == topic and match(d) and not (live_only and retained)), None)
+    def first(match) -> int:
+        i = next((i for i, (tp, d) in enumerate(live) if match(tp, d)), None)
+        assert i is not None, seen
+        return i
 
-    def is_paused(d):
-        return d["state"] == "paused"
-
-    def is_new_birth(d):
-        return d["status"] == "online" and d["session_seq"] > first_seq
-
-    # The new session's state comes first, then its birth, then the backlog. Publish order is
-    # only visible in live deliveries: when the link reconnects before the observer has
-    # subscribed, state and birth reach it as retained copies, in subscription order.
-    assert first(t.state, is_paused, live_only=False) is not None
-    assert first(t.available, is_new_birth, live_only=False) is not None
-    i_state = first(t.state, is_paused, live_only=True)
-    i_birth = first(t.available, is_new_birth, live_only=True)
-    i_tele = next(i for i, (tp, _, _) in enumerate(fresh) if tp == t.telemetry)
-    if i_state is not None and i_birth is not None:
-        assert i_state < i_birth < i_tele
-    tele = [d for tp, d, _ in fresh if tp == t.telemetry]
-    assert len(tele) >= spooled
+    # The observer listened before the link returned, so every publish is seen live, in order:
+    # the new session's state, then its birth, then the backlog (possibly preceded by older
+    # telemetry re-sent from the old connection).
+    i_state = first(lambda tp, d: tp == t.state and d["state"] == "paused")
+    i_birth = first(
+        lambda tp, d: tp == t.available and d["status"] == "online" and d["session_seq"] > first_seq
+    )
+    i_backlog = first(lambda tp, d: tp == t.telemetry and d["ts"] >= backlog_head_ts)
+    assert i_state < i_birth < i_backlog, seen
+    assert live[i_state][1]["session_seq"] == live[i_birth][1]["session_seq"], seen
+    # A dead session never comes back "online" (the link must not answer its own will).
+    assert not [
+        d
+        for tp, d in live
+        if tp == t.available and d["status"] == "online" and d["session_seq"] <= first_seq
+    ], seen
+    tele = [d for tp, d in live if tp == t.telemetry]
+    assert len([d for d in tele if d["ts"] >= backlog_head_ts]) >= spooled, seen
     stamps = [d["ts"] for d in tele]
-    assert stamps == sorted(stamps), "telemetry out of order"
+    assert stamps == sorted(stamps), f"telemetry out of order: {seen}"
     steps = [p["step"] for d in tele for p in d["points"]]
     assert steps == list(range(steps[0], steps[0] + len(steps))), "a loss point was lost"
     assert link.spool.stats()[0] == 0 and link.spool.peek_state() is None
@@ -115,32 +175,43 @@ def test_spool_bound_keeps_the_newest_telemetry(restartable_broker, fleet, link_
         fleet,
         telemetry_interval_s=0.05,
         spool_max_bytes=4096,
-        reconnect_min_s=1.0,
-        reconnect_max_s=1.0,
+        reconnect_min_s=0.3,
+        reconnect_max_s=0.3,
         reconnect_jitter=0.1,
     )
     link, _ = link_factory(config)
+    hold = ReconnectHold(link)
     t = DeviceTopics.for_device(fleet, "dev1")
-    broker.stop()
-    deadline = time.monotonic() + 5
-    while link.connected and time.monotonic() < deadline:
-        time.sleep(0.02)
-    for step in range(1, 200):  # far more than 4 KiB of telemetry while offline
-        link.record_point(step, 0.5)
-        time.sleep(0.01)
-    time.sleep(0.2)
-    entries, size = link.spool.stats()
-    assert size <= 4096 and link.spool.dropped > 0
-    broker.start()
-    obs = Sub(broker, t.telemetry)
+
+    def spooled_steps() -> list[int]:
+        return [p["step"] for e in link.spool.peek(10_000) for p in json.loads(e.payload)["points"]]
+
     try:
-        got = []
-        deadline = time.monotonic() + 10
-        while len(got) < entries and time.monotonic() < deadline:
-            got += [json.loads(m.payload) for m in obs.drain(0.2)]
+        broker.stop()
+        _wait_for("link offline", lambda: not link.connected)
+        for step in range(1, 200):  # far more than 4 KiB of telemetry while offline
+            link.record_point(step, 0.5)
+            time.sleep(0.01)
+        _wait_for("the last point spooled", lambda: 199 in spooled_steps())
+        entries, size = link.spool.stats()
+        assert size <= 4096 and link.spool.dropped > 0
+        hold.broker_back()
+        broker.start()
+        obs = Sub(broker, t.telemetry)
+        hold.observer_ready.set()
+        try:
+            got: list[dict] = []
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not any(
+                p["step"] == 199 for d in got for p in d["points"]
+            ):
+                got += [json.loads(m.payload) for m in obs.drain(0.2)]
+        finally:
+            obs.close()
     finally:
-        obs.close()
+        hold.observer_ready.set()
     steps = [p["step"] for d in got for p in d["points"]]
     assert steps and steps == sorted(steps)
-    assert steps[-1] == 199 or max(steps) >= 190  # the newest survived; the oldest were dropped
+    assert steps[-1] == 199  # the newest survived; the oldest were dropped
     assert min(steps) > 1
+    assert len(got) >= entries

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 import uuid
 
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from agent.config.mqtt import MqttConfig
 from agent.fleet.cli import main as fleet_main
@@ -80,7 +84,68 @@ def test_link_and_controller_over_mutual_tls(tls_broker, tls_files, fleet, link_
         assert fleet_main([*args, "cmd", "dev1", "status", "--timeout", "10"]) == 0
         out = json.loads(capsys.readouterr().out)
         assert out["ok"] and out["result"]["state"] == "idle"
+        assert link.transport.connects == 1, "the link's TLS connection broke and was renewed"
     finally:
+        link.stop()
+
+
+def test_command_burst_and_telemetry_share_one_tls_connection(
+    tls_broker, tls_files, fleet, link_factory
+):
+    """The worker publishes replies and telemetry while the network thread reads commands: all
+    socket I/O must stay on the network thread, or TLS records get corrupted and the broker
+    drops the link (seen as "decryption failed or bad record mac" in its log)."""
+    f = tls_files
+    config = _tls_config(tls_broker, fleet, f.client_cert, f.client_key, f.ca)
+    config = config.model_copy(update={"telemetry_interval_s": 0.05})
+    link, _ = link_factory(config, start=False)
+    link.start()
+    stop = threading.Event()
+
+    def feed() -> None:  # a busy loss curve: telemetry publishes while commands arrive
+        step = 0
+        while not stop.wait(0.005):
+            step += 1
+            link.record_point(step, 1.0)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    try:
+        assert link.transport.wait_connected(10)
+        feeder.start()
+        opts = BrokerOptions(
+            port=tls_broker.tls_port,
+            fleet=fleet,
+            ca_file=f.ca,
+            cert_file=f.client_cert,
+            key_file=f.client_key,
+            tls=True,
+        )
+        sent: set[str] = set()
+        answered: set[str] = set()
+        with FleetClient(opts) as fc:
+            reply_topic = fc.topics.controller_reply(fc.client_id)
+            fc.subscribe(reply_topic)
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = reply_topic
+            for _ in range(300):  # sent without waiting for answers: they overlap
+                request_id = uuid.uuid4().hex
+                sent.add(request_id)
+                body = json.dumps({"request_id": request_id, "args": {}}).encode()
+                fc.publish(fc.topics.device("dev1").cmd("status"), body, props=props)
+            deadline = time.monotonic() + 30
+            while answered != sent and time.monotonic() < deadline:
+                try:
+                    msg = fc.messages.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                if msg.topic == reply_topic:
+                    answered.add(json.loads(msg.payload)["request_id"])
+        assert answered == sent, f"{len(sent - answered)} of {len(sent)} commands unanswered"
+        assert link.transport.connects == 1, "the link's TLS connection broke and was renewed"
+    finally:
+        stop.set()
+        if feeder.is_alive():
+            feeder.join()
         link.stop()
 
 
