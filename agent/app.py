@@ -28,6 +28,7 @@ from agent.config import (
     reload_config,
     replace_overrides,
 )
+from agent.config.quantize_check import warn_if_scheme_differs
 from agent.errors import AdapterError, BundleError, ConfigError
 from agent.io.http import Client
 from agent.io.registry import AdapterRegistry
@@ -186,6 +187,7 @@ class App:
                 f"`mobizo-export --preset starter --out {bundle}` or point service.bundle_dir "
                 "at an existing bundle")
         validator = AdapterValidator(bundle)
+        warn_if_scheme_differs(loaded, log)  # issue 8: the profile's --quantize
         if cfg.adapters.registry_dir is not None and not cfg.registry_dir.is_dir():
             raise AdapterError(
                 f"adapter registry {cfg.registry_dir} (adapters.registry_dir) does not exist; "

@@ -47,9 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefill-chunk", type=int, default=32)
     p.add_argument("--backend", choices=["xnnpack", "portable"], default="xnnpack")
     p.add_argument("--quantize", choices=["none", "8da8w", "8da4w"], default="none",
-                   help="quantize the frozen base linears (LoRA, embeddings, norms and the LM "
-                        "head stay fp32): 8da8w = int8 dynamic activations x int8 per-channel "
-                        "weights, 8da4w = x int4 group-32 weights (xnnpack backend only)")
+                   help="quantize the frozen base linears and the LM head (LoRA, embeddings "
+                        "and norms stay fp32): 8da8w = int8 dynamic activations x int8 "
+                        "per-channel weights, 8da4w = x int4 group-32 weights with an int8 LM "
+                        "head (xnnpack backend only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bench-forward", action="store_true",
                    help="also export plain-forward methods (for mobizo-bench)")

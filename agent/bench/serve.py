@@ -19,6 +19,11 @@ ExecuTorch's thread pool is process-wide and cannot be resized at run time (DESI
 run with ``taskset -c 0 mobizo-bench serve --threads 1`` (or give both every core).
 
 Targets (issue 3): service generation ≥ eager; switch p99 < 50 ms; zero failed requests.
+
+Schemes side by side (issue 8): ``--quantize none,8da8w,8da4w`` instead of ``--bundle`` exports
+(once, reused from ``--workdir``) one starter bundle per scheme and runs all of the above on
+each, then prints one table: the service's tokens/s per scheme, its speed-up over ``none`` and
+whether its greedy text still equals fp32 eager transformers'.
 """
 
 from __future__ import annotations
@@ -30,15 +35,38 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
+from agent.core.bundle import QuantScheme
+
 HELP = "inference service vs eager transformers: tokens/s, adapter switch latency"
+SCHEMES = ("none", "8da8w", "8da4w")  # mobizo-export --quantize
+
+
+def parse_schemes(text: str) -> tuple[QuantScheme, ...]:
+    """``"none,8da8w"`` -> ("none", "8da8w"); an unknown or repeated scheme is refused."""
+    schemes = tuple(s.strip() for s in text.split(",") if s.strip())
+    bad = [s for s in schemes if s not in SCHEMES]
+    if not schemes or bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown scheme(s) {', '.join(map(repr, bad)) or '(none given)'}; give a "
+            f"comma-separated list of {', '.join(SCHEMES)}, e.g. --quantize none,8da8w")
+    if len(set(schemes)) != len(schemes):
+        raise argparse.ArgumentTypeError(f"a scheme is listed twice in {text!r}")
+    return cast("tuple[QuantScheme, ...]", schemes)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="model bundle directory (or use --quantize)")
+    parser.add_argument("--quantize", type=parse_schemes, default=None, metavar="SCHEMES",
+                        help="compare base quantization schemes instead of one --bundle: "
+                             f"comma-separated {','.join(SCHEMES)}; exports (once) one "
+                             "starter bundle per scheme into --workdir")
+    parser.add_argument("--workdir", type=Path, default=Path("build/bench"),
+                        help="where --quantize keeps its starter bundles (reused)")
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--gen-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per engine")
@@ -195,6 +223,75 @@ def _switches(svc: Any, client: Any, versions: list[str], n: int) -> dict[str, A
     }
 
 
+def starter_int4_problem() -> str | None:
+    """Why the starter's linears cannot take int4 group weights (8da4w), or None if they can."""
+    from exporter.quantize import INT4_GROUP
+    from exporter.starter import STARTER_CONFIG
+
+    c = STARTER_CONFIG
+    hidden, inter = int(c["hidden_size"]), int(c["intermediate_size"])
+    for name, size in (("hidden_size", hidden), ("intermediate_size", inter)):
+        if size % INT4_GROUP:
+            return (f"--quantize 8da4w needs the starter's linear input sizes to be multiples of "
+                    f"{INT4_GROUP}, but its {name} is {size}; drop 8da4w from --quantize")
+    return None
+
+
+def starter_bundle(workdir: Path, scheme: QuantScheme, max_context: int) -> Path:
+    """Export (once, then reuse) the starter bundle quantized with ``scheme`` for serving."""
+    from exporter.export import export_bundle
+    from exporter.options import ExportOptions
+
+    out = workdir / f"serve-starter-{scheme}-ctx{max_context}"
+    if (out / "manifest.json").is_file():
+        return out
+    # serving only needs infer.pte; one tiny train method keeps the export short
+    opts = ExportOptions(slices=(1,), batch=(1,), max_length=16, max_context=max_context,
+                         quantize=scheme)
+    t0 = time.monotonic()
+    export_bundle(None, out, opts, preset="starter", force=True)
+    print(f"exported {out} in {time.monotonic() - t0:.0f} s", flush=True)
+    return out
+
+
+def compare_schemes(schemes: tuple[QuantScheme, ...], workdir: Path,
+                    **kwargs: Any) -> dict[str, Any]:
+    """``run`` on one starter bundle per scheme; returns {scheme: results}."""
+    from agent.errors import ExportError
+
+    if "8da4w" in schemes and (problem := starter_int4_problem()) is not None:
+        raise ExportError(problem)
+    need = kwargs.get("prompt_tokens", 64) + kwargs.get("gen_tokens", 64)
+    max_context = max(256, -(-need // 64) * 64)  # room for prompt + generation
+    bundles = {s: starter_bundle(workdir, s, max_context) for s in schemes}  # all exports first
+    return {s: run(b, **kwargs) for s, b in bundles.items()}
+
+
+def format_scheme_table(by_scheme: dict[str, dict[str, Any]]) -> str:
+    """One row per scheme: service tokens/s, speed-up over ``none``, parity with fp32 eager."""
+    base = by_scheme.get("none")
+    first = next(iter(by_scheme.values()))
+    lines = [
+        f"starter bundles, prompt {first['prompt_tokens']} tok, gen {first['gen_tokens']} tok, "
+        f"torch threads {first['threads']}, cpus {first['cpus']}, "
+        f"load avg {first['load_avg_1m']:.1f}",
+        "| scheme | prompt tok/s | gen tok/s | gen ×none | end-to-end s | greedy = fp32 eager "
+        "| switch p99 ms | failed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for scheme, r in by_scheme.items():
+        s = r["service"]
+        ratio = s["gen_tok_s"] / base["service"]["gen_tok_s"] if base else float("nan")
+        lines.append(
+            f"| {scheme} | {s['prompt_tok_s']:.0f} | {s['gen_tok_s']:.1f} | {ratio:.2f} | "
+            f"{s['end_to_end_s']:.3f} | {r['parity']['identical']} "
+            f"({r['parity']['greedy_prefix_agreement']}/{r['parity']['of']}) | "
+            f"{r['switch']['control_p99_ms']:.2f} | {r['switch']['failed_requests']} |")
+    if first.get("eager"):
+        lines.append(f"eager transformers (fp32) gen tok/s: {first['eager']['gen_tok_s']:.1f}")
+    return "\n".join(lines)
+
+
 def format_table(r: dict[str, Any]) -> str:
     s, e, sw = r["service"], r["eager"], r["switch"]
     lines = [
@@ -221,8 +318,23 @@ def format_table(r: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    results = run(args.bundle, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
+    from agent.errors import BundleError
+
+    kwargs = dict(prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
                   repeats=args.repeats, switches=args.switches, threads=args.threads)
+    if args.bundle is None and args.quantize is None:
+        raise BundleError("give --bundle DIR to measure one bundle, or --quantize SCHEMES "
+                          "(e.g. none,8da8w) to compare one starter bundle per scheme")
+    if args.bundle is not None and args.quantize is not None:
+        raise BundleError(f"--bundle and --quantize exclude each other: --quantize exports its "
+                          f"own starter bundles (into --workdir {args.workdir}); drop one")
+    if args.quantize is not None:
+        by_scheme = compare_schemes(args.quantize, args.workdir, **kwargs)
+        print(format_scheme_table(by_scheme))
+        if args.out:
+            args.out.write_text(json.dumps(by_scheme, indent=2))
+        return 0 if all(all(r["targets"].values()) for r in by_scheme.values()) else 1
+    results = run(args.bundle, **kwargs)
     print(format_table(results))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))

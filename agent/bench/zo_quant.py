@@ -1,12 +1,16 @@
 """``mobizo-bench zo-quant``: fp32 vs 8da8w vs 8da4w bases side by side (issue 8).
 
-For one configuration (default: the 110M shape, q = 4, b = 1, seq 128) it exports one bundle
-per scheme into ``--workdir`` (once, reused) with the P-RGE dual method S = 2q, and reports:
+For one configuration (default: the 110M shape, q = 4, b = 1, seq 128) it exports one
+train-only bundle per scheme into ``--workdir`` (once, reused) with the P-RGE dual method
+S = 2q and the loss on the response half (``max_targets`` = seq/2, like ``mobizo-bench zo``),
+and reports:
 
-- ``t_prge``: median P-RGE dual step time (``agent.core.zo.zo_step``, host work included);
+- ``t_prge``: median P-RGE dual step time (``agent.core.zo.zo_step``, host work included),
+  the schemes' steps interleaved round by round so load drift on a shared machine cancels in
+  their ratio;
 - ``peak_mb`` / ``load_mb``: resident memory of one P-RGE step above the post-import
   baseline, in a fresh process (``agent.bench.rss_probe prge``);
-- ``pte_mb``: the size of ``train.pte`` (``infer.pte`` is reported too);
+- ``pte_mb``: the size of ``train.pte`` (the bundles are train-only: no ``infer.pte``);
 - ``corr_fp32``: Pearson correlation of the program's projected gradients g_i with the fp32
   eager model's (same seeds, same batch, ε from ``--eps``), over ``--corr-steps`` steps of q
   directions each.
@@ -22,6 +26,8 @@ import json
 import time
 from pathlib import Path
 
+from agent.core.bundle import QuantScheme
+
 HELP = "fp32 vs 8da8w vs 8da4w base: step time, peak memory, .pte size, g_i fidelity"
 SCHEMES = ("none", "8da8w", "8da4w")
 MB = 1024 * 1024
@@ -34,24 +40,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--schemes", nargs="+", choices=SCHEMES, default=list(SCHEMES))
     p.add_argument("--eps", type=float, default=1e-2)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=7, help="timed steps per scheme")
     p.add_argument("--corr-steps", type=int, default=6, help="steps of q g_i each")
     p.add_argument("--skip-rss", action="store_true")
-    p.add_argument("--workdir", type=Path, default=Path(".bench"))
+    p.add_argument("--workdir", type=Path, default=Path("build/bench"))
     p.add_argument("--json", type=Path, help="write the results as a JSON list here")
 
 
-def quant_bundle(workdir: Path, shape: str, scheme: str, q: int, b: int, seq: int) -> Path:
+def quant_bundle(workdir: Path, shape: str, scheme: QuantScheme, q: int, b: int,
+                 seq: int) -> Path:
     """Export (once) a bundle of ``scheme`` with the S = 2q method at batch b."""
-    from agent.bench.zo import make_110m_checkpoint
+    from agent.bench.zo import make_110m_checkpoint, response_targets
     from exporter.export import export_bundle
     from exporter.options import ExportOptions
 
-    out = workdir / f"{shape}-{scheme}-q{q}-b{b}-T{seq}"
+    out = workdir / f"{shape}-{scheme}-q{q}-b{b}-T{seq}-response"
     if (out / "manifest.json").is_file():
         return out
-    opts = ExportOptions(slices=(2 * q,), batch=(b,), max_length=seq, max_context=64,
-                         prefill_chunk=8, quantize=scheme)
+    # train-only: this benchmark never serves, and skipping infer.pte halves the export; the
+    # loss window is the response half, as in `mobizo-bench zo` (its default --loss-window)
+    opts = ExportOptions(slices=(2 * q,), batch=(b,), max_length=seq, quantize=scheme,
+                         train_only=True, max_targets=response_targets(seq))
     t0 = time.monotonic()
     if shape == "starter":
         export_bundle(None, out, opts, preset="starter", force=True)
@@ -64,12 +73,12 @@ def quant_bundle(workdir: Path, shape: str, scheme: str, q: int, b: int, seq: in
 def _batch(manifest, b: int):  # -> (tokens, mask)
     import torch
 
+    from agent.bench.zo import bench_mask
+
     t = manifest.train.max_length
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, min(256, manifest.model.vocab_size), (b, t), generator=gen)
-    mask = torch.ones(b, t)
-    mask[:, : t // 2] = 0  # loss on the second half, like a response
-    return tokens, mask
+    return tokens, bench_mask(b, t)  # loss on the second half, like a response
 
 
 def projected_grads(fn, manifest, q: int, b: int, eps: float, steps: int) -> list[float]:
@@ -88,25 +97,52 @@ def projected_grads(fn, manifest, q: int, b: int, eps: float, steps: int) -> lis
     return out
 
 
-def step_time(bundle: Path, q: int, b: int, repeats: int) -> float:
+def step_times(bundles: dict[str, Path], q: int, b: int, repeats: int) -> dict[str, float]:
+    """Median P-RGE dual step time per scheme, the schemes' steps interleaved.
+
+    On a shared machine the load drifts over minutes; timing the schemes one after another
+    would put that drift into their ratio. Each round runs one step of every scheme (the
+    order rotating by round), so every scheme sees the same load on average.
+    """
+    import statistics
+
     import torch
 
-    from agent.bench.zo import _median_time
     from agent.core.bundle import read_manifest
     from agent.core.zo import zo_step
     from agent.io.runtime import TrainProgram
 
-    m = read_manifest(bundle)
-    tokens, mask = _batch(m, b)
-    prog = TrainProgram(bundle, slices=2 * q, batch=b)
-    state = {"b": torch.zeros(m.lora.num_params), "step": 0}
+    steppers = {}
+    for scheme, bundle in bundles.items():
+        m = read_manifest(bundle)
+        tokens, mask = _batch(m, b)
+        prog = TrainProgram(bundle, slices=2 * q, batch=b)
+        steppers[scheme] = _Stepper(prog, torch.zeros(m.lora.num_params), tokens, mask, q,
+                                    zo_step)
+    for run in steppers.values():
+        run()  # warm-up: first calls pay for lazy init and page faults
+    samples: dict[str, list[float]] = {s: [] for s in steppers}
+    order = list(steppers)
+    for r in range(repeats):
+        for scheme in order[r % len(order):] + order[: r % len(order)]:
+            t0 = time.perf_counter()
+            steppers[scheme]()
+            samples[scheme].append(time.perf_counter() - t0)
+    return {s: statistics.median(v) for s, v in samples.items()}
 
-    def run() -> None:
-        r = zo_step(prog, "prge-dual", state["b"], tokens, mask, run_seed=0,
-                    step=state["step"], q=q, eps=1e-2, lr=1e-4)
-        state["b"], state["step"] = r.lora_b, state["step"] + 1
 
-    return _median_time(run, repeats)
+class _Stepper:
+    """One P-RGE dual step per call on its own program, carrying LoRA-B and the step count."""
+
+    def __init__(self, prog, lora_b, tokens, mask, q: int, zo_step) -> None:  # noqa: ANN001
+        self.prog, self.lora_b, self.tokens, self.mask, self.q = prog, lora_b, tokens, mask, q
+        self.zo_step, self.step = zo_step, 0
+
+    def __call__(self) -> None:
+        self.lora_b = self.zo_step(self.prog, "prge-dual", self.lora_b, self.tokens, self.mask,
+                                   run_seed=0, step=self.step, q=self.q, eps=1e-2,
+                                   lr=1e-4).lora_b
+        self.step += 1
 
 
 def peak_rss(bundle: Path, q: int, b: int) -> dict[str, float]:
@@ -139,13 +175,13 @@ def main(args: argparse.Namespace) -> int:
     ref_fn = EagerTrainProgram(next(iter(bundles.values())), slices=2 * q, batch=b, hf_model=hf)
     ref = np.array(projected_grads(ref_fn, first, q, b, args.eps, args.corr_steps))
     del ref_fn
+    times = step_times(bundles, q, b, args.repeats)
     rows = []
     for scheme, bundle in bundles.items():
         m = read_manifest(bundle)
         row: dict = {"scheme": scheme, "shape": args.shape, "q": q, "b": b, "seq": args.seq,
                      "pte_mb": (bundle / m.train.program).stat().st_size / MB,
-                     "infer_pte_mb": (bundle / m.infer.program).stat().st_size / MB}
-        row["t_prge"] = step_time(bundle, q, b, args.repeats)
+                     "t_prge": times[scheme]}
         got = np.array(projected_grads(TrainProgram(bundle, slices=2 * q, batch=b), m, q, b,
                                        args.eps, args.corr_steps))
         row["corr_fp32"] = float(np.corrcoef(ref, got)[0, 1])

@@ -68,6 +68,12 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     profile = f" (profile {loaded.profile.name})" if loaded.profile else ""
     print(f"{path}: OK{profile}")
+    # imported here: it reads the bundle manifest (numpy via the LoRA layout), and the
+    # daemon-side CLI modules must stay free of ML stacks (tests/unit/test_policy.py)
+    from agent.config.quantize_check import bundle_scheme_warning
+
+    if (warning := bundle_scheme_warning(loaded)) is not None:  # issue 8: valid, but warn
+        print(f"warning: {warning}")
     return 0
 
 

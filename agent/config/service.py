@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
@@ -10,6 +11,10 @@ from pydantic import Field, field_validator
 from agent.config.base import Section
 
 DEFAULT_INFERENCE_URL = "http://127.0.0.1:8780"
+
+# mobizo-export --quantize schemes (agent.core.bundle.QuantScheme), plus "any": no expectation.
+ExpectedScheme = Literal["any", "none", "8da8w", "8da4w"]
+EXPECTED_SCHEMES = get_args(ExpectedScheme)
 
 
 class ServiceConfig(Section):
@@ -26,6 +31,12 @@ class ServiceConfig(Section):
     )
     request_timeout_s: float = Field(
         default=5.0, gt=0, le=600, description="timeout of one request to the service"
+    )
+    quantize: ExpectedScheme = Field(
+        default="any",
+        description="base quantization the bundle should be exported with (mobizo-export "
+        "--quantize), chosen by the board profile from its memory; 'any' = no expectation. "
+        "A bundle of another scheme still works: config check and the daemon warn",
     )
 
     @field_validator("inference_url")

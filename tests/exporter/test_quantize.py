@@ -25,6 +25,7 @@ from agent.training.quant_guard import epsilon_warning
 from exporter.lora_init import init_lora_a
 from exporter.model import Decoder, TrainForward
 from exporter.quantize import (
+    HEAD_SCHEME,
     QUANT_PROBE_ATOL,
     base_linear_names,
     check_scheme,
@@ -87,20 +88,30 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
 # --- eager: what is quantized, how faithful it stays ------------------------------------------
 
 @pytest.mark.parametrize("scheme", ["8da8w", "8da4w"])
-def test_only_base_linears_are_quantized(tiny_hf, scheme):
+def test_base_linears_and_lm_head_are_quantized(tiny_hf, scheme):
     layout = _layout(tiny_hf)
     core = Decoder(tiny_hf, layout, init_lora_a(layout, 0))
     names = base_linear_names(core)
     assert len(names) == 7 * tiny_hf.config.num_hidden_layers
-    assert quantize_base(core, scheme) == len(names)
+    assert quantize_base(core, scheme) == len(names) + 1  # + the LM head
+    weight_dtype = {"8da8w": torch.int8, "8da4w": torch.int4}
     for name in names:
-        assert type(core.get_submodule(name).weight).__name__.startswith("Intx")
-    # the LoRA path, the LM head, embeddings and norms stay plain fp32
+        w = core.get_submodule(name).weight
+        assert type(w).__name__.startswith("Intx") and w.target_dtype == weight_dtype[scheme]
+    head = core.lm_head.weight
+    assert type(head).__name__.startswith("Intx")
+    assert head.target_dtype == weight_dtype[HEAD_SCHEME[scheme]]
+    # the LoRA path, embeddings and norms stay plain fp32
     for name, mod in core.named_modules():
-        if name.endswith("lora_a") or name == "lm_head":
+        if name.endswith("lora_a"):
             assert type(mod.weight) is nn.Parameter and mod.weight.dtype == torch.float32
     assert type(core.embed) is nn.Parameter and core.embed.dtype == torch.float32
     assert core.norm.weight.dtype == torch.float32
+
+
+def test_int4_base_keeps_an_int8_head():
+    """Measured on the 110M shape (exporter/quantize.py, HEAD_SCHEME): int4 costs the head."""
+    assert HEAD_SCHEME == {"8da8w": "8da8w", "8da4w": "8da8w"}
 
 
 @pytest.mark.parametrize("scheme", ["8da8w", "8da4w"])
