@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from agent.core.lora_layout import LoraLayout
+from agent.core.targets import target_window
 
 NEG_INF = -1e30  # additive mask value; finite so an all-masked row cannot produce NaN
 
@@ -279,8 +280,6 @@ class TrainForward(nn.Module):
         return self.core.norm(self.trunk(tokens, lora_b))
 
     def forward(self, tokens: Tensor, loss_mask: Tensor, lora_b: Tensor) -> Tensor:
-        from agent.core.targets import target_window
-
         window = target_window(loss_mask, self.max_targets)
         return self.windowed(tokens, window.positions, window.weights, lora_b)
 

@@ -1,4 +1,4 @@
-"""``mobizo-bench zo``'s FLOP bound on speedup_vs_mezo, on the 110M shape the issue names."""
+"""``mobizo-bench zo``'s FLOP ratio for speedup_vs_mezo, on the 110M shape the issue names."""
 
 from types import SimpleNamespace as NS
 
@@ -18,7 +18,7 @@ def test_lora_on_every_layer_saves_no_flops():
     assert speedup_bound(_manifest(range(12), 127), q=4) == pytest.approx(1.0)
 
 
-def test_prefix_sharing_is_bounded_by_the_lm_head():
+def test_prefix_sharing_flop_ratio_is_capped_by_the_lm_head():
     # the head (32000 x 768) costs as much as 3.5 blocks and runs once per slice
     full = speedup_bound(_manifest(range(9, 12), 127), q=4)
     response = speedup_bound(_manifest(range(9, 12), 64), q=4)
