@@ -38,6 +38,12 @@ def _tls_config(broker, fleet, cert, key, ca) -> MqttConfig:
     )
 
 
+def _controller_options(tls_broker, fleet, files) -> BrokerOptions:
+    """A fleet controller on the TLS port, with its own client certificate."""
+    return BrokerOptions(port=tls_broker.tls_port, fleet=fleet, ca_file=files.ca,
+                         cert_file=files.client_cert, key_file=files.client_key, tls=True)
+
+
 def test_link_and_controller_over_mutual_tls(tls_broker, tls_files, fleet, link_factory, capsys):
     f = tls_files
     config = _tls_config(tls_broker, fleet, f.client_cert, f.client_key, f.ca)
@@ -47,14 +53,7 @@ def test_link_and_controller_over_mutual_tls(tls_broker, tls_files, fleet, link_
         assert link.transport.wait_connected(10)
         # The birth follows the SUBSCRIBE on the link's connection: once a controller sees
         # it (over TLS, with its own client certificate), commands reach the device.
-        opts = BrokerOptions(
-            port=tls_broker.tls_port,
-            fleet=fleet,
-            ca_file=f.ca,
-            cert_file=f.client_cert,
-            key_file=f.client_key,
-            tls=True,
-        )
+        opts = _controller_options(tls_broker, fleet, f)
         deadline = time.monotonic() + 10
         while True:
             with FleetClient(opts) as fc:
@@ -112,14 +111,7 @@ def test_command_burst_and_telemetry_share_one_tls_connection(
     try:
         assert link.transport.wait_connected(10)
         feeder.start()
-        opts = BrokerOptions(
-            port=tls_broker.tls_port,
-            fleet=fleet,
-            ca_file=f.ca,
-            cert_file=f.client_cert,
-            key_file=f.client_key,
-            tls=True,
-        )
+        opts = _controller_options(tls_broker, fleet, f)
         sent: set[str] = set()
         answered: set[str] = set()
         with FleetClient(opts) as fc:
