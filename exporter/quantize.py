@@ -152,6 +152,7 @@ def probe_quantized(bundle: Path, manifest: BundleManifest, core: nn.Module,
     |Δloss| / |Δlogit| per method, for the log and the tests.
     """
     from agent.io.runtime import InferProgram, TrainProgram
+    from exporter.export import probe_mask  # the same probe batch as the fp32 probe
     from exporter.model import TrainForward
 
     gen = torch.Generator().manual_seed(1234)
@@ -160,8 +161,7 @@ def probe_quantized(bundle: Path, manifest: BundleManifest, core: nn.Module,
     for shape in manifest.train.shapes:
         s, b = shape.slices, shape.batch
         tokens = torch.randint(0, vocab, (b, t), generator=gen)
-        mask = torch.ones(b, t)
-        mask[:, : t // 4] = 0
+        mask = probe_mask(b, t, manifest.train.max_targets)
         lora_b = torch.randn(s, layout.num_params, generator=gen) * 0.02
         got = TrainProgram(bundle, slices=s, batch=b).losses(tokens, mask, lora_b)
         with torch.no_grad():
