@@ -140,7 +140,8 @@ def _write_config(path: Path, *, state_dir: Path, bundle: Path, port: int,
 
 
 def _start_broker(state_dir: Path, console: Console) -> tuple[subprocess.Popen[bytes], int] | None:
-    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    sbin = Path("/usr/sbin/mosquitto")  # Debian's package puts the broker outside PATH
+    exe = shutil.which("mosquitto") or (str(sbin) if sbin.exists() else None)
     if exe is None:
         console.say("fleet", "mosquitto not installed: running without the fleet link")
         return None
@@ -249,7 +250,7 @@ def run_demo(args: argparse.Namespace) -> int:
         if broker:
             _show_fleet(broker[1], console)
         ok = served == published
-        console.say("demo", ("done: adapter %s was published and is being served" % published)
+        console.say("demo", (f"done: adapter {published} was published and is being served")
                     if ok else f"adapter {published} was published but the service served {served}")
         if not args.short and ok:
             console.say("demo", "the agent keeps running; press Ctrl-C to stop everything")
@@ -300,7 +301,8 @@ def _show_fleet(port: int, console: Console) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m agent.demo",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("build/bundles/starter"))
     parser.add_argument("--state-dir", type=Path, default=Path("build/demo"))
     parser.add_argument("--keep-state", action="store_true", help="reuse the previous state dir")

@@ -39,7 +39,8 @@ def inspect_checkpoint(path: Path) -> Checkpoint:
     path = Path(path)
     if not path.is_dir():
         raise ExportError(f"{path} is not a directory; give a local Hugging Face checkpoint "
-                          "directory (config.json, *.safetensors, tokenizer files) or --preset starter")
+                          "directory (config.json, *.safetensors, tokenizer files) or "
+                          "--preset starter")
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
         raise ExportError(f"{path} has no config.json; download the full checkpoint "

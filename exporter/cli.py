@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "head (xnnpack backend only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bench-forward", action="store_true",
-                   help="also export plain-forward methods (for mobizo-bench)")
+                   help="also write the benchmark's forward programs (for mobizo-bench zo)")
     p.add_argument("--train-only", action="store_true",
                    help="skip the inference program (benchmark bundles; they cannot serve)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")

@@ -46,9 +46,22 @@ def train_method_name(slices: int, batch: int) -> str:
     return f"train_s{slices}_b{batch}"
 
 
+# Benchmark-only programs of a --bench-forward bundle, apart from train.pte so that train.pte is
+# exactly a product bundle's: the runtime sizes one shared activation arena per program to its
+# largest method, so a method kept beside bigger ones would be measured with their arena.
+BENCH_FORWARD_PROGRAM = "bench_forward.pte"  # the t_fwd forwards over max(slices)·b rows
+BENCH_INFER_PROGRAM = "bench_infer.pte"  # the S = 1 method alone: inference memory of b rows
+
+
 def forward_method_name(rows: int) -> str:
-    """Bench-only plain forward over ``rows`` sequences (no LoRA)."""
+    """Bench-only plain forward over ``rows`` sequences with no LoRA (merged-weights speed)."""
     return f"forward_n{rows}"
+
+
+def adapter_forward_method_name(rows: int) -> str:
+    """Bench-only forward over ``rows`` sequences with one adapter for all of them, unmerged:
+    the inference program's way of running an adapter (its B is a runtime input)."""
+    return f"forward_adapter_n{rows}"
 
 
 def _versions() -> dict[str, str]:
@@ -93,7 +106,8 @@ def _check_context(opts: ExportOptions, max_positions: int) -> None:
 
 def _prepare_target(out: Path, force: bool) -> None:
     if out.exists() and not force:
-        raise ExportError(f"{out} already exists; pass --force to replace it or choose another --out")
+        raise ExportError(f"{out} already exists; pass --force to replace it or choose "
+                          "another --out")
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} exists and is not a directory; remove it or choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -190,18 +204,22 @@ def _export_into(ckpt: Checkpoint, staging: Path, opts: ExportOptions, source: s
     core = Decoder(hf, layout, lora_a)
     quantize_base(core, opts.quantize)  # base linears only; no-op for 'none'
     t, k, p = opts.max_length, opts.target_window(), layout.num_params
-    methods = {}
-    for s, b in shapes:
-        train = TrainMethod(TrainForward(core, slices=s, batch=b, max_length=t, max_targets=k,
-                                         loss_chunk=opts.loss_chunk))
-        methods[train_method_name(s, b)] = (train, train.example_args(p))
-        if opts.bench_forward and s == max(opts.slices):
-            fwd = TrainMethod(TrainForward(core, slices=s * b, batch=1, max_length=t,
-                                           max_targets=k, loss_chunk=opts.loss_chunk,
-                                           lora=False))
-            methods[forward_method_name(s * b)] = (fwd, fwd.example_args(p))
+    def method(slices: int, batch: int, **kw) -> tuple[TrainMethod, tuple]:  # noqa: ANN003
+        m = TrainMethod(TrainForward(core, slices=slices, batch=batch, max_length=t,
+                                     max_targets=k, loss_chunk=opts.loss_chunk, **kw))
+        return m, m.example_args(p)
+
+    methods = {train_method_name(s, b): method(s, b) for s, b in shapes}
     log.info("lowering train program: %s", ", ".join(methods))
     lower_methods(methods, staging / manifest.train.program, backend=opts.backend)
+    if opts.bench_forward:
+        rows = max(opts.slices) * max(opts.batch)
+        bench = {forward_method_name(rows): method(rows, 1, lora=False),
+                 adapter_forward_method_name(rows): method(1, rows)}
+        log.info("lowering benchmark forwards: %s", ", ".join(bench))
+        lower_methods(bench, staging / BENCH_FORWARD_PROGRAM, backend=opts.backend)
+        alone = {train_method_name(1, b): method(1, b) for b in opts.batch}
+        lower_methods(alone, staging / BENCH_INFER_PROGRAM, backend=opts.backend)
 
     if manifest.infer is not None:
         cache = KVCache(shape.num_layers, opts.max_context, shape.num_kv_heads, shape.head_dim)

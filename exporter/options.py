@@ -42,7 +42,9 @@ class ExportOptions(BaseModel):
         default=False, description="skip infer.pte (benchmark bundles: they never serve)")
     bench_forward: bool = Field(
         default=False,
-        description="also export a plain forward over max(slices)·b rows (benchmark t_fwd)",
+        description="also write the benchmark's programs: bench_forward.pte (forwards over "
+                    "max(slices)·b rows with one adapter (t_fwd) and with no LoRA "
+                    "(t_fwd_merged)) and bench_infer.pte (the S=1 method alone)",
     )
 
     @field_validator("targets")

@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("agent.bench.serve", "inference service: generation speed and adapter swap"),
     "learn": ("agent.bench.learn", "does ZO fine-tuning learn: held-out loss over steps"),
     "zo-quant": ("agent.bench.zo_quant", "fp32 vs 8da8w vs 8da4w base: time, memory, fidelity"),
+    "kernels": ("agent.bench.kernels", "per-scheme speed of the base linears on this CPU"),
     "daemon": ("agent.bench.daemon", "agent daemon footprint and time to the first ZO step"),
     "fleet": ("agent.bench.fleet", "fleet link: commands/s, round-trip p50/p99, idle CPU and RSS"),
 }

@@ -152,6 +152,7 @@ def run_method(
     loss, acc, tok = evaluator(init_b)
     result.curve.append(CurvePoint(0, 0, 0.0, loss, acc, tok))
     b = torch.from_numpy(np.array(init_b, dtype=np.float32, copy=True))
+    buffers = zo.StepBuffers()
     seconds = 0.0
     if spec.kind == "fo":
         if eager is None:
@@ -173,7 +174,7 @@ def run_method(
         else:
             assert program is not None and spec.mode is not None
             res = zo.zo_step(program, spec.mode, b, tokens, mask, run_seed=seed, step=t,
-                             q=spec.q, eps=spec.eps, lr=spec.lr)
+                             q=spec.q, eps=spec.eps, lr=spec.lr, buffers=buffers)
             b = res.lora_b
             train_loss = res.estimate.loss
         seconds += clock() - t0

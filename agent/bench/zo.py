@@ -5,14 +5,23 @@ Per configuration (shape, q, b, seq, lora-layers) it measures, each as the media
 from seeds, the B stacks, the ZO-SGD update — ``agent.core.zo.zo_step``):
 
 - ``t_mezo``: a MeZO step: 2q sequential calls of the S=1 method on b sequences;
-- ``t_prge``: a P-RGE dual step: one call of the S=2q method (2q·b rows);
-- ``t_fwd``: a plain forward (no LoRA) over the same 2q·b sequences (bench-only method);
+- ``t_prge``: a P-RGE dual step: one call of the S=2q method (2q·b rows); ``host_fraction``
+  is the part of it spent outside the program (drawing z, the B stack, the update);
+- ``t_fwd``: inference over the same 2q·b sequences with one adapter, run the way the
+  inference program runs one (unmerged, B a runtime input; bench-only method) — the
+  "plain forward" of shared/DESIGN.md §3, so ``overhead_vs_forward`` is what training costs
+  over serving the same tokens;
+- ``t_fwd_merged``: the same forward with no LoRA at all (an adapter merged into the
+  weights), for ``overhead_vs_merged_forward``;
 - ``t_eager``: the same P-RGE dual step with the same decoder in eager PyTorch.
 
 and, each in a fresh process (``agent.bench.rss_probe``), peak resident memory above the
-process's baseline after imports: an inference forward of b sequences, a P-RGE step, and a
-first-order LoRA step with autograd on q·b sequences. It also reports what loading the train
-program cost in resident memory relative to the model's weight bytes.
+process's baseline after imports: an inference forward of b sequences, a P-RGE step, and two
+first-order LoRA steps with autograd on q·b sequences: transformers' model with PEFT-style
+LoRA and its own loss (what a user would otherwise pick: ``rss_firstorder_over_zo``) and our
+export decoder with the loss window (the leanest first-order step: ``rss_firstorder_lean_over_zo``).
+It also reports what loading the train program cost in resident memory relative to the
+model's weight bytes.
 
 Bundles are exported into ``--workdir`` once per configuration and reused.
 """
@@ -98,7 +107,7 @@ def bench_bundle(workdir: Path, shape: str, q: int, b: int, seq: int, lora_layer
     from exporter.options import ExportOptions
 
     out = workdir / f"{shape}-q{q}-b{b}-T{seq}-{lora_layers}-{loss_window}"
-    if (out / "manifest.json").is_file():
+    if (out / "manifest.json").is_file() and _has_methods(out, q, b):
         return out
     opts = ExportOptions(slices=(1, 2 * q), batch=(b,), max_length=seq, lora_layers=lora_layers,
                          bench_forward=True, train_only=True,
@@ -109,6 +118,24 @@ def bench_bundle(workdir: Path, shape: str, q: int, b: int, seq: int, lora_layer
         ckpt = make_110m_checkpoint(workdir / "ckpt-110m")
         export_bundle(ckpt, out, opts, force=True)
     return out
+
+
+def _has_methods(bundle: Path, q: int, b: int) -> bool:
+    """Whether a kept bench bundle has every program and method this version measures."""
+    from executorch.runtime import Runtime
+
+    from exporter.export import (
+        BENCH_FORWARD_PROGRAM,
+        BENCH_INFER_PROGRAM,
+        adapter_forward_method_name,
+        forward_method_name,
+    )
+
+    if not (bundle / BENCH_INFER_PROGRAM).is_file() or not (
+            bundle / BENCH_FORWARD_PROGRAM).is_file():
+        return False
+    names = Runtime.get().load_program(bundle / BENCH_FORWARD_PROGRAM).method_names
+    return {forward_method_name(2 * q * b), adapter_forward_method_name(2 * q * b)} <= names
 
 
 def speedup_bound(manifest, q: int) -> float:  # noqa: ANN001 - a BundleManifest
@@ -146,9 +173,13 @@ def measure_times(bundle: Path, q: int, b: int, repeats: int) -> dict[str, float
     import torch
 
     from agent.core.bundle import read_manifest
-    from agent.core.zo import zo_step
+    from agent.core.zo import StepBuffers, zo_step
     from agent.io.runtime import TrainProgram
-    from exporter.export import forward_method_name
+    from exporter.export import (
+        BENCH_FORWARD_PROGRAM,
+        adapter_forward_method_name,
+        forward_method_name,
+    )
     from exporter.reference import EagerTrainProgram, load_base_model
 
     m = read_manifest(bundle)
@@ -157,37 +188,53 @@ def measure_times(bundle: Path, q: int, b: int, repeats: int) -> dict[str, float
     tokens = torch.randint(0, min(256, m.model.vocab_size), (b, t), generator=gen)
     mask = bench_mask(b, t)
     lora_b = torch.zeros(m.lora.num_params)
-    state = {"b": lora_b, "step": 0}
+    state = {"b": lora_b, "step": 0, "program_s": []}
+    buffers = StepBuffers()  # as the trainer does: one set of host buffers for every step
 
     def step(fn, mode):
         def run():
             r = zo_step(fn, mode, state["b"], tokens, mask, run_seed=0, step=state["step"],
-                        q=q, eps=1e-2, lr=1e-4)
+                        q=q, eps=1e-2, lr=1e-4, buffers=buffers)
             state["b"], state["step"] = r.lora_b, state["step"] + 1
+            state["program_s"].append(r.estimate.program_seconds)
         return run
 
     mezo = TrainProgram(bundle, slices=1, batch=b)
     out = {"t_mezo": _median_time(step(mezo, "mezo"), repeats)}
     del mezo
     prge = TrainProgram(bundle, slices=2 * q, batch=b)
+    state["program_s"].clear()
     out["t_prge"] = _median_time(step(prge, "prge-dual"), repeats)
+    out["t_prge_program"] = statistics.median(state["program_s"][1:])  # without the warm-up
     del prge
-    fwd = _ForwardMethod(bundle, forward_method_name(2 * q * b), m)
-    out["t_fwd"] = _median_time(lambda: fwd(tokens[:1], mask[:1]), repeats)
+    rows = 2 * q * b
+    # the adapter forward takes the 2q·b sequences; the merged one repeats its one row inside
+    program = bundle / BENCH_FORWARD_PROGRAM
+    out["t_fwd"] = _forward_time(program, adapter_forward_method_name(rows), m,
+                                 tokens.repeat(2 * q, 1), mask.repeat(2 * q, 1), repeats)
+    out["t_fwd_merged"] = _forward_time(program, forward_method_name(rows), m, tokens[:1],
+                                        mask[:1], repeats)
     eager = EagerTrainProgram(bundle, slices=2 * q, batch=b,
                               hf_model=load_base_model(m, workdir=bundle.parent))
     out["t_eager"] = _median_time(step(eager, "prge-dual"), repeats)
     return out
 
 
-class _ForwardMethod:
-    """The bench-only plain-forward method (no LoRA, 2q·b rows), called like the others."""
+def _forward_time(program: Path, method: str, manifest, tokens, mask,  # noqa: ANN001
+                  repeats: int) -> float:
+    fwd = BenchMethod(program, method, manifest)  # loaded here, freed on return
+    return _median_time(lambda: fwd(tokens, mask), repeats)
 
-    def __init__(self, bundle: Path, method: str, manifest) -> None:  # noqa: ANN001
+
+class BenchMethod:
+    """A method of a benchmark program (bench_forward.pte / bench_infer.pte), called like a
+    train method with a zero adapter: ``(tokens, loss_mask) -> per-slice losses``."""
+
+    def __init__(self, program: Path, method: str, manifest) -> None:  # noqa: ANN001
         import torch
         from executorch.runtime import Runtime
 
-        prog = Runtime.get().load_program(bundle / manifest.train.program)
+        prog = Runtime.get().load_program(program)
         self._m = prog.load_method(method)
         self._keep = prog
         self._k = manifest.train.max_targets
@@ -203,7 +250,7 @@ class _ForwardMethod:
 def measure_rss(bundle: Path, q: int, b: int) -> dict[str, float]:
     """Peak RSS above baseline, each kind in its own fresh process."""
     out = {}
-    for kind in ("infer", "prge", "firstorder"):
+    for kind in ("infer", "prge", "firstorder", "firstorder-hf"):
         cmd = [sys.executable, "-m", "agent.bench.rss_probe", kind, str(bundle),
                "--q", str(q), "--batch", str(b)]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -211,7 +258,7 @@ def measure_rss(bundle: Path, q: int, b: int) -> dict[str, float]:
             raise RuntimeError(f"rss probe {kind} failed:\n{res.stderr[-2000:]}")
         data = json.loads(res.stdout.strip().splitlines()[-1])
         for k, v in data.items():
-            out[f"{kind}_{k}"] = v
+            out[f"{kind.replace('-', '_')}_{k}"] = v
     return out
 
 
@@ -235,13 +282,17 @@ def main(args: argparse.Namespace) -> int:
                     row["speedup_vs_mezo"] = row["t_mezo"] / row["t_prge"]
                     row["speedup_bound"] = speedup_bound(read_manifest(bundle), q)
                     row["overhead_vs_forward"] = row["t_prge"] / row["t_fwd"]
+                    row["overhead_vs_merged_forward"] = row["t_prge"] / row["t_fwd_merged"]
+                    row["host_fraction"] = 1.0 - row["t_prge_program"] / row["t_prge"]
                     row["et_vs_eager"] = row["t_prge"] / row["t_eager"]
                     if not args.skip_rss:
                         rss = measure_rss(bundle, q, b)
                         row.update(rss)
                         row["rss_train_over_infer"] = rss["prge_peak_mb"] / rss["infer_peak_mb"]
-                        row["rss_firstorder_over_zo"] = (rss["firstorder_peak_mb"]
+                        row["rss_firstorder_over_zo"] = (rss["firstorder_hf_peak_mb"]
                                                          / rss["prge_peak_mb"])
+                        row["rss_firstorder_lean_over_zo"] = (rss["firstorder_peak_mb"]
+                                                              / rss["prge_peak_mb"])
                         row["load_over_weights"] = rss["prge_load_mb"] / rss["prge_weights_mb"]
                     results.append(row)
                     _print_row(row)
@@ -256,11 +307,14 @@ def _print_row(r: dict) -> None:
 
     print(f"{r['shape']:>7} q={r['q']} b={r['batch']} seq={r['seq']} {r['lora_layers']:>12} "
           f"{r.get('loss_window', 'full'):>8} | "
-          f"mezo {f('t_mezo')} s  prge {f('t_prge')} s  fwd {f('t_fwd')} s  "
+          f"mezo {f('t_mezo')} s  prge {f('t_prge')} s (host {f('host_fraction', '{:.1%}')})  "
+          f"fwd {f('t_fwd')} s  merged fwd {f('t_fwd_merged')} s  "
           f"eager {f('t_eager')} s | mezo/prge {f('speedup_vs_mezo', '{:.2f}')} "
           f"(FLOP ratio {f('speedup_bound', '{:.2f}')})  "
-          f"prge/fwd {f('overhead_vs_forward', '{:.2f}')}  "
+          f"prge/fwd {f('overhead_vs_forward', '{:.2f}')} "
+          f"(merged {f('overhead_vs_merged_forward', '{:.2f}')})  "
           f"prge/eager {f('et_vs_eager', '{:.2f}')}  "
           f"rss train/infer {f('rss_train_over_infer', '{:.2f}')}  "
-          f"rss 1st-order/zo {f('rss_firstorder_over_zo', '{:.2f}')}  "
+          f"rss 1st-order/zo {f('rss_firstorder_over_zo', '{:.2f}')} "
+          f"(lean {f('rss_firstorder_lean_over_zo', '{:.2f}')})  "
           f"load/weights {f('load_over_weights', '{:.2f}')}", flush=True)

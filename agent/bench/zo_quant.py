@@ -137,11 +137,14 @@ class _Stepper:
     def __init__(self, prog, lora_b, tokens, mask, q: int, zo_step) -> None:  # noqa: ANN001
         self.prog, self.lora_b, self.tokens, self.mask, self.q = prog, lora_b, tokens, mask, q
         self.zo_step, self.step = zo_step, 0
+        from agent.core.zo import StepBuffers
+
+        self.buffers = StepBuffers()
 
     def __call__(self) -> None:
         self.lora_b = self.zo_step(self.prog, "prge-dual", self.lora_b, self.tokens, self.mask,
                                    run_seed=0, step=self.step, q=self.q, eps=1e-2,
-                                   lr=1e-4).lora_b
+                                   lr=1e-4, buffers=self.buffers).lora_b
         self.step += 1
 
 

@@ -4,7 +4,9 @@ One step t, for a flat LoRA-B vector ``B`` [P] (shared/DESIGN.md §2):
 
 1. step seed ``s_t = mix(run_seed, t)`` — a pure function, so a resumed run redraws it;
 2. for i in 0..q−1: ``z_i = randn(P)`` from a ``torch.Generator`` seeded by ``mix(s_t, i)``;
-   the z_i are regenerated whenever needed and never stored all at once;
+   the z_i live only within their step (a checkpoint holds B and the step, never a z):
+   P-RGE keeps the step's q directions beside its 2q-row B stack and reuses them for the
+   update; MeZO draws one at a time and regenerates each for the update;
 3. losses ``L⁺_i = L(B + ε z_i)``, ``L⁻_i = L(B − ε z_i)`` on the same batch;
 4. projected gradients ``g_i = (L⁺_i − L⁻_i) / (2ε)``, optionally clipped to ``|g_i| ≤ clip``;
 5. ZO-SGD: ``B ← B − lr · (1/q) Σ_i g_i z_i``.
@@ -27,6 +29,7 @@ the eager reference, or an analytic function in the tests.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
@@ -77,11 +80,40 @@ def step_seed(run_seed: int, step: int) -> int:
     return _splitmix64(_splitmix64(run_seed & _MASK64) ^ step) & ((1 << 63) - 1)
 
 
-def perturbation(seed_t: int, index: int, num_params: int) -> torch.Tensor:
-    """z_i = randn(P) for query ``index`` of the step with seed ``seed_t`` (float32, CPU)."""
+def perturbation(seed_t: int, index: int, num_params: int,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """z_i = randn(P) for query ``index`` of the step with seed ``seed_t`` (float32, CPU).
+
+    With ``out`` (a float32 [P] view) the values are written there: the same bits, no new
+    allocation.
+    """
     gen = torch.Generator(device="cpu")
     gen.manual_seed(_splitmix64(seed_t ^ _splitmix64(index + 1)) & ((1 << 63) - 1))
-    return torch.randn(num_params, generator=gen, dtype=torch.float32)
+    if out is None:
+        return torch.randn(num_params, generator=gen, dtype=torch.float32)
+    return torch.randn(num_params, generator=gen, dtype=torch.float32, out=out)
+
+
+class StepBuffers:
+    """Host memory a step reuses: the B stack [S, P] and the directions (q, or MeZO's 1) [·, P].
+
+    A 1.5M-value B makes each row 6 MB; allocating the stack, the directions and the perturbed
+    rows afresh every step costs page faults and copies worth several % of a P-RGE step on a
+    small CPU (shared/DESIGN.md §3 budgets host work at 1–2 %). Callers that run many steps
+    (the trainer, the benchmarks) keep one instance; the values computed are bit-identical
+    either way.
+    """
+
+    def __init__(self) -> None:
+        self._tensors: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, *shape: int) -> torch.Tensor:
+        """The float32 buffer ``name`` of ``shape`` (contents undefined), reused when it fits."""
+        have = self._tensors.get(name)
+        if have is None or tuple(have.shape) != shape:
+            have = torch.empty(*shape, dtype=torch.float32)
+            self._tensors[name] = have
+        return have
 
 
 def slices_needed(mode: Mode, q: int) -> int:
@@ -102,20 +134,30 @@ def calls_per_step(mode: Mode, q: int) -> int:
     return {"mezo": 2 * q, "prge": 2, "prge-dual": 1}[mode]
 
 
-def _perturbed(b: torch.Tensor, z: torch.Tensor, eps: float, sign: int) -> torch.Tensor:
-    # Two separate ops (no fused add-with-alpha): every mode builds bit-identical rows.
-    step = z * eps
-    return b + step if sign > 0 else b - step
+def _fill_perturbed(stack: torch.Tensor, rows: range, lora_b: torch.Tensor,
+                    zs: torch.Tensor, eps: float, sign: int) -> None:
+    """Write ``B + sign·ε·z_i`` into ``stack[rows[i]]`` for each direction ``zs[i]``.
+
+    One fused pass per row, straight into the stack. Every mode builds its rows here, so the
+    modes' rows are bit-identical and their g_i agree to the program's rounding (tested).
+    """
+    op = torch.add if sign > 0 else torch.sub
+    for row, z in zip(rows, zs, strict=True):
+        op(lora_b, z, alpha=eps, out=stack[row])
 
 
-def _call(fn: LossFn, tokens: torch.Tensor, mask: torch.Tensor, rows: list[torch.Tensor],
-          base: torch.Tensor) -> torch.Tensor:
-    """Call ``fn`` on ``rows`` padded with the unperturbed ``base`` up to ``fn.slices``."""
-    if len(rows) > fn.slices:
-        raise ValueError(f"{len(rows)} perturbed models do not fit a {fn.slices}-slice program")
-    stack = torch.stack(rows + [base] * (fn.slices - len(rows)))
-    out = fn.losses(tokens, mask, stack)
-    return out.detach().to(torch.float64).reshape(-1)[: len(rows)]
+class _Caller:
+    """Calls ``fn`` on a stack and keeps the time spent inside it (the rest is host work)."""
+
+    def __init__(self, fn: LossFn, tokens: torch.Tensor, mask: torch.Tensor) -> None:
+        self.fn, self.tokens, self.mask = fn, tokens, mask
+        self.seconds = 0.0
+
+    def __call__(self, stack: torch.Tensor, used: int) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = self.fn.losses(self.tokens, self.mask, stack)
+        self.seconds += time.perf_counter() - t0
+        return out.detach().to(torch.float64).reshape(-1)[:used]
 
 
 @dataclass(frozen=True)
@@ -125,6 +167,7 @@ class Estimate:
     loss_plus: tuple[float, ...]
     loss_minus: tuple[float, ...]
     eps: float
+    program_seconds: float = 0.0  # time inside the loss function's calls; the rest is host work
 
     @property
     def q(self) -> int:
@@ -151,6 +194,7 @@ def estimate(
     seed_t: int,
     q: int,
     eps: float,
+    buffers: StepBuffers | None = None,
 ) -> Estimate:
     """Evaluate the 2q perturbed losses of one step in ``mode``.
 
@@ -163,6 +207,9 @@ def estimate(
         seed_t: the step seed (:func:`step_seed`).
         q: number of queries (random directions).
         eps: perturbation scale ε.
+        buffers: host memory to reuse across steps (see :class:`StepBuffers`); after a
+            ``prge``/``prge-dual`` call ``buffers.get("directions", q, P)`` holds the z_i,
+            which :func:`zo_step` hands to the update instead of drawing them again.
 
     Raises:
         ValueError: if ``fn`` has too few slices for the mode.
@@ -174,26 +221,37 @@ def estimate(
         raise ValueError(f"mode {mode} with q={q} needs {need} slices, the program has "
                          f"{fn.slices}")
     p = lora_b.numel()
+    buffers = buffers if buffers is not None else StepBuffers()
+    call = _Caller(fn, tokens, loss_mask)
+    stack = buffers.get("stack", fn.slices, p)
+    # rows a mode leaves unused hold the unperturbed B; their losses are ignored
+    stack[need:].copy_(lora_b.expand(fn.slices - need, p))
     if mode == "mezo":
+        # MeZO as its users run it: one direction at a time, regenerated for the update
+        z = buffers.get("directions", 1, p)
         plus, minus = [], []
         for i in range(q):
-            z = perturbation(seed_t, i, p)
-            plus.append(float(_call(fn, tokens, loss_mask, [_perturbed(lora_b, z, eps, +1)],
-                                    lora_b)[0]))
-            minus.append(float(_call(fn, tokens, loss_mask, [_perturbed(lora_b, z, eps, -1)],
-                                     lora_b)[0]))
-        return Estimate(tuple(plus), tuple(minus), eps)
-    zs = [perturbation(seed_t, i, p) for i in range(q)]
-    rows_plus = [_perturbed(lora_b, z, eps, +1) for z in zs]
-    rows_minus = [_perturbed(lora_b, z, eps, -1) for z in zs]
-    del zs
+            perturbation(seed_t, i, p, out=z[0])
+            _fill_perturbed(stack, range(1), lora_b, z, eps, +1)
+            plus.append(float(call(stack, 1)[0]))
+            _fill_perturbed(stack, range(1), lora_b, z, eps, -1)
+            minus.append(float(call(stack, 1)[0]))
+        return Estimate(tuple(plus), tuple(minus), eps, call.seconds)
+    zs = buffers.get("directions", q, p)
+    for i in range(q):
+        perturbation(seed_t, i, p, out=zs[i])
     if mode == "prge":
-        lp = _call(fn, tokens, loss_mask, rows_plus, lora_b)
-        lm = _call(fn, tokens, loss_mask, rows_minus, lora_b)
-    else:
-        both = _call(fn, tokens, loss_mask, rows_plus + rows_minus, lora_b)
+        _fill_perturbed(stack, range(q), lora_b, zs, eps, +1)
+        lp = call(stack, q)
+        _fill_perturbed(stack, range(q), lora_b, zs, eps, -1)
+        lm = call(stack, q)
+    else:  # prge-dual: + rows 0..q-1, − rows q..2q-1
+        _fill_perturbed(stack, range(q), lora_b, zs, eps, +1)
+        _fill_perturbed(stack, range(q, 2 * q), lora_b, zs, eps, -1)
+        both = call(stack, 2 * q)
         lp, lm = both[:q], both[q:]
-    return Estimate(tuple(float(v) for v in lp), tuple(float(v) for v in lm), eps)
+    return Estimate(tuple(float(v) for v in lp), tuple(float(v) for v in lm), eps,
+                    call.seconds)
 
 
 def clip_grads(grads: tuple[float, ...], clip: float | None) -> tuple[float, ...]:
@@ -209,16 +267,23 @@ def clip_grads(grads: tuple[float, ...], clip: float | None) -> tuple[float, ...
 
 
 def apply_update(
-    lora_b: torch.Tensor, grads: tuple[float, ...], *, seed_t: int, lr: float
+    lora_b: torch.Tensor, grads: tuple[float, ...], *, seed_t: int, lr: float,
+    directions: torch.Tensor | None = None, scratch: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """ZO-SGD: return ``B − lr · (1/q) Σ g_i z_i``, regenerating each z_i from its seed."""
+    """ZO-SGD: return ``B − lr · (1/q) Σ g_i z_i``.
+
+    Each z_i is regenerated from its seed unless ``directions`` [q, P] already holds them
+    (the P-RGE modes draw all q for the perturbed stack); the result is the same either way.
+    """
     out = lora_b.clone()
-    q = len(grads)
+    q, p = len(grads), out.numel()
+    if directions is None and scratch is None:
+        scratch = torch.empty(p, dtype=torch.float32)
     for i, g in enumerate(grads):
         if g == 0.0:
             continue
-        z = perturbation(seed_t, i, out.numel())
-        out -= z * float(lr * g / q)
+        z = directions[i] if directions is not None else perturbation(seed_t, i, p, out=scratch)
+        out.sub_(z, alpha=float(lr * g / q))  # one fused pass per direction
     return out
 
 
@@ -274,12 +339,25 @@ def zo_step(
     eps: float,
     lr: float,
     clip: float | None = None,
+    buffers: StepBuffers | None = None,
 ) -> StepResult:
-    """One full MobiZO step: seeds → 2q losses → g_i → clipped → ZO-SGD update."""
+    """One full MobiZO step: seeds → 2q losses → g_i → clipped → ZO-SGD update.
+
+    Pass the same ``buffers`` to every step of a run to reuse its host memory.
+    """
+    buffers = buffers if buffers is not None else StepBuffers()
     seed_t = step_seed(run_seed, step)
-    est = estimate(fn, mode, lora_b, tokens, loss_mask, seed_t=seed_t, q=q, eps=eps)
+    est = estimate(fn, mode, lora_b, tokens, loss_mask, seed_t=seed_t, q=q, eps=eps,
+                   buffers=buffers)
     grads = clip_grads(est.projected_grads, clip)
-    new_b = apply_update(lora_b, grads, seed_t=seed_t, lr=lr)
+    p = lora_b.numel()
+    # P-RGE drew all q directions for its stack: reuse them; MeZO regenerates them one by one
+    if mode == "mezo":
+        new_b = apply_update(lora_b, grads, seed_t=seed_t, lr=lr,
+                             scratch=buffers.get("directions", 1, p)[0])
+    else:
+        new_b = apply_update(lora_b, grads, seed_t=seed_t, lr=lr,
+                             directions=buffers.get("directions", q, p))
     return StepResult(new_b, est, grads, lr, seed_t)
 
 

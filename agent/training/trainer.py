@@ -200,6 +200,7 @@ class ZOTrainRecipe:
                 log.info("no checkpoint in %s: starting at step 0", ckpt_dir)
 
         self.program = self._factory(cfg.bundle, self.shape.slices, self.shape.batch, cfg.threads)
+        self._buffers = zo.StepBuffers()  # the step's host memory, reused by every step
         prog_len = getattr(self.program, "max_length", exported_len)
         if prog_len != exported_len:
             raise TrainingError(f"the program takes {prog_len} tokens but the manifest says "
@@ -262,7 +263,8 @@ class ZOTrainRecipe:
                               schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
                               min_lr_ratio=cfg.min_lr_ratio)
         res = zo.zo_step(self.program, cfg.mode, self.lora_b, tokens, mask, run_seed=cfg.seed,
-                         step=t, q=cfg.q, eps=cfg.eps, lr=lr, clip=cfg.clip or None)
+                         step=t, q=cfg.q, eps=cfg.eps, lr=lr, clip=cfg.clip or None,
+                         buffers=self._buffers)
         self.lora_b = res.lora_b
         self.step = t + 1
         metrics = {
