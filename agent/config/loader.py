@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from agent.config.problems import ConfigValidationError, problems_from_validation_error
 from agent.config.profiles import Profile, default_profiles_dir, load_profile
 from agent.config.root import AgentConfig
-from agent.config.tomlfile import TomlDoc, read_toml
+from agent.config.tomlfile import TomlDoc, closest, read_toml
 from agent.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/mobizo-agent/agent.toml")
@@ -65,13 +65,8 @@ class LoadedConfig:
 
     def source_of(self, dotted: str) -> str:
         """Where the value at ``dotted`` came from ("default" when no layer set it)."""
-        parts = dotted.split(".")
-        while parts:
-            src = self.sources.get(".".join(parts))
-            if src is not None:
-                return src
-            parts.pop()
-        return DEFAULT
+        source = closest(self.sources, dotted)
+        return DEFAULT if source is None else source
 
 
 def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agent.errors import ConfigError
+
+V = TypeVar("V")
 
 _HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\-\" ]+?)\s*\]\s*(#.*)?$")
 _KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"]+(?:\s*\.\s*[A-Za-z0-9_\-\"]+)*)\s*=")
@@ -29,13 +32,21 @@ class TomlDoc:
 
     def line_of(self, dotted: str) -> int | None:
         """Line of ``dotted`` or of its closest written parent (e.g. the table header)."""
-        parts = dotted.split(".")
-        while parts:
-            line = self.lines.get(".".join(parts))
-            if line is not None:
-                return line
-            parts.pop()
-        return None
+        return closest(self.lines, dotted)
+
+
+def closest(by_key: Mapping[str, V], dotted: str) -> V | None:
+    """The value of ``dotted`` in ``by_key``, else of its nearest parent key; None if none.
+
+    ``closest({"a": 1}, "a.b.c") == 1``: what is known about a table covers its keys.
+    """
+    parts = dotted.split(".")
+    while parts:
+        value = by_key.get(".".join(parts))
+        if value is not None:
+            return value
+        parts.pop()
+    return None
 
 
 def _split_key(text: str) -> list[str]:

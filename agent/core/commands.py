@@ -367,21 +367,34 @@ def run_short(
     try:
         output = execute(handler, parsed, NO_JOB)
     except Exception as exc:  # noqa: BLE001 - any handler failure is an error reply, not a crash
-        return CommandResult(
-            request_id=parsed.request.request_id,
-            command=parsed.spec.name,
-            device_id=device_id,
-            ok=False,
-            error=error_of(exc),
-            ts=clock(),
-        )
+        return result_of(parsed, device_id=device_id, now=clock(), ok=False, error=error_of(exc))
+    return result_of(
+        parsed, device_id=device_id, now=clock(), ok=True, result=output.model_dump(mode="json")
+    )
+
+
+def result_of(
+    parsed: ParsedCommand,
+    *,
+    device_id: str,
+    now: float,
+    ok: bool,
+    result: dict[str, Any] | None = None,
+    error: ErrorInfo | None = None,
+    job: JobView | None = None,
+    duplicate: bool = False,
+) -> CommandResult:
+    """The reply to ``parsed`` (its request id and command echoed), sent by ``device_id``."""
     return CommandResult(
         request_id=parsed.request.request_id,
         command=parsed.spec.name,
         device_id=device_id,
-        ok=True,
-        result=output.model_dump(mode="json"),
-        ts=clock(),
+        ok=ok,
+        result=result,
+        error=error,
+        job=job,
+        duplicate=duplicate,
+        ts=now,
     )
 
 

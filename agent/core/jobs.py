@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from agent.core.commands import ErrorInfo, JobView
+from agent.core.commands import CommandResult, ErrorInfo, JobView, ParsedCommand, result_of
 
 
 class JobStatus(StrEnum):
@@ -110,6 +110,25 @@ def new_job(
         created_at=now,
         updated_at=now,
         deadline=now + timeout_s,
+    )
+
+
+def job_result(
+    parsed: ParsedCommand, job: Job, *, device_id: str, now: float, duplicate: bool = False
+) -> CommandResult:
+    """The reply to a long command: where its job is (ok unless the job was rejected).
+
+    A ``duplicate`` (a QoS 1 redelivery or a repeated job id) reports the job already known;
+    any error of that job is in the job view only.
+    """
+    return result_of(
+        parsed,
+        device_id=device_id,
+        now=now,
+        ok=job.status is not JobStatus.REJECTED,
+        job=job.view(),
+        error=None if duplicate else job.error,
+        duplicate=duplicate,
     )
 
 

@@ -186,12 +186,7 @@ def cmd_config(args: argparse.Namespace) -> int:
             # Next version after whatever the broker holds (desired or reported).
             fc.subscribe(dev.config_desired, dev.config_reported)
             seen = 0
-            deadline = time.monotonic() + args.wait
-            while (left := deadline - time.monotonic()) > 0:
-                try:
-                    msg = fc.messages.get(timeout=left)
-                except queue.Empty:
-                    break
+            for msg in fc.messages_within(args.wait):
                 try:
                     body = json.loads(msg.payload or b"{}")
                 except ValueError:
@@ -210,12 +205,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         if args.no_wait:
             print(json.dumps({"version": version, "published": True}))
             return EXIT_OK
-        deadline = time.monotonic() + args.timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                msg = fc.messages.get(timeout=left)
-            except queue.Empty:
-                break
+        for msg in fc.messages_within(args.timeout):
             if msg.topic != dev.config_reported or not msg.payload:
                 continue
             body = json.loads(msg.payload)

@@ -12,6 +12,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from agent.core.commands import CommandResult
 from agent.core.fleet_documents import Availability, StateDocument
 from agent.core.topics import FleetTopics
 from agent.errors import MobizoError
-from agent.io.mqtt import disable_nagle
+from agent.io.mqtt import disable_nagle, use_tls
 
 
 class FleetError(MobizoError):
@@ -94,14 +95,13 @@ class FleetClient:
         if opts.username is not None:
             client.username_pw_set(opts.username, opts.password)
         if opts.tls or opts.ca_file:
-            client.tls_set(
-                ca_certs=str(opts.ca_file) if opts.ca_file else None,
-                certfile=str(opts.cert_file) if opts.cert_file else None,
-                keyfile=str(opts.key_file) if opts.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            use_tls(
+                client,
+                ca_file=opts.ca_file,
+                cert_file=opts.cert_file,
+                key_file=opts.key_file,
+                insecure=opts.tls_insecure,
             )
-            client.tls_insecure_set(opts.tls_insecure)
         client.on_socket_open = disable_nagle
         client.on_connect = self._on_connect
         client.on_message = lambda c, u, msg: self.messages.put(msg)
@@ -178,14 +178,18 @@ class FleetClient:
             filters = [d.available, d.state, d.config_reported]
         self.subscribe(*filters)
         views: dict[str, DeviceView] = {}
-        deadline = time.monotonic() + wait_s
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                msg = self.messages.get(timeout=left)
-            except queue.Empty:
-                break
+        for msg in self.messages_within(wait_s):
             self.absorb(views, msg)
         return views
+
+    def messages_within(self, seconds: float) -> Iterator[paho.MQTTMessage]:
+        """The messages that arrive in the next ``seconds`` (the caller may stop early)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                yield self.messages.get(timeout=left)
+            except queue.Empty:
+                return
 
     def absorb(self, views: dict[str, DeviceView], msg: paho.MQTTMessage) -> str | None:
         """Fold one message into ``views``; returns the device id it concerned."""
@@ -247,12 +251,7 @@ class FleetClient:
             reply_topic = dev.cmd_result(request_id)
         self.subscribe(reply_topic)
         self.publish(dev.cmd(name), json.dumps(body).encode(), props=props)
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                msg = self.messages.get(timeout=left)
-            except queue.Empty:
-                break
+        for msg in self.messages_within(timeout):
             if msg.topic != reply_topic:
                 continue
             if self.v5:
@@ -275,12 +274,7 @@ class FleetClient:
         topic = self.topics.device(device).job(job_id)
         self.subscribe(topic)
         last: dict[str, Any] = {}
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                msg = self.messages.get(timeout=left)
-            except queue.Empty:
-                break
+        for msg in self.messages_within(timeout):
             if msg.topic != topic or not msg.payload:
                 continue
             last = json.loads(msg.payload)

@@ -101,6 +101,33 @@ def disable_nagle(client: paho.Client, userdata: Any, sock: Any) -> None:
         pass
 
 
+def use_tls(
+    client: paho.Client,
+    *,
+    ca_file: Path | None,
+    cert_file: Path | None,
+    key_file: Path | None,
+    insecure: bool,
+) -> None:
+    """Make ``client`` connect over TLS and verify the broker's certificate.
+
+    Args:
+        client: the paho client, before it connects.
+        ca_file: the CA bundle to verify the broker with (None: the system's CAs).
+        cert_file: the client certificate to present (mutual TLS), if any.
+        key_file: its private key.
+        insecure: skip only the hostname check (the chain is still verified).
+    """
+    client.tls_set(
+        ca_certs=str(ca_file) if ca_file else None,
+        certfile=str(cert_file) if cert_file else None,
+        keyfile=str(key_file) if key_file else None,
+        cert_reqs=ssl.CERT_REQUIRED,
+        tls_version=ssl.PROTOCOL_TLS_CLIENT,
+    )
+    client.tls_insecure_set(insecure)
+
+
 def network_thread_writes(client: paho.Client, userdata: Any, sock: Any) -> None:
     """Registered as paho's ``on_socket_register_write``: nothing to do, and that is the point.
 
@@ -163,14 +190,13 @@ class MqttTransport:
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
         if s.tls:
-            client.tls_set(
-                ca_certs=str(s.ca_file) if s.ca_file else None,
-                certfile=str(s.cert_file) if s.cert_file else None,
-                keyfile=str(s.key_file) if s.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            use_tls(
+                client,
+                ca_file=s.ca_file,
+                cert_file=s.cert_file,
+                key_file=s.key_file,
+                insecure=s.tls_insecure,
             )
-            client.tls_insecure_set(s.tls_insecure)
         client.on_socket_open = disable_nagle
         client.on_socket_register_write = network_thread_writes
         client.on_connect = self._on_connect

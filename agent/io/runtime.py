@@ -177,4 +177,5 @@ class InferProgram:
                     [torch.tensor([[ids[i]]]), torch.tensor([pos]), torch.tensor([0]), row])[0]
             i += n
             pos += n
+        assert logits is not None  # ids is not empty, so the loop ran
         return logits.reshape(-1).numpy().astype(np.float32, copy=True)

@@ -170,9 +170,9 @@ class Daemon:
             "heavy_modules": heavy_modules_loaded(),
             "paused": self.paused, "manual": sorted(self.manual.skip) if self.manual else None,
             "run": runs.run.model_dump() if runs.run else None,
-            "trainer_pid": runs.train_child.pid if runs.train_child else None,
-            "eval_pid": runs.eval_child.pid if runs.eval_child else None,
-            "first_step_latency_s": runs.first_step_latency_s,
+            "trainer_pid": runs.bursts.child.pid if runs.bursts.child else None,
+            "eval_pid": runs.evaluation.child.pid if runs.evaluation.child else None,
+            "first_step_latency_s": runs.bursts.first_step_latency_s,
             "new_examples": runs.new_examples,
             "config_file": str(self.loaded.file) if self.loaded.file else None,
         }
@@ -231,9 +231,9 @@ class Daemon:
 
     def _advance(self) -> None:
         runs = self.runs
-        if runs.train_child is not None:
-            runs.follow_burst()
-        elif runs.eval_child is not None:
+        if runs.bursts.child is not None:
+            runs.bursts.follow()
+        elif runs.evaluation.child is not None:
             runs.follow_eval()
         elif self.paused is not None:
             self.reporter.set("paused", self.paused)

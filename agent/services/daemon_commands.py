@@ -95,8 +95,8 @@ def handle_command(daemon: Daemon, name: str, args: dict[str, Any]) -> dict[str,
     if name == "pause":
         reason = str(args.get("reason") or "paused by the user")
         daemon.paused = reason
-        if runs.train_child is not None:
-            runs.stop_burst(reason)
+        if runs.bursts.child is not None:
+            runs.bursts.stop_burst(reason)
         return {"message": f"paused: {reason}"}
     if name == "resume":
         was = daemon.paused

@@ -149,14 +149,8 @@ class FleetJobs:
         existing = self.store.insert_job(job)
         if existing is not None:
             # A QoS 1 redelivery or a repeated id: never run twice; report where it is.
-            return CommandResult(
-                request_id=req.request_id,
-                command=parsed.spec.name,
-                device_id=self.session.device_id,
-                ok=existing.status is not jobsm.JobStatus.REJECTED,
-                job=existing.view(),
-                duplicate=True,
-                ts=now,
+            return jobsm.job_result(
+                parsed, existing, device_id=self.session.device_id, now=now, duplicate=True
             )
         if self._queue.qsize() >= self.config.max_queued_jobs:
             job = jobsm.transition(
@@ -175,15 +169,7 @@ class FleetJobs:
             self.publish(job)  # before the runner can move it on: retained order matters
             self._queue.put(job_id)
         self.store.prune_terminal(_TERMINAL_JOBS_KEPT)
-        return CommandResult(
-            request_id=req.request_id,
-            command=parsed.spec.name,
-            device_id=self.session.device_id,
-            ok=job.status is not jobsm.JobStatus.REJECTED,
-            job=job.view(),
-            error=job.error,
-            ts=now,
-        )
+        return jobsm.job_result(parsed, job, device_id=self.session.device_id, now=now)
 
     def publish(self, job: jobsm.Job) -> bool:
         """Publish a job update (retained). Serialised, and never after its terminal update,

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.services.burst import MetricsTail, describe_exit
+from agent.services.burst_progress import BurstProgress
 from agent.services.control import ControlServer, parse_ignore
 
 
@@ -31,6 +32,24 @@ def test_metrics_tail_reads_only_complete_new_lines(tmp_path: Path) -> None:
         fh.write('ss": 1.5}\nnot json\n[1]\n')
     assert tail.read() == [{"step": 2, "loss": 1.5}]
     assert tail.read() == []
+
+
+def test_burst_progress_reads_only_the_new_burst_and_records_it(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"step": 3, "loss": 9.0}\n')  # an earlier burst's line
+    now = [100.0]
+    progress = BurstProgress(lambda: now[0])
+    progress.watch(path)
+    progress.begin(start_step=3)
+    with path.open("a") as fh:
+        fh.write('{"step": 4, "loss": 2.0}\n{"step": 5, "loss": NaN}\n{"note": 1}\n'
+                 '{"step": 6, "loss": 1.5}\n')
+    assert [r["step"] for r in progress.new_rows()] == [4, 5, 6]
+    assert progress.losses == [2.0, 1.5] and progress.last_loss == 1.5
+    now[0] = 103.0
+    record = progress.record("stopped", "asked to stop", steps_done=6)
+    assert (record.started_at, record.ended_at, record.steps) == (100.0, 103.0, 3)
+    assert (record.train_loss_start, record.train_loss_end, record.steps_per_s) == (2.0, 1.5, 1.0)
 
 
 def test_parse_ignore() -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from agent.core.commands import ErrorInfo, ParsedCommand, parse_command
 from agent.core.jobs import (
     TERMINAL,
     InvalidTransition,
     JobStatus,
+    job_result,
     new_job,
     recover,
     timed_out,
@@ -76,3 +78,21 @@ def test_job_round_trips_as_json():
     j = transition(job(), JobStatus.IN_PROGRESS, now=101, progress=0.25)
     assert Job.model_validate_json(j.model_dump_json()) == j
     assert j.view().status == "IN_PROGRESS"
+
+
+def test_job_result_reports_the_job_and_a_duplicate_carries_no_error_of_its_own():
+    parsed = parse_command("train-now", b'{"request_id": "r1", "args": {}}', now=100.0,
+                           max_payload_bytes=1000)
+    assert isinstance(parsed, ParsedCommand)
+    rejected = transition(job(), JobStatus.REJECTED, now=101,
+                          error=ErrorInfo(code="rejected", message="busy"))
+    fresh = job_result(parsed, rejected, device_id="dev", now=102.0)
+    assert (fresh.request_id, fresh.command, fresh.device_id, fresh.ts) == (
+        "r1", "train-now", "dev", 102.0)
+    assert not fresh.ok and fresh.error == rejected.error and not fresh.duplicate
+    assert fresh.job == rejected.view()
+    again = job_result(parsed, rejected, device_id="dev", now=103.0, duplicate=True)
+    assert not again.ok and again.duplicate and again.error is None
+    assert again.job is not None and again.job.error == rejected.error
+    queued = job_result(parsed, job(), device_id="dev", now=102.0)
+    assert queued.ok and queued.error is None and queued.job.status == "QUEUED"
