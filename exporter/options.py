@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.core.lora_layout import CANONICAL_TARGETS
 
@@ -26,6 +26,11 @@ class ExportOptions(BaseModel):
     )
     slices: tuple[int, ...] = Field(default=(1, 2, 4, 8), description="S values to export")
     batch: tuple[int, ...] = Field(default=(2,), description="b values to export")
+    shapes: tuple[tuple[int, int], ...] | None = Field(
+        default=None,
+        description="the exact (slices, batch) methods to export, each within the "
+                    "slices x batch grid (None: the whole grid); a caller that knows its "
+                    "shapes skips lowering the ones it would never load")
     max_length: int = Field(default=256, description="T of the train program")
     max_context: int = Field(default=1024, description="KV cache length of the infer program")
     prefill_chunk: int = Field(default=32, ge=1, le=512)
@@ -87,5 +92,18 @@ class ExportOptions(BaseModel):
                              f"{full}; choose at most {full}")
         return self.max_targets or full
 
+    @model_validator(mode="after")
+    def _shapes_in_grid(self) -> ExportOptions:
+        if self.shapes is not None:
+            outside = [(s, b) for s, b in self.shapes
+                       if s not in self.slices or b not in self.batch]
+            if not self.shapes or outside:
+                raise ValueError(f"shapes {list(self.shapes)} must be a non-empty subset of "
+                                 f"slices {list(self.slices)} x batch {list(self.batch)}; "
+                                 f"outside it: {outside}")
+        return self
+
     def train_shapes(self) -> list[tuple[int, int]]:
+        if self.shapes is not None:
+            return sorted(set(self.shapes))
         return [(s, b) for s in self.slices for b in self.batch]

@@ -200,7 +200,12 @@ def starter_bundle(methods: Sequence[MethodSpec], *, max_length: int, lora_layer
 
     slices = {1} | {m.slices for m in methods if m.kind == "zo"}
     batches = {1} | {m.batch for m in methods}
+    # scoring (1 x 1), held-out loss (1 x the biggest batch) and each ZO method's own shape:
+    # not the whole grid, whose biggest corner (32 slices x 16 sequences) nothing loads
+    shapes = {(1, 1), (1, max(batches))} | {(m.slices, m.batch) for m in methods
+                                             if m.kind == "zo"}
     opts = ExportOptions(slices=tuple(sorted(slices)), batch=tuple(sorted(batches)),
+                         shapes=tuple(sorted(shapes)),
                          max_length=max_length, max_context=max(128, max_length),
                          prefill_chunk=16, seed=0, lora_layers=lora_layers, rank=rank,
                          alpha=2.0 * rank, quantize=quantize,

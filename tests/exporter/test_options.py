@@ -36,6 +36,16 @@ def test_shapes_are_the_cross_product():
     assert opts.train_shapes() == [(1, 1), (1, 2), (2, 1), (2, 2), (8, 1), (8, 2)]
 
 
+def test_explicit_shapes_pick_from_the_grid():
+    opts = ExportOptions(slices=(1, 8, 32), batch=(1, 4, 16),
+                         shapes=((32, 1), (1, 1), (8, 4), (1, 16), (1, 1)))
+    assert opts.train_shapes() == [(1, 1), (1, 16), (8, 4), (32, 1)]
+    with pytest.raises(ValidationError, match=r"outside it: \[\(2, 1\)\]"):
+        ExportOptions(slices=(1, 8), batch=(1,), shapes=((2, 1),))
+    with pytest.raises(ValidationError, match="non-empty"):
+        ExportOptions(shapes=())
+
+
 def test_unknown_quantize_scheme_is_rejected():
     assert ExportOptions(quantize="8da4w").quantize == "8da4w"
     with pytest.raises(ValidationError):
