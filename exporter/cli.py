@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target tokens per training sequence that reach the LM head (default: "
                         "max-length - 1, all; e.g. the longest response you train on: faster "
                         "when prompts are long)")
+    p.add_argument("--head-rows", type=int, default=512,
+                   help="target rows per call of the LM head while training (default 512): "
+                        "bounds its [rows, vocab] logits, the biggest tensor of a step")
     p.add_argument("--max-context", type=int, default=1024, help="generation context (KV cache)")
     p.add_argument("--prefill-chunk", type=int, default=32)
     p.add_argument("--backend", choices=["xnnpack", "portable"], default="xnnpack")
@@ -78,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_context=args.max_context, prefill_chunk=args.prefill_chunk,
             backend=args.backend, quantize=args.quantize, seed=args.seed,
             bench_forward=args.bench_forward, max_targets=args.max_targets,
-            train_only=args.train_only,
+            train_only=args.train_only, head_rows=args.head_rows,
         )
     except ValidationError as exc:
         msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

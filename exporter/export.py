@@ -158,7 +158,15 @@ def _install(staging: Path, out: Path) -> None:
 def _export_into(ckpt: Checkpoint, staging: Path, opts: ExportOptions, source: str,
                  random_weights: bool, note: str) -> BundleManifest:
     from exporter.lower import lower_methods
-    from exporter.model import Decoder, InferStep, KVCache, TrainForward, TrainMethod
+    from exporter.model import (
+        Decoder,
+        HeadLoss,
+        InferStep,
+        KVCache,
+        LossMethod,
+        TrainForward,
+        TrainMethod,
+    )
 
     hf = load_model(ckpt)
     num_params = sum(p.numel() for p in hf.parameters())
@@ -181,7 +189,7 @@ def _export_into(ckpt: Checkpoint, staging: Path, opts: ExportOptions, source: s
         lora=LoraSpec(rank=opts.rank, alpha=opts.alpha, targets=opts.targets, layers=layers,
                       num_params=1, a_sha256=""),
         train=TrainProgramSpec(max_length=opts.max_length, max_targets=opts.target_window(),
-                               shapes=tuple(
+                               head_rows=opts.head_rows, shapes=tuple(
             TrainShape(method=train_method_name(s, b), slices=s, batch=b) for s, b in shapes)),
         infer=None if opts.train_only else InferProgramSpec(
             max_context=opts.max_context, prefill_chunk=opts.prefill_chunk),
@@ -204,22 +212,35 @@ def _export_into(ckpt: Checkpoint, staging: Path, opts: ExportOptions, source: s
     core = Decoder(hf, layout, lora_a)
     quantize_base(core, opts.quantize)  # base linears only; no-op for 'none'
     t, k, p = opts.max_length, opts.target_window(), layout.num_params
-    def method(slices: int, batch: int, **kw) -> tuple[TrainMethod, tuple]:  # noqa: ANN003
-        m = TrainMethod(TrainForward(core, slices=slices, batch=batch, max_length=t,
-                                     max_targets=k, loss_chunk=opts.loss_chunk, **kw))
-        return m, m.example_args(p)
+    def forward(slices: int, batch: int, **kw) -> TrainForward:  # noqa: ANN003
+        return TrainForward(core, slices=slices, batch=batch, max_length=t, max_targets=k,
+                            loss_chunk=opts.loss_chunk, **kw)
 
-    methods = {train_method_name(s, b): method(s, b) for s, b in shapes}
+    def train_methods(shape_list: list[tuple[int, int]]) -> dict[str, tuple]:
+        methods: dict[str, tuple] = {}
+        for s, b in shape_list:
+            m = TrainMethod(forward(s, b))
+            methods[train_method_name(s, b)] = (m, m.example_args(p))
+        head = HeadLoss(core)
+        rows = torch.export.Dim("rows", min=1, max=opts.head_rows)
+        methods[manifest.train.head_method] = (head, head.example_args(opts.head_rows),
+                                               ({0: rows}, {0: rows}))
+        return methods
+
+    methods = train_methods(shapes)
     log.info("lowering train program: %s", ", ".join(methods))
     lower_methods(methods, staging / manifest.train.program, backend=opts.backend)
     if opts.bench_forward:
         rows = max(opts.slices) * max(opts.batch)
-        bench = {forward_method_name(rows): method(rows, 1, lora=False),
-                 adapter_forward_method_name(rows): method(1, rows)}
+        bench = {}
+        for name, fwd in ((forward_method_name(rows), forward(rows, 1, lora=False)),
+                          (adapter_forward_method_name(rows), forward(1, rows))):
+            m = LossMethod(fwd)
+            bench[name] = (m, m.example_args(p))
         log.info("lowering benchmark forwards: %s", ", ".join(bench))
         lower_methods(bench, staging / BENCH_FORWARD_PROGRAM, backend=opts.backend)
-        alone = {train_method_name(1, b): method(1, b) for b in opts.batch}
-        lower_methods(alone, staging / BENCH_INFER_PROGRAM, backend=opts.backend)
+        lower_methods(train_methods([(1, b) for b in opts.batch]),
+                      staging / BENCH_INFER_PROGRAM, backend=opts.backend)
 
     if manifest.infer is not None:
         cache = KVCache(shape.num_layers, opts.max_context, shape.num_kv_heads, shape.head_dim)

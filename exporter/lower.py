@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +25,12 @@ def _partitioners(backend: str) -> list:
     return [XnnpackPartitioner()]
 
 
-def lower_methods(methods: Mapping[str, tuple[nn.Module, tuple]], out: Path, *, backend: str,
+def lower_methods(methods: Mapping[str, tuple], out: Path, *, backend: str,
                   share_mutable_buffers: bool = False) -> dict[str, int]:
-    """Export each ``name -> (module, example_args)`` statically and write one ``.pte``.
+    """Export each ``name -> (module, example_args[, dynamic_shapes])`` and write one ``.pte``.
+
+    Methods are static unless given ``dynamic_shapes`` (torch.export's argument): only the
+    head-loss method is dynamic, in its row count, which XNNPACK's linear and softmax take.
 
     Returns the number of delegate calls per method (a regression guard: a delegation break
     shows up as a jump from ~1-2 to dozens).
@@ -37,9 +39,10 @@ def lower_methods(methods: Mapping[str, tuple[nn.Module, tuple]], out: Path, *, 
     from executorch.exir.passes import MemoryPlanningPass
 
     eps = {}
-    for name, (module, args) in methods.items():
+    for name, (module, args, *dynamic) in methods.items():
         with torch.no_grad():
-            eps[name] = torch.export.export(module.eval(), args, strict=False)
+            eps[name] = torch.export.export(module.eval(), args, strict=False,
+                                            dynamic_shapes=dynamic[0] if dynamic else None)
     edge = to_edge_transform_and_lower(eps, partitioner=_partitioners(backend))
     delegates = {}
     for name in methods:

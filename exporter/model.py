@@ -12,7 +12,12 @@ shapes (shared/DESIGN.md §3, "what got nearly everything delegated"):
 - Attention is explicit 3-D ``bmm`` with an additive causal mask.
 - The loss is softmax → gather → log (XNNPACK has no log_softmax), computed only at the
   target positions (a static window of K per sequence, gathered before the final norm and the
-  LM head) and chunked, so the [N, K, vocab] logits never exist all at once.
+  LM head). In ``train.pte`` the head and the loss are a method of their own
+  (:class:`HeadLoss`, dynamic in its rows) that the runtime calls on chunks of the S·b·K
+  target rows, so the [rows, vocab] logits stay bounded however many slices a step runs.
+  (Chunking inside one method does not bound them: XNNPACK fuses the chunks into one
+  partition that outputs them all at once, and a chunk per partition packs the head's
+  weights once per chunk.)
 
 MP-LoRA (arXiv 2409.15520 §3.2), per LoRA'd linear with S slices of b sequences::
 
@@ -283,13 +288,20 @@ class TrainForward(nn.Module):
         window = target_window(loss_mask, self.max_targets)
         return self.windowed(tokens, window.positions, window.weights, lora_b)
 
-    def windowed(self, tokens: Tensor, target_pos: Tensor, target_weight: Tensor,
-                 lora_b: Tensor) -> Tensor:
+    def target_hidden(self, tokens: Tensor, target_pos: Tensor, lora_b: Tensor) -> Tensor:
+        """Normed hidden states at the K target positions of every row: [S·b·K, d], rows
+        slice-major (what the LM head scores; the ``train.pte`` methods return this)."""
         s, b, t, k = self.slices, self.batch, self.length, self.max_targets
         d = self.core.dims.hidden
         h = self.trunk(tokens, lora_b).reshape(s * b * t, d)
         flat = (target_pos.repeat(s, 1) + self.row_start).reshape(s * b * k)
-        h = self.core.norm(torch.index_select(h, 0, flat).reshape(s * b, k, d))
+        return self.core.norm(torch.index_select(h, 0, flat))
+
+    def windowed(self, tokens: Tensor, target_pos: Tensor, target_weight: Tensor,
+                 lora_b: Tensor) -> Tensor:
+        s, b, k = self.slices, self.batch, self.max_targets
+        d = self.core.dims.hidden
+        h = self.target_hidden(tokens, target_pos, lora_b).reshape(s * b, k, d)
         targets = torch.gather(tokens, 1, target_pos + 1).repeat(s, 1)  # [S·b, K]
         nll_parts = []
         for start in range(0, k, self.loss_chunk):  # static loop: bounded logits memory
@@ -304,8 +316,48 @@ class TrainForward(nn.Module):
 
 
 class TrainMethod(nn.Module):
-    """What a ``train.pte`` method is exported from:
-    ``(tokens[b,T], target_pos[b,K], target_weight[b,K], lora_b[S,P]) -> losses[S]``."""
+    """What a ``train.pte`` shape method is exported from:
+    ``(tokens[b,T], target_pos[b,K], lora_b[S,P]) -> hidden[S·b·K, d]``.
+
+    The LM head and the loss are the program's separate ``head_loss`` method
+    (:class:`HeadLoss`), which the runtime calls on chunks of these rows: its logits are the
+    biggest tensor of a step ([rows, vocab]), and a chunk bounds them, whatever S·b·K is.
+    """
+
+    def __init__(self, fwd: TrainForward) -> None:
+        super().__init__()
+        self.fwd = fwd
+
+    def forward(self, tokens: Tensor, target_pos: Tensor, lora_b: Tensor) -> Tensor:
+        return self.fwd.target_hidden(tokens, target_pos, lora_b)
+
+    def example_args(self, num_params: int) -> tuple[Tensor, Tensor, Tensor]:
+        f = self.fwd
+        return (torch.zeros(f.batch, f.length, dtype=torch.long),
+                torch.zeros(f.batch, f.max_targets, dtype=torch.long),
+                torch.zeros(f.slices, num_params))
+
+
+class HeadLoss(nn.Module):
+    """``(hidden[R, d], targets[R]) -> nll[R]``: the LM head and −log p(target), R dynamic up
+    to the bundle's ``head_rows``. Softmax → gather → log, as XNNPACK has no log_softmax."""
+
+    def __init__(self, core: Decoder) -> None:
+        super().__init__()
+        self.core = core
+
+    def forward(self, hidden: Tensor, targets: Tensor) -> Tensor:
+        probs = torch.softmax(self.core.lm_head(hidden), dim=-1)
+        p = torch.gather(probs, 1, targets.unsqueeze(1)).squeeze(1)
+        return -torch.log(p.clamp_min(1e-30))
+
+    def example_args(self, rows: int) -> tuple[Tensor, Tensor]:
+        return (torch.zeros(rows, self.core.dims.hidden), torch.zeros(rows, dtype=torch.long))
+
+
+class LossMethod(nn.Module):
+    """One-method loss ``(tokens, target_pos, target_weight, lora_b) -> losses[S]``: the
+    benchmark's forwards (bench_forward.pte), where the head stays inside the method."""
 
     def __init__(self, fwd: TrainForward) -> None:
         super().__init__()

@@ -43,6 +43,10 @@ class ExportOptions(BaseModel):
         description="target positions per sequence that reach the LM head (None: max_length-1,"
                     " every position; smaller is faster when responses are shorter than T)")
     loss_chunk: int = Field(default=128, ge=1, description="target chunk of the in-graph loss")
+    head_rows: int = Field(
+        default=512, ge=1, le=65536,
+        description="most target rows one head_loss call scores: its [rows, vocab] logits "
+                    "are a step's biggest tensor (512 x 32000 floats = 65 MB)")
     train_only: bool = Field(
         default=False, description="skip infer.pte (benchmark bundles: they never serve)")
     bench_forward: bool = Field(

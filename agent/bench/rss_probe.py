@@ -51,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     from executorch.runtime import Runtime
     from transformers import LlamaForCausalLM, Qwen2ForCausalLM  # noqa: F401
 
-    from agent.bench.zo import BenchMethod, bench_mask
+    from agent.bench.zo import bench_mask
     from agent.core.bundle import lora_layout_of, read_manifest
     from agent.core.zo import zo_step
     from agent.io.runtime import TrainProgram  # imports executorch for every kind
-    from exporter.export import BENCH_INFER_PROGRAM, train_method_name
+    from exporter.export import BENCH_INFER_PROGRAM
     from exporter.model import Decoder, TrainForward
     from exporter.reference import load_base_model, load_lora_a
 
@@ -68,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     base_kb = _status_kb("VmRSS")
     _reset_peak()
     out = {"weights_mb": m.model.num_params * 4 / MB}
-    if args.kind == "infer":  # the S = 1 method in a program of its own (see exporter.export)
-        fwd = BenchMethod(args.bundle / BENCH_INFER_PROGRAM, train_method_name(1, b), m)
+    if args.kind == "infer":  # the S = 1 methods in a program of their own (exporter.export)
+        fwd = TrainProgram(args.bundle, slices=1, batch=b, program_file=BENCH_INFER_PROGRAM)
         out["load_mb"] = (_status_kb("VmRSS") - base_kb) / 1024
-        fwd(tokens, mask)
+        fwd.losses(tokens, mask, torch.zeros(1, m.lora.num_params))
     elif args.kind == "prge":
         prog = TrainProgram(args.bundle, slices=2 * q, batch=b)
         out["load_mb"] = (_status_kb("VmRSS") - base_kb) / 1024

@@ -107,7 +107,7 @@ def bench_bundle(workdir: Path, shape: str, q: int, b: int, seq: int, lora_layer
     from exporter.options import ExportOptions
 
     out = workdir / f"{shape}-q{q}-b{b}-T{seq}-{lora_layers}-{loss_window}"
-    if (out / "manifest.json").is_file() and _has_methods(out, q, b):
+    if _has_methods(out, q, b):
         return out
     opts = ExportOptions(slices=(1, 2 * q), batch=(b,), max_length=seq, lora_layers=lora_layers,
                          bench_forward=True, train_only=True,
@@ -121,9 +121,12 @@ def bench_bundle(workdir: Path, shape: str, q: int, b: int, seq: int, lora_layer
 
 
 def _has_methods(bundle: Path, q: int, b: int) -> bool:
-    """Whether a kept bench bundle has every program and method this version measures."""
+    """Whether a kept bench bundle is of this format and has every program and method this
+    version measures (else it is exported again)."""
     from executorch.runtime import Runtime
 
+    from agent.core.bundle import read_manifest
+    from agent.errors import BundleError
     from exporter.export import (
         BENCH_FORWARD_PROGRAM,
         BENCH_INFER_PROGRAM,
@@ -131,6 +134,10 @@ def _has_methods(bundle: Path, q: int, b: int) -> bool:
         forward_method_name,
     )
 
+    try:
+        read_manifest(bundle)
+    except BundleError:
+        return False
     if not (bundle / BENCH_INFER_PROGRAM).is_file() or not (
             bundle / BENCH_FORWARD_PROGRAM).is_file():
         return False

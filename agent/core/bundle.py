@@ -23,10 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from agent.core.lora_layout import LoraLayout
 from agent.errors import BundleError
 
-BUNDLE_FORMAT_VERSION = 2  # 2: train methods take the packed target window
+# 2: train methods take the packed target window; 3: they return the target rows' hidden states
+# and the program's head_loss method scores them in chunks
+BUNDLE_FORMAT_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 TRAIN_PROGRAM = "train.pte"
 INFER_PROGRAM = "infer.pte"
+HEAD_METHOD = "head_loss"
 ADAPTER_DIR = "adapter"
 TOKENIZER_DIR = "tokenizer"
 
@@ -80,6 +83,10 @@ class TrainProgramSpec(_Strict):
         ge=1, description="K: target positions per sequence that reach the LM head "
         "(agent/core/targets.py); at most max_length - 1")
     shapes: tuple[TrainShape, ...]
+    head_method: str = HEAD_METHOD
+    head_rows: int = Field(
+        ge=1, description="most target rows per head_loss call: bounds the [rows, vocab] "
+        "logits of a step whatever its slices x batch x max_targets")
 
     def method_for(self, slices: int, batch: int) -> TrainShape | None:
         return next((s for s in self.shapes if s.slices == slices and s.batch == batch), None)

@@ -1,8 +1,10 @@
 """Thin adapter over the ExecuTorch runtime: the only module that imports ``executorch.runtime``.
 
 - :class:`TrainProgram`: one method of a bundle's ``train.pte`` (one static (slices, batch)
-  shape), ``losses(tokens, loss_mask, lora_b) -> [S]``; the mask is packed into the program's
-  target window here (agent/core/targets.py).
+  shape) and its ``head_loss`` method, ``losses(tokens, loss_mask, lora_b) -> [S]``; the mask
+  is packed into the program's target window here (agent/core/targets.py), the shape method
+  returns the hidden states at the targets, and the head scores them ``head_rows`` at a time,
+  so the [rows, vocab] logits stay bounded however many slices a step runs.
 - :class:`InferProgram`: the ``prefill``/``decode`` methods of ``infer.pte``; they share the
   KV cache (mutable buffers exported with ``share_mutable_buffers``), and take LoRA-B as an
   input on every call, so switching adapters costs nothing.
@@ -50,10 +52,13 @@ class TrainProgram:
         batch: b, sequences per slice.
         threads: accepted for interface symmetry; the ExecuTorch thread pool is process-wide
             and resizing it at run time deadlocked (DESIGN §3), so pin threads with taskset.
+        program_file: load the methods from this file of the bundle instead of ``train.pte``
+            (the benchmark's ``bench_infer.pte``, which holds the bundle's S = 1 shapes alone).
     """
 
     def __init__(self, bundle_dir: Path, *, slices: int, batch: int,
-                 threads: int | None = None,  manifest: BundleManifest | None = None) -> None:
+                 threads: int | None = None, manifest: BundleManifest | None = None,
+                 program_file: str | None = None) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest or read_manifest(self.bundle_dir)
         spec = self.manifest.train
@@ -71,8 +76,11 @@ class TrainProgram:
         self.num_params = self.manifest.lora.num_params
         self.threads = threads
         self.dropped_targets = 0  # targets beyond the window so far (see agent/core/targets.py)
-        self._program = _load_program(self.bundle_dir / spec.program)
+        self.head_rows = spec.head_rows
+        # program_file: a benchmark's copy of the methods (bench_infer.pte), same interface
+        self._program = _load_program(self.bundle_dir / (program_file or spec.program))
         self._method = self._program.load_method(shape.method)
+        self._head = self._program.load_method(spec.head_method)
         self.method_name = shape.method
 
     def losses(self, tokens: torch.Tensor, loss_mask: torch.Tensor,
@@ -110,9 +118,22 @@ class TrainProgram:
                             "larger --max-targets to train on whole long responses",
                             self.bundle_dir, self.max_targets, window.dropped)
             self.dropped_targets += window.dropped
-        out = self._method.execute([tokens.contiguous(), window.positions, window.weights,
-                                    lora_b.contiguous()])
-        return out[0].clone()
+        hidden = self._method.execute([tokens.contiguous(), window.positions,
+                                       lora_b.contiguous()])[0]  # [S·b·K, d], slice-major
+        targets = torch.gather(tokens, 1, window.positions + 1).repeat(self.slices, 1)
+        nll = self._head_nll(hidden, targets.reshape(-1))
+        weights = window.weights.reshape(1, -1)
+        per_slice = (nll.reshape(self.slices, -1) * weights).sum(dim=1)
+        return per_slice / window.weights.sum().clamp_min(1.0)
+
+    def _head_nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """−log p(target) of every row, ``head_rows`` rows per call of the head method."""
+        parts = []
+        for start in range(0, hidden.shape[0], self.head_rows):
+            stop = start + self.head_rows
+            parts.append(self._head.execute([hidden[start:stop].contiguous(),
+                                             targets[start:stop].contiguous()])[0].clone())
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 class InferProgram:

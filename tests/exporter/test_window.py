@@ -47,7 +47,7 @@ def test_train_only_bundle_refuses_to_serve(windowed_bundle):
 def test_bench_programs_equal_the_train_method(windowed_bundle):
     """``mobizo-bench zo``'s programs compute the loss a train slice computes: the t_fwd
     forwards with one adapter for all 2q·b rows (unmerged, as serving runs it) and with no
-    LoRA (B = 0), and the S = 1 method alone in bench_infer.pte."""
+    LoRA (B = 0), and the S = 1 methods alone in bench_infer.pte."""
     from executorch.runtime import Runtime
 
     from agent.core.targets import target_window
@@ -56,7 +56,6 @@ def test_bench_programs_equal_the_train_method(windowed_bundle):
         BENCH_INFER_PROGRAM,
         adapter_forward_method_name,
         forward_method_name,
-        train_method_name,
     )
 
     m = read_manifest(windowed_bundle)
@@ -78,8 +77,8 @@ def test_bench_programs_equal_the_train_method(windowed_bundle):
     with_adapter = run(BENCH_FORWARD_PROGRAM, adapter_forward_method_name(rows),
                        tokens.repeat(2, 1), mask.repeat(2, 1), row)
     torch.testing.assert_close(with_adapter[0], want[0], rtol=1e-5, atol=1e-5)
-    alone = run(BENCH_INFER_PROGRAM, train_method_name(1, 2), tokens, mask, row)
-    torch.testing.assert_close(alone[0], want[0], rtol=1e-5, atol=1e-5)
+    alone = TrainProgram(windowed_bundle, slices=1, batch=2, program_file=BENCH_INFER_PROGRAM)
+    torch.testing.assert_close(alone.losses(tokens, mask, row)[0], want[0], rtol=1e-5, atol=1e-5)
     merged = run(BENCH_FORWARD_PROGRAM, forward_method_name(rows), tokens[:1], mask[:1], zero)
     first_only = train.losses(tokens[:1].repeat(2, 1), mask[:1].repeat(2, 1),
                               torch.zeros(2, row.shape[1]))

@@ -37,7 +37,7 @@ def make_bundle(root: Path, *, seed: int = 0, weights_sha: str = "w" * 64) -> Pa
         created_at="2026-01-01T00:00:00Z",
         base=BaseCheckpoint(source="tiny", sha256=weights_sha, random_weights=True),
         model=shape, lora=lora,
-        train=TrainProgramSpec(max_length=16, max_targets=15,
+        train=TrainProgramSpec(max_length=16, max_targets=15, head_rows=8,
                                shapes=(TrainShape(method="s2b1", slices=2, batch=1),)),
         infer=InferProgramSpec(max_context=32, prefill_chunk=8),
         tokenizer=TokenizerSpec(),
