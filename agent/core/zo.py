@@ -98,10 +98,11 @@ class StepBuffers:
     """Host memory a step reuses: the B stack [S, P] and the directions (q, or MeZO's 1) [·, P].
 
     A 1.5M-value B makes each row 6 MB; allocating the stack, the directions and the perturbed
-    rows afresh every step costs page faults and copies worth several % of a P-RGE step on a
-    small CPU (shared/DESIGN.md §3 budgets host work at 1–2 %). Callers that run many steps
-    (the trainer, the benchmarks) keep one instance; the values computed are bit-identical
-    either way.
+    rows afresh every step cost page faults and copies: 260 ms of host work per q = 4 step on
+    the busy 2-core CI machine (~15 % of a 110M P-RGE step), against 65 ms with reused
+    buffers, fused row writes and the update reusing the drawn z (shared/DESIGN.md §3 budgets
+    host work at 1–2 %). Callers that run many steps (the trainer, the benchmarks) keep one
+    instance; the values computed are bit-identical either way.
     """
 
     def __init__(self) -> None:
