@@ -24,20 +24,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Final, Literal, get_args
+from typing import Final
 
 import torch
 from torch import nn
 
-from agent.core.bundle import BundleManifest
+from agent.core.bundle import QUANT_SCHEMES, BundleManifest, QuantScheme
 from agent.core.lora_layout import LoraLayout
 from agent.errors import ExportError
 from agent.training.quant_guard import MIN_EPSILON, epsilon_warning  # noqa: F401 (re-export)
 
 log = logging.getLogger(__name__)
 
-Scheme = Literal["none", "8da8w", "8da4w"]
-SCHEMES: Final[tuple[str, ...]] = get_args(Scheme)
+Scheme = QuantScheme
+SCHEMES = QUANT_SCHEMES
 INT4_GROUP: Final[int] = 32
 
 # Max |Δloss| between an exported quantized program and the eager model quantized the same way.

@@ -22,17 +22,14 @@ import time
 from pathlib import Path
 
 HELP = "per-scheme speed of a model's base linears on this CPU (is int8 faster here?)"
-SCHEMES = ("none", "8da8w", "8da4w")
 # CPU features that decide int8 GEMM speed (x86 /proc/cpuinfo "flags", Arm "Features")
 INT8_FEATURES = ("avx512_vnni", "avx_vnni", "avx512bw", "avx2", "asimddp", "i8mm", "sve")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shape", choices=["starter", "110m"], default="110m")
-    p.add_argument("--q", type=int, default=4)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--schemes", nargs="+", choices=SCHEMES, default=list(SCHEMES))
+    from agent.bench.zo_quant import add_step_arguments
+
+    add_step_arguments(p)
     p.add_argument("--repeats", type=int, default=10, help="timed calls per linear and round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (best is kept)")
     p.add_argument("--json", type=Path, help="write the results as a JSON list here")

@@ -9,11 +9,11 @@ checks only: they run before any export and say what to do instead.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final, get_args
+from typing import Final
 
-from agent.core.bundle import QuantScheme
+from agent.core.bundle import QUANT_SCHEMES
 
-SCHEMES: Final[tuple[str, ...]] = get_args(QuantScheme)
+SCHEMES = QUANT_SCHEMES
 # exporter.quantize.INT4_GROUP; repeated here so the CLI's checks need no torch import
 # (tests/bench/test_learn_quant.py keeps the two equal).
 INT4_GROUP: Final[int] = 32

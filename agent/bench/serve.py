@@ -39,10 +39,10 @@ from typing import Any, cast
 
 import numpy as np
 
-from agent.core.bundle import QuantScheme
+from agent.core.bundle import QUANT_SCHEMES, QuantScheme
 
 HELP = "inference service vs eager transformers: tokens/s, adapter switch latency"
-SCHEMES = ("none", "8da8w", "8da4w")  # mobizo-export --quantize
+SCHEMES = QUANT_SCHEMES
 
 
 def parse_schemes(text: str) -> tuple[QuantScheme, ...]:

@@ -26,19 +26,24 @@ import json
 import time
 from pathlib import Path
 
-from agent.core.bundle import QuantScheme
+from agent.core.bundle import QUANT_SCHEMES, QuantScheme
 
 HELP = "fp32 vs 8da8w vs 8da4w base: step time, peak memory, .pte size, g_i fidelity"
-SCHEMES = ("none", "8da8w", "8da4w")
+SCHEMES = QUANT_SCHEMES
 MB = 1024 * 1024
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_step_arguments(p: argparse.ArgumentParser) -> None:
+    """The P-RGE step whose schemes are compared (also ``mobizo-bench kernels``'s)."""
     p.add_argument("--shape", choices=["starter", "110m"], default="110m")
     p.add_argument("--q", type=int, default=4)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--schemes", nargs="+", choices=SCHEMES, default=list(SCHEMES))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_step_arguments(p)
     p.add_argument("--eps", type=float, default=1e-2)
     p.add_argument("--repeats", type=int, default=7, help="timed steps per scheme")
     p.add_argument("--corr-steps", type=int, default=6, help="steps of q g_i each")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -35,6 +35,7 @@ TOKENIZER_DIR = "tokenizer"
 
 Backend = Literal["xnnpack", "portable"]
 QuantScheme = Literal["none", "8da8w", "8da4w"]
+QUANT_SCHEMES: Final[tuple[str, ...]] = get_args(QuantScheme)  # mobizo-export --quantize
 
 
 class _Strict(BaseModel):
