@@ -194,7 +194,7 @@ def starter_bundle(methods: Sequence[MethodSpec], *, max_length: int, lora_layer
     problem = scheme_problem(quantize, starter_linear_inputs())
     if problem:
         raise ValueError(problem)
-    from agent.core.bundle import read_manifest
+    from agent.core.bundle import is_usable
     from exporter.export import export_bundle
     from exporter.options import ExportOptions
 
@@ -212,12 +212,9 @@ def starter_bundle(methods: Sequence[MethodSpec], *, max_length: int, lora_layer
                          train_only=True)  # scoring uses the train program and the eager twin
     key = hashlib.sha256(opts.model_dump_json().encode()).hexdigest()[:10]
     out = Path(cache_dir) / f"starter-{key}"
-    try:
-        read_manifest(out)
+    if is_usable(out):
         log.info("using the cached bundle %s", out)
         return out
-    except MobizoError:
-        pass
     log.info("exporting the starter bundle to %s (shapes S=%s x b=%s, T=%d, quantize %s; "
              "minutes, once)", out, sorted(slices), sorted(batches), max_length, quantize)
     out.parent.mkdir(parents=True, exist_ok=True)

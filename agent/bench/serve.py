@@ -239,11 +239,12 @@ def starter_int4_problem() -> str | None:
 
 def starter_bundle(workdir: Path, scheme: QuantScheme, max_context: int) -> Path:
     """Export (once, then reuse) the starter bundle quantized with ``scheme`` for serving."""
+    from agent.core.bundle import is_usable
     from exporter.export import export_bundle
     from exporter.options import ExportOptions
 
     out = workdir / f"serve-starter-{scheme}-ctx{max_context}"
-    if (out / "manifest.json").is_file():
+    if is_usable(out):  # kept from an earlier run, of this bundle format
         return out
     # serving only needs infer.pte; one tiny train method keeps the export short
     opts = ExportOptions(slices=(1,), batch=(1,), max_length=16, max_context=max_context,

@@ -125,8 +125,7 @@ def _has_methods(bundle: Path, q: int, b: int) -> bool:
     version measures (else it is exported again)."""
     from executorch.runtime import Runtime
 
-    from agent.core.bundle import read_manifest
-    from agent.errors import BundleError
+    from agent.core.bundle import is_usable
     from exporter.export import (
         BENCH_FORWARD_PROGRAM,
         BENCH_INFER_PROGRAM,
@@ -134,9 +133,7 @@ def _has_methods(bundle: Path, q: int, b: int) -> bool:
         forward_method_name,
     )
 
-    try:
-        read_manifest(bundle)
-    except BundleError:
+    if not is_usable(bundle):
         return False
     if not (bundle / BENCH_INFER_PROGRAM).is_file() or not (
             bundle / BENCH_FORWARD_PROGRAM).is_file():

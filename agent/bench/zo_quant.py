@@ -56,17 +56,13 @@ def quant_bundle(workdir: Path, shape: str, scheme: QuantScheme, q: int, b: int,
                  seq: int) -> Path:
     """Export (once) a bundle of ``scheme`` with the S = 2q method at batch b."""
     from agent.bench.zo import make_110m_checkpoint, response_targets
-    from agent.core.bundle import read_manifest
-    from agent.errors import BundleError
+    from agent.core.bundle import is_usable
     from exporter.export import export_bundle
     from exporter.options import ExportOptions
 
     out = workdir / f"{shape}-{scheme}-q{q}-b{b}-T{seq}-response"
-    try:
-        read_manifest(out)  # kept from an earlier run, and of this bundle format
+    if is_usable(out):  # kept from an earlier run
         return out
-    except BundleError:
-        pass
     # train-only: this benchmark never serves, and skipping infer.pte halves the export; the
     # loss window is the response half, as in `mobizo-bench zo` (its default --loss-window)
     opts = ExportOptions(slices=(2 * q,), batch=(b,), max_length=seq, quantize=scheme,

@@ -150,6 +150,16 @@ class BundleManifest(_Strict):
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def is_usable(bundle_dir: Path) -> bool:
+    """Whether ``bundle_dir`` holds a bundle this version reads (a kept export to reuse);
+    False where it is missing, incomplete or of another format, so it is exported again."""
+    try:
+        read_manifest(bundle_dir)
+    except BundleError:
+        return False
+    return True
+
+
 def read_manifest(bundle_dir: Path) -> BundleManifest:
     """Read and validate ``bundle_dir/manifest.json``; raise BundleError with a fix if unusable."""
     path = Path(bundle_dir) / MANIFEST_NAME
