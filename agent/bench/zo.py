@@ -226,13 +226,13 @@ def measure_times(bundle: Path, q: int, b: int, repeats: int) -> dict[str, float
 
 def _forward_time(program: Path, method: str, manifest, tokens, mask,  # noqa: ANN001
                   repeats: int) -> float:
-    fwd = BenchMethod(program, method, manifest)  # loaded here, freed on return
+    fwd = _ForwardMethod(program, method, manifest)  # loaded here, freed on return
     return _median_time(lambda: fwd(tokens, mask), repeats)
 
 
-class BenchMethod:
-    """A method of a benchmark program (bench_forward.pte / bench_infer.pte), called like a
-    train method with a zero adapter: ``(tokens, loss_mask) -> per-slice losses``."""
+class _ForwardMethod:
+    """A method of bench_forward.pte (its loss inside, as a one-method forward), called with a
+    zero adapter: ``(tokens, loss_mask) -> per-slice losses``."""
 
     def __init__(self, program: Path, method: str, manifest) -> None:  # noqa: ANN001
         import torch

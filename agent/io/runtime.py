@@ -77,7 +77,6 @@ class TrainProgram:
         self.threads = threads
         self.dropped_targets = 0  # targets beyond the window so far (see agent/core/targets.py)
         self.head_rows = spec.head_rows
-        # program_file: a benchmark's copy of the methods (bench_infer.pte), same interface
         self._program = _load_program(self.bundle_dir / (program_file or spec.program))
         self._method = self._program.load_method(shape.method)
         self._head = self._program.load_method(spec.head_method)
