@@ -28,8 +28,9 @@ offsets from the flat ``lora_b`` [S, P] program input (agent/core/lora_layout.py
 through ``bmm`` (an fp32 ``mm`` whose weight is an input is not delegated).
 
 Rows are slice-major: row ``s·b + j`` is sequence j evaluated with slice s. With LoRA only on
-the last k layers, the frozen prefix runs once on the b sequences and the hidden state is
-repeated S times at the first LoRA'd layer ("prefix sharing", DESIGN §3).
+the last k layers, the frozen prefix runs once on the b sequences ("prefix sharing", DESIGN §3).
+The first LoRA'd block (block 0 with LoRA everywhere) still reads those b shared rows, so its
+frozen q/k/v projections run once too; the rows fork into S slices inside that block.
 """
 
 from __future__ import annotations
@@ -93,15 +94,29 @@ class LoraLinear(nn.Module):
             self.lora_a = nn.Linear(base.in_features, rank, bias=False)
             self.lora_a.weight = nn.Parameter(a_scaled.detach().clone(), requires_grad=False)
 
-    def forward(self, x: Tensor, lora_b: Tensor | None, slices: int) -> Tensor:
+    def forward(self, x: Tensor, lora_b: Tensor | None, slices: int,
+                shared_input: bool = False) -> Tensor:
+        """x [S·b, T, in] → [S·b, T, out]; with ``shared_input``, x [b, T, in] is the one
+        input of every slice (the first LoRA'd block after a shared prefix): the frozen
+        projection and x·A then run once on the b rows, and only the LoRA term per slice."""
         h = self.base(x)
-        if self.lora_a is None or lora_b is None:
-            return h
         n, t, _ = x.shape
-        xa = self.lora_a(x).reshape(slices, (n // slices) * t, self.rank)
-        bt = lora_b[:, self.offset : self.offset + self.rank * self.out_features]
-        bt = bt.reshape(slices, self.rank, self.out_features)
-        return h + torch.bmm(xa, bt).reshape(n, t, self.out_features)
+        r, out = self.rank, self.out_features
+        if self.lora_a is None or lora_b is None:
+            return h.repeat(slices, 1, 1) if shared_input else h
+        bt = lora_b[:, self.offset : self.offset + r * out].reshape(slices, r, out)
+        if not shared_input:
+            xa = self.lora_a(x).reshape(slices, (n // slices) * t, r)
+            return h + torch.bmm(xa, bt).reshape(n, t, out)
+        # One bmm against the S B's side by side, then a broadcast add of the shared frozen
+        # part: no repeat, which XNNPACK does not delegate (it would split the partition).
+        rows = n * t
+        b_side = bt.permute(1, 0, 2).reshape(1, r, slices * out)
+        delta = torch.bmm(self.lora_a(x).reshape(1, rows, r), b_side)  # [1, rows, S·out]
+        delta = delta.reshape(rows, slices, out).permute(1, 0, 2)  # [S, rows, out]
+        # contiguous: traced on a permuted tensor, RoPE's matmul would become expand + bmm,
+        # and the expands split the partition again
+        return (delta + h.reshape(1, rows, out)).contiguous().reshape(slices * n, t, out)
 
 
 class Block(nn.Module):
@@ -132,13 +147,14 @@ class Block(nn.Module):
         return x * cos + torch.matmul(x, rot) * sin
 
     def qkv(self, x: Tensor, lora_b: Tensor | None, slices: int, cos: Tensor, sin: Tensor,
-            rot: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Normed input → roped q [N,T,H,hd], k [N,T,KV,hd], v [N,T,KV,hd]."""
+            rot: Tensor, shared_input: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """Normed input → roped q [N,T,H,hd], k [N,T,KV,hd], v [N,T,KV,hd] (N = S·b; the
+        input is [b, T, d] when ``shared_input``, see LoraLinear.forward)."""
         d = self.dims
-        n, t, _ = x.shape
-        q = self.q_proj(x, lora_b, slices).reshape(n, t, d.heads, d.head_dim)
-        k = self.k_proj(x, lora_b, slices).reshape(n, t, d.kv_heads, d.head_dim)
-        v = self.v_proj(x, lora_b, slices).reshape(n, t, d.kv_heads, d.head_dim)
+        n, t = x.shape[0] * (slices if shared_input else 1), x.shape[1]
+        q = self.q_proj(x, lora_b, slices, shared_input).reshape(n, t, d.heads, d.head_dim)
+        k = self.k_proj(x, lora_b, slices, shared_input).reshape(n, t, d.kv_heads, d.head_dim)
+        v = self.v_proj(x, lora_b, slices, shared_input).reshape(n, t, d.kv_heads, d.head_dim)
         return self.rope(q, cos, sin, rot), self.rope(k, cos, sin, rot), v
 
     def mlp(self, x: Tensor, lora_b: Tensor | None, slices: int) -> Tensor:
@@ -267,14 +283,20 @@ class TrainForward(nn.Module):
             h = h.repeat(s, 1, 1)
             repeated = True
         for i, blk in enumerate(core.blocks):
-            if not repeated and i >= core.first_lora:
-                h = h.repeat(s, 1, 1)
-                repeated = True
-            lb = lora_b if (repeated and self.lora) else None
+            # The first LoRA'd block still reads the b shared rows: its q/k/v projections run
+            # once on them (LoraLinear's shared_input), and the rows fork into S slices there.
+            fork = not repeated and i >= core.first_lora and lora_b is not None
+            lb = lora_b if ((repeated or fork) and self.lora) else None
             x = blk.input_norm(h)
-            q, k, v = blk.qkv(x, lb, s if lb is not None else 1, self.cos, self.sin, core.rot)
+            q, k, v = blk.qkv(x, lb, s if lb is not None else 1, self.cos, self.sin, core.rot,
+                              shared_input=fork)
             o = attention(q, k, v, self.causal, core.scale, d.groups)
-            h = h + blk.o_proj(o, lb, s if lb is not None else 1)
+            o = blk.o_proj(o, lb, s if lb is not None else 1)
+            if fork:  # the shared residual broadcast over the slices (a repeat splits XNNPACK)
+                h = (o.reshape(s, -1, d.hidden) + h.reshape(1, -1, d.hidden)).reshape(o.shape)
+                repeated = True
+            else:
+                h = h + o
             h = h + blk.mlp(blk.post_norm(h), lb, s if lb is not None else 1)
         if not repeated:
             h = h.repeat(s, 1, 1)
@@ -306,9 +328,8 @@ class TrainForward(nn.Module):
         nll_parts = []
         for start in range(0, k, self.loss_chunk):  # static loop: bounded logits memory
             stop = min(start + self.loss_chunk, k)
-            probs = torch.softmax(self.core.lm_head(h[:, start:stop]), dim=-1)
-            p = torch.gather(probs, 2, targets[:, start:stop].unsqueeze(2)).squeeze(2)
-            nll_parts.append(-torch.log(p.clamp_min(1e-30)))
+            nll_parts.append(target_nll(self.core.lm_head, h[:, start:stop],
+                                        targets[:, start:stop]))
         nll = torch.cat(nll_parts, dim=1) if len(nll_parts) > 1 else nll_parts[0]
         weight = target_weight.reshape(1, b * k)
         per_slice = (nll.reshape(s, b * k) * weight).sum(dim=1)
@@ -338,18 +359,26 @@ class TrainMethod(nn.Module):
                 torch.zeros(f.slices, num_params))
 
 
+def target_nll(lm_head: nn.Module, hidden: Tensor, targets: Tensor) -> Tensor:
+    """−log p(target) under the LM head: hidden [..., d], targets [...] → [...].
+
+    Softmax → gather → log, as XNNPACK has no log_softmax; the clamp keeps an underflowed
+    probability finite."""
+    probs = torch.softmax(lm_head(hidden), dim=-1)
+    p = torch.gather(probs, -1, targets.unsqueeze(-1)).squeeze(-1)
+    return -torch.log(p.clamp_min(1e-30))
+
+
 class HeadLoss(nn.Module):
-    """``(hidden[R, d], targets[R]) -> nll[R]``: the LM head and −log p(target), R dynamic up
-    to the bundle's ``head_rows``. Softmax → gather → log, as XNNPACK has no log_softmax."""
+    """``(hidden[R, d], targets[R]) -> nll[R]``: the LM head and −log p(target)
+    (:func:`target_nll`), R dynamic up to the bundle's ``head_rows``."""
 
     def __init__(self, core: Decoder) -> None:
         super().__init__()
         self.core = core
 
     def forward(self, hidden: Tensor, targets: Tensor) -> Tensor:
-        probs = torch.softmax(self.core.lm_head(hidden), dim=-1)
-        p = torch.gather(probs, 1, targets.unsqueeze(1)).squeeze(1)
-        return -torch.log(p.clamp_min(1e-30))
+        return target_nll(self.core.lm_head, hidden, targets)
 
     def example_args(self, rows: int) -> tuple[Tensor, Tensor]:
         return (torch.zeros(rows, self.core.dims.hidden), torch.zeros(rows, dtype=torch.long))

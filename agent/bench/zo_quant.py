@@ -55,9 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def quant_bundle(workdir: Path, shape: str, scheme: QuantScheme, q: int, b: int,
                  seq: int) -> Path:
     """Export (once) a bundle of ``scheme`` with the S = 2q method at batch b."""
-    from agent.bench.zo import make_110m_checkpoint, response_targets
+    from agent.bench.zo import export_in_child, response_targets
     from agent.core.bundle import is_usable
-    from exporter.export import export_bundle
     from exporter.options import ExportOptions
 
     out = workdir / f"{shape}-{scheme}-q{q}-b{b}-T{seq}-response"
@@ -68,10 +67,7 @@ def quant_bundle(workdir: Path, shape: str, scheme: QuantScheme, q: int, b: int,
     opts = ExportOptions(slices=(2 * q,), batch=(b,), max_length=seq, quantize=scheme,
                          train_only=True, max_targets=response_targets(seq))
     t0 = time.monotonic()
-    if shape == "starter":
-        export_bundle(None, out, opts, preset="starter", force=True)
-    else:
-        export_bundle(make_110m_checkpoint(workdir / "ckpt-110m"), out, opts, force=True)
+    export_in_child(workdir, shape, out, opts)
     print(f"exported {out.name} in {time.monotonic() - t0:.0f} s", flush=True)
     return out
 

@@ -4,9 +4,10 @@ One step t, for a flat LoRA-B vector ``B`` [P] (shared/DESIGN.md §2):
 
 1. step seed ``s_t = mix(run_seed, t)`` — a pure function, so a resumed run redraws it;
 2. for i in 0..q−1: ``z_i = randn(P)`` from a ``torch.Generator`` seeded by ``mix(s_t, i)``;
-   the z_i live only within their step (a checkpoint holds B and the step, never a z):
-   P-RGE keeps the step's q directions beside its 2q-row B stack and reuses them for the
-   update; MeZO draws one at a time and regenerates each for the update;
+   the z_i live only within their step (a checkpoint holds B and the step, never a z).
+   MeZO draws one at a time and regenerates each for the update. P-RGE keeps the step's q
+   directions for the update while they fit :data:`DIRECTIONS_BUDGET_BYTES`, and otherwise
+   regenerates them too (see :class:`StepBuffers`);
 3. losses ``L⁺_i = L(B + ε z_i)``, ``L⁻_i = L(B − ε z_i)`` on the same batch;
 4. projected gradients ``g_i = (L⁺_i − L⁻_i) / (2ε)``, optionally clipped to ``|g_i| ≤ clip``;
 5. ZO-SGD: ``B ← B − lr · (1/q) Σ_i g_i z_i``.
@@ -94,19 +95,38 @@ def perturbation(seed_t: int, index: int, num_params: int,
     return torch.randn(num_params, generator=gen, dtype=torch.float32, out=out)
 
 
+# Keeping a P-RGE step's q directions for its update saves drawing them again (~7 ns per
+# value on these CPUs: 2 % of a q = 4 step of the 110M shape) but holds q·P floats beside the
+# 2q-row B stack. Past this budget memory is the scarcer resource: a board fine-tunes a model
+# that barely fits (a 1.1B Llama's q = 4 directions are 100 MB), while there the draws are
+# ~1 % of a step, since a step's compute grows with the model's width and P only with its rank.
+DIRECTIONS_BUDGET_BYTES = 32 * 1024 * 1024
+
+
 class StepBuffers:
-    """Host memory a step reuses: the B stack [S, P] and the directions (q, or MeZO's 1) [·, P].
+    """Host memory a step reuses: the B stack [S, P] and the directions (q, or one) [·, P].
 
     A 1.5M-value B makes each row 6 MB; allocating the stack, the directions and the perturbed
     rows afresh every step cost page faults and copies: 260 ms of host work per q = 4 step on
     the busy 2-core CI machine (~15 % of a 110M P-RGE step), against 65 ms with reused
     buffers, fused row writes and the update reusing the drawn z (shared/DESIGN.md §3 budgets
     host work at 1–2 %). Callers that run many steps (the trainer, the benchmarks) keep one
-    instance; the values computed are bit-identical either way.
+    instance; the values computed are bit-identical either way, and whether or not the
+    directions are kept (``directions_budget`` bytes, see :data:`DIRECTIONS_BUDGET_BYTES`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, directions_budget: int = DIRECTIONS_BUDGET_BYTES) -> None:
         self._tensors: dict[str, torch.Tensor] = {}
+        self.directions_budget = directions_budget
+
+    @property
+    def nbytes(self) -> int:
+        """Host memory held now."""
+        return sum(t.numel() * t.element_size() for t in self._tensors.values())
+
+    def keeps_directions(self, q: int, num_params: int) -> bool:
+        """Whether a P-RGE step keeps its q directions [q, P] for the update."""
+        return q * num_params * 4 <= self.directions_budget
 
     def get(self, name: str, *shape: int) -> torch.Tensor:
         """The float32 buffer ``name`` of ``shape`` (contents undefined), reused when it fits."""
@@ -135,16 +155,36 @@ def calls_per_step(mode: Mode, q: int) -> int:
     return {"mezo": 2 * q, "prge": 2, "prge-dual": 1}[mode]
 
 
-def _fill_perturbed(stack: torch.Tensor, rows: range, lora_b: torch.Tensor,
-                    zs: torch.Tensor, eps: float, sign: int) -> None:
-    """Write ``B + sign·ε·z_i`` into ``stack[rows[i]]`` for each direction ``zs[i]``.
+def _perturb_into(row: torch.Tensor, lora_b: torch.Tensor, z: torch.Tensor, eps: float,
+                  sign: int) -> None:
+    """Write ``B + sign·ε·z`` into ``row``: one fused pass, straight into the stack.
 
-    One fused pass per row, straight into the stack. Every mode builds its rows here, so the
-    modes' rows are bit-identical and their g_i agree to the program's rounding (tested).
+    Every mode builds its rows here, so the modes' rows are bit-identical and their g_i agree
+    to the program's rounding (tested).
     """
-    op = torch.add if sign > 0 else torch.sub
-    for row, z in zip(rows, zs, strict=True):
-        op(lora_b, z, alpha=eps, out=stack[row])
+    (torch.add if sign > 0 else torch.sub)(lora_b, z, alpha=eps, out=row)
+
+
+def _keeps_directions(buffers: StepBuffers, mode: Mode, q: int, p: int) -> bool:
+    """MeZO never keeps its directions (its users regenerate them); P-RGE within budget."""
+    return mode != "mezo" and buffers.keeps_directions(q, p)
+
+
+class _Directions:
+    """A step's z_i by index: drawn once up front when the buffers keep them, otherwise drawn
+    again into one scratch row each time one is asked for (the same bits either way)."""
+
+    def __init__(self, buffers: StepBuffers, seed_t: int, q: int, p: int, *, keep: bool) -> None:
+        self.seed_t, self.p, self.kept = seed_t, p, keep
+        self._rows = buffers.get("directions", q if self.kept else 1, p)
+        if self.kept:
+            for i in range(q):
+                perturbation(seed_t, i, p, out=self._rows[i])
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if self.kept:
+            return self._rows[i]
+        return perturbation(self.seed_t, i, self.p, out=self._rows[0])
 
 
 class _Caller:
@@ -209,8 +249,9 @@ def estimate(
         q: number of queries (random directions).
         eps: perturbation scale ε.
         buffers: host memory to reuse across steps (see :class:`StepBuffers`); after a
-            ``prge``/``prge-dual`` call ``buffers.get("directions", q, P)`` holds the z_i,
-            which :func:`zo_step` hands to the update instead of drawing them again.
+            ``prge``/``prge-dual`` call where ``buffers.keeps_directions(q, P)``,
+            ``buffers.get("directions", q, P)`` holds the z_i, which :func:`zo_step` hands
+            to the update instead of drawing them again.
 
     Raises:
         ValueError: if ``fn`` has too few slices for the mode.
@@ -227,28 +268,28 @@ def estimate(
     stack = buffers.get("stack", fn.slices, p)
     # rows a mode leaves unused hold the unperturbed B; their losses are ignored
     stack[need:].copy_(lora_b.expand(fn.slices - need, p))
-    if mode == "mezo":
-        # MeZO as its users run it: one direction at a time, regenerated for the update
-        z = buffers.get("directions", 1, p)
+    zs = _Directions(buffers, seed_t, q, p, keep=_keeps_directions(buffers, mode, q, p))
+    if mode == "mezo":  # MeZO as its users run it: one direction at a time
         plus, minus = [], []
         for i in range(q):
-            perturbation(seed_t, i, p, out=z[0])
-            _fill_perturbed(stack, range(1), lora_b, z, eps, +1)
+            z = zs[i]
+            _perturb_into(stack[0], lora_b, z, eps, +1)
             plus.append(float(call(stack, 1)[0]))
-            _fill_perturbed(stack, range(1), lora_b, z, eps, -1)
+            _perturb_into(stack[0], lora_b, z, eps, -1)
             minus.append(float(call(stack, 1)[0]))
         return Estimate(tuple(plus), tuple(minus), eps, call.seconds)
-    zs = buffers.get("directions", q, p)
-    for i in range(q):
-        perturbation(seed_t, i, p, out=zs[i])
     if mode == "prge":
-        _fill_perturbed(stack, range(q), lora_b, zs, eps, +1)
+        for i in range(q):
+            _perturb_into(stack[i], lora_b, zs[i], eps, +1)
         lp = call(stack, q)
-        _fill_perturbed(stack, range(q), lora_b, zs, eps, -1)
+        for i in range(q):
+            _perturb_into(stack[i], lora_b, zs[i], eps, -1)
         lm = call(stack, q)
     else:  # prge-dual: + rows 0..q-1, − rows q..2q-1
-        _fill_perturbed(stack, range(q), lora_b, zs, eps, +1)
-        _fill_perturbed(stack, range(q, 2 * q), lora_b, zs, eps, -1)
+        for i in range(q):
+            z = zs[i]
+            _perturb_into(stack[i], lora_b, z, eps, +1)
+            _perturb_into(stack[q + i], lora_b, z, eps, -1)
         both = call(stack, 2 * q)
         lp, lm = both[:q], both[q:]
     return Estimate(tuple(float(v) for v in lp), tuple(float(v) for v in lm), eps,
@@ -352,8 +393,7 @@ def zo_step(
                    buffers=buffers)
     grads = clip_grads(est.projected_grads, clip)
     p = lora_b.numel()
-    # P-RGE drew all q directions for its stack: reuse them; MeZO regenerates them one by one
-    if mode == "mezo":
+    if not _keeps_directions(buffers, mode, q, p):  # drawn again, one at a time
         new_b = apply_update(lora_b, grads, seed_t=seed_t, lr=lr,
                              scratch=buffers.get("directions", 1, p)[0])
     else:

@@ -14,16 +14,17 @@ def _manifest(layers, max_targets):
               lora=NS(layers=tuple(layers)))
 
 
-def test_lora_on_every_layer_saves_no_flops():
-    assert speedup_bound(_manifest(range(12), 127), q=4) == pytest.approx(1.0)
+def test_lora_on_every_layer_saves_only_the_first_blocks_qkv():
+    # block 0's frozen q/k/v run once instead of 2q times: 7/8 of a quarter block of 12.75
+    assert speedup_bound(_manifest(range(12), 127), q=4) == pytest.approx(1.014, abs=0.002)
 
 
 def test_prefix_sharing_flop_ratio_is_capped_by_the_lm_head():
     # the head (32000 x 768) costs as much as 3.5 blocks and runs once per slice
     full = speedup_bound(_manifest(range(9, 12), 127), q=4)
     response = speedup_bound(_manifest(range(9, 12), 64), q=4)
-    assert full == pytest.approx(2.04, abs=0.01)
-    assert response == pytest.approx(2.34, abs=0.01)
+    assert full == pytest.approx(2.10, abs=0.01)
+    assert response == pytest.approx(2.43, abs=0.01)
 
 
 def test_bench_mask_targets_fit_the_response_window():

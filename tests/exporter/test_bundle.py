@@ -94,3 +94,21 @@ def test_infer_program_generates_like_transformers(starter_bundle, base):
     # a different adapter on the same loaded program: no reload, different answer
     zero = np.zeros_like(row)
     assert np.abs(prog.forward(prompt, 0, zero) - ref_logits).max() > 1e-3
+
+
+def test_program_inputs_are_borrowed_not_copied(starter_bundle):
+    """Inputs are left out of memory planning, so the runtime borrows the caller's tensors:
+    a P-RGE step's B stack is not copied into the arena beside the host's, and generation
+    does not copy the adapter on every token (exporter/lower.py)."""
+    from executorch.runtime import Runtime
+
+    m = read_manifest(starter_bundle)
+    programs = {m.train.program: [s.method for s in m.train.shapes] + [m.train.head_method],
+                m.infer.program: ["prefill", "decode"]}
+    for file, methods in programs.items():
+        program = Runtime.get().load_program(starter_bundle / file)
+        for name in methods:
+            meta = program.load_method(name).metadata
+            planned = [i for i in range(meta.num_inputs())
+                       if meta.input_tensor_meta(i).is_memory_planned()]
+            assert planned == [], f"{file}:{name} copies inputs {planned} into its arena"

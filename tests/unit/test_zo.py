@@ -183,3 +183,21 @@ def test_reused_step_buffers_change_nothing_but_allocations(mode):
     calls = zo.calls_per_step(mode, 3)
     kept_stacks = [ptr for i, ptr in enumerate(seen_stacks) if (i // calls) % 2 == 1]
     assert len(set(kept_stacks)) == 1
+
+
+@pytest.mark.parametrize("mode", ["prge", "prge-dual"])
+def test_directions_over_budget_are_drawn_again_with_the_same_bits(mode):
+    """Past the budget P-RGE keeps one scratch direction instead of q; nothing else changes."""
+    fn = zo.AnalyticLoss(_nonlinear, slices=6)
+    lora_b = torch.randn(P, generator=torch.Generator().manual_seed(7)) * 0.1
+    kept, redrawn = zo.StepBuffers(), zo.StepBuffers(directions_budget=0)
+    assert kept.keeps_directions(3, P) and not redrawn.keeps_directions(3, P)
+    for step in range(3):
+        a = zo.zo_step(fn, mode, lora_b, _TOKENS, _MASK, run_seed=1, step=step, q=3, eps=1e-2,
+                       lr=1e-2, buffers=kept)
+        b = zo.zo_step(fn, mode, lora_b, _TOKENS, _MASK, run_seed=1, step=step, q=3, eps=1e-2,
+                       lr=1e-2, buffers=redrawn)
+        assert a.projected_grads == b.projected_grads
+        assert torch.equal(a.lora_b, b.lora_b)
+        lora_b = a.lora_b
+    assert kept.nbytes - redrawn.nbytes == 2 * P * 4  # one direction held instead of q = 3
