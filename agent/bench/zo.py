@@ -186,9 +186,10 @@ def speedup_bound(manifest, q: int) -> float:  # noqa: ANN001 - a BundleManifest
     head = m.hidden_size * m.vocab_size
     prefix = min(manifest.lora.layers) if manifest.lora.layers else m.num_layers
     lora_blocks = m.num_layers - prefix
+    forked_qkv = qkv if lora_blocks else 0  # run on the shared rows, not per slice
     mezo = 2 * q * (t * m.num_layers * block + k * head)
-    shared = t * (prefix * block + (qkv if lora_blocks else 0))
-    prge = shared + 2 * q * (t * (lora_blocks * block - (qkv if lora_blocks else 0)) + k * head)
+    shared = t * (prefix * block + forked_qkv)
+    prge = shared + 2 * q * (t * (lora_blocks * block - forked_qkv) + k * head)
     return mezo / prge
 
 
