@@ -35,8 +35,8 @@ from agent.io.registry import AdapterRegistry
 from agent.io.store import InteractionStore
 from agent.io.sysfs import SysfsSensors, idle_since
 from agent.io.systemd import Notifier, configure_logging, watchdog_interval
-from agent.services.control import SOCKET_NAME, ControlServer, DaemonCommands
-from agent.services.daemon import Daemon, DaemonTimings
+from agent.services.daemon.control import SOCKET_NAME, ControlServer, DaemonCommands
+from agent.services.daemon.loop import Daemon, DaemonTimings
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +163,8 @@ class App:
         sensors = SysfsSensors.from_config(cfg, idle_since(last_request, self.clock))
         systemd_run = None
         if cfg.training.memory_max_mb > 0:
-            from agent.deploy.trainer_probe import usable_systemd_run
-            from agent.services.burst import limits_from_training
+            from agent.io.children.probe import usable_systemd_run
+            from agent.io.children.process import limits_from_training
 
             systemd_run = usable_systemd_run(limits_from_training(cfg.training))
         self.daemon = Daemon(
@@ -240,7 +240,7 @@ class App:
         if not mqtt.enabled:
             return
         from agent.config.mqtt import default_device_id
-        from agent.services.fleet_link import FleetLink
+        from agent.services.fleet.link import FleetLink
 
         self.commands = DaemonCommands(self.daemon, self, self.store)
         device_id = mqtt.device_id or default_device_id()

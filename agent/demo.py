@@ -292,7 +292,7 @@ def _follow(client: Http, daemon: subprocess.Popen[bytes], state_dir: Path,
 
 def _show_fleet(port: int, console: Console) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "agent.fleet.cli", "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, "-m", "agent.controller.cli", "--host", "127.0.0.1", "--port", str(port),
          "--fleet", "demo", "devices"],
         capture_output=True, text=True, timeout=30,
     )

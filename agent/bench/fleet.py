@@ -1,7 +1,7 @@
 """``mobizo-bench fleet``: the fleet link through a real broker.
 
 Measures, against a local mosquitto (started here unless ``--host`` is given) and the fleet
-link hosted in its own process (:mod:`agent.fleet.simulator`, so its CPU and memory are its
+link hosted in its own process (:mod:`agent.controller.simulator`, so its CPU and memory are its
 own):
 
 * round-trip latency of ``status`` commands one at a time (p50 / p99),
@@ -131,7 +131,7 @@ class _Requester:
 
 
 def main(args: argparse.Namespace) -> int:
-    from agent.fleet.localbroker import LocalBroker
+    from agent.controller.localbroker import LocalBroker
 
     work = Path(tempfile.mkdtemp(prefix="mobizo-bench-fleet-"))
     broker = None
@@ -146,7 +146,7 @@ def main(args: argparse.Namespace) -> int:
         [
             sys.executable,
             "-m",
-            "agent.fleet.simulator",
+            "agent.controller.simulator",
             "--device",
             device,
             "--state-dir",

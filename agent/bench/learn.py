@@ -1,6 +1,6 @@
 """``mobizo-bench learn``: does personalization work, and is P-RGE better than MeZO? (issue 7)
 
-Generated tasks with a known right answer (agent/tasks: personal facts, reply style, label
+Generated tasks with a known right answer (agent/bench/tasks: personal facts, reply style, label
 words) or a user's own ``--data FILE.jsonl``; every method trains from the same start (the
 bundle's initial adapter, same seed) on the same budget of forward passes:
 
@@ -246,10 +246,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from agent.bench.learn_eager import EagerModel
     from agent.bench.learn_report import check_targets, result_objects
     from agent.bench.learn_run import Evaluator, run_method
+    from agent.bench.tasks import make_task
     from agent.config.adapters import AdaptersConfig
     from agent.core.bundle import ADAPTER_DIR, read_manifest
     from agent.io.adapter_fs import AdapterValidator
-    from agent.tasks import make_task
     from agent.training.programs import choose_train_shape, load_program
     from agent.training.quant_guard import epsilon_warning
     from agent.training.tokenize import load_tokenizer

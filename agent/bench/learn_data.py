@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.bench.tasks import Task
 from agent.errors import DataError
-from agent.tasks import Task
 from agent.training.data import DataStats, Example, build_dataset, load_dataset, read_interactions
 from agent.training.tokenize import Tokenizer
 

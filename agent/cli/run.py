@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from agent.app import App, AppOptions
     from agent.config import default_config_path
-    from agent.services.daemon import DaemonTimings
+    from agent.services.daemon.loop import DaemonTimings
 
     path = args.config
     if path is None:

@@ -1,7 +1,7 @@
 """Fixtures for the fleet-link tests: a real mosquitto per session, per-test fleets, agents.
 
 The broker is always the real one (house style); only the daemon behind the link is simulated
-(:class:`agent.fleet.simulator.SimDevice`).
+(:class:`agent.controller.simulator.SimDevice`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config.mqtt import MqttConfig
-from agent.fleet.simulator import SimDevice
+from agent.controller.simulator import SimDevice
 from agent.io.mqtt import disable_nagle
-from agent.services.fleet_link import FleetLink
+from agent.services.fleet.link import FleetLink
 from tests.fleet_broker import LocalBroker, TlsFiles, make_certs, mosquitto_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -250,7 +250,7 @@ class AgentProcess:
             [
                 sys.executable,
                 "-m",
-                "agent.fleet.simulator",
+                "agent.controller.simulator",
                 "--device",
                 device_id,
                 "--state-dir",

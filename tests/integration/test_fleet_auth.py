@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from agent.config.mqtt import MqttConfig
-from agent.fleet.cli import main as fleet_main
+from agent.controller.cli import main as fleet_main
 from tests.fleet_broker import LocalBroker, mosquitto_path
 from tests.integration.conftest import FAST
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.fleet.cli import main as fleet_main
+from agent.controller.cli import main as fleet_main
 from tests.integration.conftest import REPO, mqtt_config
 
 pytestmark = pytest.mark.broker

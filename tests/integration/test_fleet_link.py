@@ -11,8 +11,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.controller.simulator import SimDevice
 from agent.core.topics import DeviceTopics
-from agent.fleet.simulator import SimDevice
 from tests.integration.conftest import mqtt_config
 
 pytestmark = pytest.mark.broker
@@ -305,8 +305,8 @@ def test_late_will_of_an_older_session_is_overridden(broker, fleet, link_factory
 
 
 def test_controller_view_ignores_a_will_older_than_the_state():
+    from agent.controller.client import DeviceView
     from agent.core.fleet_documents import Availability, StateDocument
-    from agent.fleet.client import DeviceView
 
     view = DeviceView(
         "d",

@@ -13,8 +13,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.config.mqtt import MqttConfig
-from agent.fleet.cli import main as fleet_main
-from agent.fleet.client import BrokerOptions, FleetClient
+from agent.controller.cli import main as fleet_main
+from agent.controller.client import BrokerOptions, FleetClient
 from tests.integration.conftest import FAST
 
 pytestmark = pytest.mark.broker
@@ -153,7 +153,7 @@ def test_untrusted_client_certificate_never_connects(tls_broker, tls_files, flee
 
 
 def test_plain_tcp_client_is_not_served_on_tls_port(tls_broker, fleet):
-    from agent.fleet.client import FleetError
+    from agent.controller.client import FleetError
 
     with pytest.raises(FleetError):
         FleetClient(

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.services.burst import MetricsTail, describe_exit
-from agent.services.burst_progress import BurstProgress
-from agent.services.control import ControlServer, parse_ignore
+from agent.io.children.process import MetricsTail, describe_exit
+from agent.services.daemon.control import ControlServer, parse_ignore
+from agent.services.daemon.progress import BurstProgress
 
 
 def test_exit_reasons() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.tasks import TASKS, make_task
+from agent.bench.tasks import TASKS, make_task
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))

@@ -1,0 +1,251 @@
+"""A run's bursts: the trainer child started, followed, stopped, and what its exit means.
+
+A burst trains the current run for up to ``steps_per_burst`` steps in a trainer child
+(:func:`~agent.services.daemon.children.trainer_argv`). The policy is asked again while it runs;
+when it no longer allows training (or the user pauses) the trainer gets SIGTERM, checkpoints
+and exits resumable, and is killed if it has not within ``stop_grace_s``. A finished burst
+sends the run to evaluation; a stopped one resumes from its checkpoint at the next start.
+A crashing trainer is retried after a growing pause, resuming from the last good checkpoint;
+after :data:`MAX_RUN_FAILURES` crashes in a row (or one refused input) the run is abandoned.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from typing import TYPE_CHECKING, Any
+
+from agent.core.backoff import Backoff
+from agent.core.policy import Decision
+from agent.core.status import Progress
+from agent.io.children.process import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    ChildJob,
+    describe_exit,
+)
+from agent.services.daemon.children import child_job, trainer_argv
+from agent.services.daemon.progress import BurstProgress, finite
+from agent.services.daemon.publish import RunOutcome
+from agent.services.daemon.runstate import training_hash
+
+if TYPE_CHECKING:
+    from agent.services.daemon.lifecycle import RunLifecycle
+
+log = logging.getLogger(__name__)
+
+# Consecutive crashes of one run before it is abandoned (its data snapshot and checkpoint go).
+MAX_RUN_FAILURES = 3
+
+
+class RunBursts:
+    """The bursts of the lifecycle's current run (one trainer at a time).
+
+    Args:
+        runs: the lifecycle whose run the bursts train (its run, files and daemon).
+    """
+
+    def __init__(self, runs: RunLifecycle) -> None:
+        self.runs = runs
+        self.daemon = runs.daemon
+        self.files = runs.files
+        self.reporter = runs.reporter
+        self.child: ChildJob | None = None
+        self.progress = BurstProgress(self.daemon.clock)
+        self.constraints_hold_at: float | None = None
+        self.first_step_latency_s: float | None = None
+        # a crashing trainer must not be restarted in a tight loop
+        timings = self.daemon.timings
+        self.backoff = Backoff(timings.failure_backoff_s,
+                               max(timings.failure_backoff_s, timings.failure_backoff_max_s),
+                               0.0)
+        self.retry_at: float | None = None
+        self.retry_reason = "waiting: last burst failed"
+
+    def waiting_to_retry(self) -> bool:
+        """Whether the pause after a failed burst still runs (the status says how long)."""
+        if self.retry_at is not None:
+            left = self.retry_at - time.monotonic()
+            if left > 0:
+                self.reporter.set("waiting", self.retry_reason + f"; next try in {left:.0f} s")
+                return True
+            self.retry_at = None
+        return False
+
+    def constraints_hold(self, hold: bool) -> None:
+        """Whether the policy allows training now; the first-step latency counts from the
+        moment it began to."""
+        if not hold:
+            self.constraints_hold_at = None
+        elif self.constraints_hold_at is None:
+            self.constraints_hold_at = time.monotonic()
+
+    def start(self, decision: Decision) -> None:
+        """Start the run's next burst (or a new run, if [training] changed since it began)."""
+        runs = self.runs
+        run = runs.run
+        assert run is not None
+        cfg = self.daemon.config
+        if run.training_hash and run.training_hash != training_hash(cfg.training):
+            log.info("run %s: [training] changed since it started; starting a new run",
+                     run.run_id)
+            runs.discard_run()
+            return
+        run = run.model_copy(update={"attempts": run.attempts + 1, "phase": "training"})
+        runs.run = run
+        runs.write_run()
+        self.progress.watch(self.files.metrics_path)
+        child = child_job(cfg, "train", trainer_argv(cfg, run, self.files, self.daemon.python),
+                          self.files, self.daemon.systemd_run, f"{run.run_id}-{run.attempts}")
+        try:
+            child.start()
+        except OSError as exc:
+            self.failed(f"could not start the trainer: {exc}", keep_run=False)
+            return
+        self.child = child
+        runs.run = run = run.model_copy(update={"trainer_pid": child.pid})
+        runs.write_run()
+        self.progress.begin(run.steps_done)
+        total = cfg.training.steps_per_burst
+        self.reporter.set("training", decision.reason,
+                          progress=Progress(step=run.steps_done, total=total, loss=None,
+                                            started_at=self.progress.started), blocked_by=())
+        log.info("burst %d of run %s started (pid %s, %s)", run.attempts, run.run_id,
+                 child.pid, f"resuming at step {run.steps_done}" if run.steps_done else
+                 "fresh")
+
+    def stop_burst(self, reason: str) -> None:
+        """SIGTERM the trainer: it checkpoints and exits resumable (``reason`` is recorded)."""
+        assert self.child is not None
+        self.progress.stop_reason = reason
+        self.child.terminate()
+
+    def follow(self) -> None:
+        """A burst runs: take its progress, stop it when the policy says so, end it."""
+        child = self.child
+        assert child is not None and self.runs.run is not None
+        self.read_metrics()
+        code = child.poll()
+        if code is not None:
+            self.read_metrics()
+            self.child = None
+            self._ended(code, child)
+            return
+        if child.term_sent_at is None:
+            decision = self.daemon.decide(training=True)
+            paused = self.daemon.paused
+            if not decision.train or paused is not None:
+                reason = paused or decision.reason
+                log.info("stopping the burst: %s", reason)
+                self.stop_burst(reason)
+                self.reporter.set("training", reason, progress=self.reporter.status.progress,
+                                  blocked_by=decision.blocked_by)
+        elif child.overdue(self.daemon.timings.stop_grace_s):
+            log.warning("trainer did not checkpoint within %.0f s; killing it",
+                        self.daemon.timings.stop_grace_s)
+            child.kill()
+
+    def read_metrics(self) -> None:
+        """Take the trainer's new metrics lines into the run and the status."""
+        runs = self.runs
+        if runs.run is None:
+            return
+        rows = self.progress.new_rows()
+        if not rows:
+            return
+        if self.first_step_latency_s is None and self.constraints_hold_at is not None:
+            self.first_step_latency_s = time.monotonic() - self.constraints_hold_at
+            log.info("first ZO step %.2f s after the constraints held",
+                     self.first_step_latency_s)
+        last = rows[-1]
+        runs.run = runs.run.model_copy(update={"steps_done": int(last["step"])})
+        progress = Progress(step=int(last["step"]),
+                            total=self.daemon.config.training.steps_per_burst,
+                            loss=float(last["loss"]) if finite(last.get("loss")) else None,
+                            started_at=self.progress.started)
+        self.reporter.set("training", self.reporter.status.reason, progress=progress)
+        if self.daemon.on_state_change:
+            self.daemon.on_state_change()
+
+    def _ended(self, code: int, child: ChildJob) -> None:
+        runs = self.runs
+        run = runs.run
+        assert run is not None
+        runs.remember(last_burst_end=self.daemon.clock())
+        self.constraints_hold_at = None
+        if code == -signal.SIGTERM and child.term_sent_at is not None:
+            # stopped before its handler was installed (still importing): nothing was lost
+            code = EXIT_INTERRUPTED
+        if code in (EXIT_OK, EXIT_INTERRUPTED):
+            self.backoff.reset()
+        if code == EXIT_OK:
+            log.info("burst of run %s finished at step %d; evaluating", run.run_id,
+                     run.steps_done)
+            runs.run = run.model_copy(update={"phase": "evaluating", "failures": 0})
+            runs.write_run()
+            runs.start_eval()
+            return
+        if code == EXIT_INTERRUPTED:
+            why = self.progress.stop_reason or "asked to stop"
+            total = self.daemon.config.training.steps_per_burst
+            reason = (f"burst stopped at step {run.steps_done}/{total} ({why}); it resumes "
+                      "from its checkpoint")
+            self.record("stopped", reason)
+            runs.write_run()
+            self.reporter.set("waiting", reason)
+            return
+        why = describe_exit(code)
+        detail = child.last_error_line()
+        reason = f"trainer {why}" + (f": {detail}" if detail else "")
+        log.error("burst of run %s failed: %s", run.run_id, reason)
+        self.failed(reason, keep_run=code != EXIT_BAD_INPUT)
+
+    def failed(self, reason: str, *, keep_run: bool) -> None:
+        """A child of the run failed: pause before the next try; abandon the run after too
+        many failures or when ``keep_run`` is False."""
+        runs = self.runs
+        run = runs.run
+        self.record("failed", reason)
+        delay = self.backoff.next_delay()
+        self.retry_at = time.monotonic() + delay
+        self.retry_reason = f"waiting: last burst failed ({reason[:200]})"
+        if run is not None:
+            failures = run.failures + 1
+            runs.run = run.model_copy(update={"failures": failures})
+            if not keep_run or failures >= MAX_RUN_FAILURES:
+                log.warning("abandoning run %s after %d failure(s)", run.run_id, failures)
+                runs.finish_run(RunOutcome("failed", reason, steps=run.steps_done),
+                                record=False, advance_cursor=False)
+            else:
+                runs.write_run()
+        self.reporter.set("waiting", f"last burst failed ({reason}); "
+                          + ("the next one resumes from the last good checkpoint" if keep_run
+                             else "the next one starts afresh"))
+
+    def record(self, outcome: str, reason: str, **extra: Any) -> None:
+        """Show how the last burst (or its run) ended in the status."""
+        run = self.runs.run
+        self.reporter.update(last_burst=self.progress.record(
+            outcome, reason, run.steps_done if run else None, **extra))
+
+    def stop(self) -> None:
+        """The daemon stops: a running trainer checkpoints first (bounded by stop_grace_s)."""
+        child = self.child
+        if child is None:
+            return
+        runs = self.runs
+        grace_s = self.daemon.timings.stop_grace_s
+        log.info("stopping the burst before exit (up to %.0f s)", grace_s)
+        self.progress.stop_reason = "daemon stopping"
+        code = child.stop(grace_s)
+        self.read_metrics()
+        self.child = None
+        if code is not None:
+            if code == EXIT_OK:
+                # finished just now: evaluate after the restart, not during shutdown
+                runs.run = runs.run.model_copy(update={"phase": "evaluating"})  # type: ignore[union-attr]
+                runs.write_run()
+            else:
+                self._ended(code, child)
