@@ -39,7 +39,7 @@ $(VENV)/.installed: pyproject.toml
 # Only the shapes the dev profile uses (MeZO 1, eval 2, P-RGE dual q=4 -> 8 slices): every
 # extra method adds minutes of XNNPACK lowering on a 2-core machine.
 bundle: | $(VENV)/.installed
-	@$(BIN)/python -c "from agent.core.bundle import read_manifest; read_manifest('$(STARTER_BUNDLE)')" \
+	@$(BIN)/python -c "from agent.io.bundle_files import read_manifest; read_manifest('$(STARTER_BUNDLE)')" \
 	    2>/dev/null || { \
 	    echo "exporting the starter bundle (random weights, made here; takes a few minutes once)"; \
 	    $(BIN)/mobizo-export --preset starter --slices 1,2,8 --batch 2 --max-length 128 \
@@ -51,6 +51,7 @@ bench: setup
 lint: setup
 	$(BIN)/ruff check agent exporter tests
 	$(BIN)/mypy agent exporter
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf build .pytest_cache

@@ -22,21 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config import (
-    LoadedConfig,
-    load_config,
-    reload_config,
-    replace_overrides,
-)
+from agent.config import LoadedConfig, load_config, reload_config
 from agent.config.quantize_check import warn_if_scheme_differs
 from agent.errors import AdapterError, BundleError, ConfigError
+from agent.io.control_socket import ControlServer
 from agent.io.http import Client
 from agent.io.registry import AdapterRegistry
 from agent.io.store import InteractionStore
-from agent.io.sysfs import SysfsSensors, idle_since
+from agent.io.sysfs import IdleSource, SysfsSensors, idle_since
 from agent.io.systemd import Notifier, configure_logging, watchdog_interval
-from agent.services.daemon.control import SOCKET_NAME, ControlServer, DaemonCommands
-from agent.services.daemon.loop import Daemon, DaemonTimings
+from agent.services.daemon.control import control_server
+from agent.services.daemon.debug_hooks import DebugHooks
+from agent.services.daemon.fleet_side import FleetCommands
+from agent.services.daemon.loop import Daemon, Ports
+from agent.services.daemon.run_context import ChildLauncher
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,8 @@ class AppOptions:
     Attributes:
         config_path: the TOML file (None: defaults and profile only).
         state_dir: overrides ``[paths].state_dir`` (kept across reloads).
-        timings: main-loop timings.
+        tick_s: seconds between main-loop ticks.
+        daemon_settings: ``[daemon]`` values the command line forces (kept across reloads).
         debug_hooks: accept debug commands on the control socket (tests).
         profiles_dir: board profiles (default: the packaged firmware_configs/).
         configure_logging: set up logging from ``[logging]`` (off when the caller did).
@@ -56,7 +56,8 @@ class AppOptions:
 
     config_path: Path | None = None
     state_dir: Path | None = None
-    timings: DaemonTimings = field(default_factory=DaemonTimings)
+    tick_s: float = 2.0
+    daemon_settings: dict[str, float] = field(default_factory=dict)
     debug_hooks: bool = False
     profiles_dir: Path | None = None
     configure_logging: bool = True
@@ -83,14 +84,19 @@ class App:
         self.daemon: Daemon | None = None
         self.control: ControlServer | None = None
         self.fleet: Any = None
-        self.commands: DaemonCommands | None = None
+        self.debug = DebugHooks() if options.debug_hooks else None
+        self._idle_source: IdleSource | None = None
         self._started: list[tuple[str, Callable[[], None]]] = []
 
     # ------------------------------------------------------------------ config
     def _forced(self) -> dict[str, Any]:
-        if self.options.state_dir is None:
-            return {}
-        return {"paths": {"state_dir": str(Path(self.options.state_dir).resolve())}}
+        """What the command line forces on top of the file and any runtime overrides."""
+        forced: dict[str, Any] = {}
+        if self.options.state_dir is not None:
+            forced["paths"] = {"state_dir": str(Path(self.options.state_dir).resolve())}
+        if self.options.daemon_settings:
+            forced["daemon"] = dict(self.options.daemon_settings)
+        return forced
 
     def load(self) -> LoadedConfig:
         """Load and validate the config (ConfigError lists every problem with its path)."""
@@ -111,23 +117,6 @@ class App:
         fresh, changed = reload_config(self.loaded, self.options.config_path,
                                        profiles_dir=self.options.profiles_dir)
         return fresh, changed
-
-    def apply_desired_config(self, version: int, document: dict[str, Any]) -> None:
-        """A fleet desired-config: validate, persist, then apply on the main loop.
-
-        Raises:
-            ConfigError: the document does not validate (nothing changed).
-        """
-        assert self.loaded is not None and self.daemon is not None
-        current = self.daemon.loaded
-        new = replace_overrides(current, {**document, **self._forced()}, version=version,
-                                path=current.config.paths.overrides_file)
-        from agent.config import diff
-
-        cmd = self.daemon.submit("apply-config", {"loaded": new,
-                                                  "changed": diff(current.config, new.config)})
-        if cmd.error:
-            raise ConfigError(cmd.error)
 
     # ------------------------------------------------------------------ build
     def build(self) -> Daemon:
@@ -160,7 +149,8 @@ class App:
                 # knows when it was last used
                 return store.last_activity()
 
-        sensors = SysfsSensors.from_config(cfg, idle_since(last_request, self.clock))
+        self._idle_source = idle_since(last_request, self.clock)
+        sensors = SysfsSensors.from_config(cfg, self._idle_source)
         systemd_run = None
         if cfg.training.memory_max_mb > 0:
             from agent.io.children.probe import usable_systemd_run
@@ -168,11 +158,12 @@ class App:
 
             systemd_run = usable_systemd_run(limits_from_training(cfg.training))
         self.daemon = Daemon(
-            loaded, store=self.store, registry=self.registry, sensors=sensors,
-            notifier=self.notifier, service=service, timings=self.options.timings,
-            clock=self.clock, systemd_run=systemd_run, watchdog_interval=watchdog_interval(),
-            debug_hooks=self.options.debug_hooks, reload_fn=self._reload,
-            on_reload=self._on_reload, on_state_change=self._state_changed,
+            loaded, store=self.store, registry=self.registry,
+            ports=Ports(sensors=sensors, service=service), notifier=self.notifier,
+            tick_s=self.options.tick_s, clock=self.clock,
+            launcher=ChildLauncher(systemd_run=systemd_run),
+            watchdog_interval=watchdog_interval(), debug=self.debug, reload_fn=self._reload,
+            reconfigure=self._reconfigure, on_state_change=self._state_changed,
         )
         return self.daemon
 
@@ -194,7 +185,8 @@ class App:
                 "create the directory, fix the path, or remove the setting to use "
                 f"{cfg.paths.state_dir / 'adapters'}")
         registry = AdapterRegistry(cfg.registry_dir, validator=validator,
-                                   keep=cfg.adapters.versions_kept, stage_hook=self._stage_hook)
+                                   keep=cfg.adapters.versions_kept,
+                                   stage_hook=self.debug.stage_hook if self.debug else None)
         try:
             registry.load_flat_b()  # the active adapter (or the bundle's) must be usable
         except AdapterError as exc:
@@ -203,28 +195,27 @@ class App:
                                "activate VERSION`") from exc
         return registry
 
-    def _stage_hook(self, stage: str) -> None:
-        if self.daemon is not None and self.options.debug_hooks:
-            self.daemon.registry_stage_hook(stage)
-
-    def _on_reload(self, fresh: LoadedConfig, changed: set[str]) -> None:
-        """Redo what the changed sections configure (called on the main loop)."""
+    def _reconfigure(self, fresh: LoadedConfig, changed: set[str]) -> Ports:
+        """Redo what the changed sections configure (called on the main loop); the daemon's
+        new ports."""
         assert self.daemon is not None
         self.loaded = fresh
         cfg = fresh.config
+        ports = self.daemon.ports
         if changed & {"device", "constraints"}:
-            old = self.daemon.sensors
-            self.daemon.sensors = SysfsSensors.from_config(cfg, old.idle_source)
+            ports = Ports(sensors=SysfsSensors.from_config(cfg, self._idle_source),
+                          service=ports.service)
         if "logging" in changed and self.options.configure_logging:
             configure_logging(cfg.logging.level, cfg.logging.journal)
         if "adapters" in changed and self.registry is not None:
             self.registry.keep = max(1, cfg.adapters.versions_kept)
         if "service" in changed:
-            self.daemon.service = Client.from_url(cfg.service.inference_url,
-                                                  timeout=cfg.service.request_timeout_s)
+            ports = Ports(sensors=ports.sensors, service=Client.from_url(
+                cfg.service.inference_url, timeout=cfg.service.request_timeout_s))
         if "mqtt" in changed:
             self._stop_fleet()
             self._start_fleet()
+        return ports
 
     def _state_changed(self) -> None:
         if self.fleet is not None:
@@ -242,12 +233,13 @@ class App:
         from agent.config.mqtt import default_device_id
         from agent.services.fleet.link import FleetLink
 
-        self.commands = DaemonCommands(self.daemon, self, self.store)
+        assert self.store is not None
+        commands = FleetCommands(self.daemon, self.store, forced=self._forced())
         device_id = mqtt.device_id or default_device_id()
         self.fleet = FleetLink(mqtt, device_id=device_id,
                                state_dir=self.loaded.config.paths.state_dir / "fleet",
-                               handler=self.commands, state_source=self.commands,
-                               config_sink=self.commands, clock=self.clock)
+                               handler=commands, state_source=commands,
+                               config_sink=commands, clock=self.clock)
         self.fleet.start()  # connects in the background; never blocks READY
         log.info("fleet link started for device %s", device_id)
 
@@ -264,7 +256,8 @@ class App:
         daemon = self.daemon or self.build()
         assert self.loaded is not None
         cfg = self.loaded.config
-        self.control = ControlServer(daemon, cfg.paths.state_dir / SOCKET_NAME)
+        self.control = control_server(daemon.command_table(), daemon.commands,
+                                      cfg.paths.state_dir)
         self.control.start()
         self._started.append(("control", self.control.stop))
         # READY now: config valid, store and registry open; the network comes later.

@@ -32,8 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.core.status import read_status
 from agent.errors import MobizoError
+from agent.io.status_file import read_status
 
 
 def _free_port() -> int:
@@ -110,7 +110,7 @@ def _fitting_q(bundle: Path, batch: int = 2, wanted: Sequence[int] = (4, 2, 1)) 
 
     The dev profile asks for q = 4; the small bundle the tests export stops at 4 slices.
     """
-    from agent.core.bundle import read_manifest
+    from agent.io.bundle_files import read_manifest
 
     train = read_manifest(bundle).train
     for q in wanted:

@@ -7,9 +7,12 @@ Modules, in the order an export uses them:
 - ``checkpoint``: checks a checkpoint directory and loads it with transformers' own classes;
 - ``options``: the validated export options;
 - ``lora_init``: the frozen LoRA-A (Kaiming-uniform, seeded) and its hash;
-- ``model``: the export-friendly decoder with MP-LoRA (train) and a KV cache (infer);
+- ``layers``: the export-friendly building blocks (RMSNorm, RoPE, attention, MP-LoRA linear);
+- ``model``: the decoder and its program bodies: MP-LoRA (train) and a KV cache (infer);
+- ``programs``: the methods of each program, built from one decoder;
 - ``lower``: torch.export + ExecuTorch lowering, one static method per shape;
 - ``bundle_writer``: adapter (PEFT), tokenizer and manifest files;
+- ``probe``: the probe batches, and the check of every method against transformers;
 - ``export``: the pipeline (validate → lower into a temp dir → probe against eager → rename);
 - ``reference``: eager references (transformers with merged LoRA; the decoder run eagerly);
 - ``cli``: the ``mobizo-export`` command.

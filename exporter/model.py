@@ -2,14 +2,10 @@
 
 The weights come from transformers' own model (``AutoModelForCausalLM`` on the checkpoint);
 this module only re-expresses the forward pass in ops that XNNPACK delegates with static
-shapes (shared/DESIGN.md §3, "what got nearly everything delegated"):
+shapes (shared/DESIGN.md §3). The building blocks (RMSNorm, RoPE, attention, the MP-LoRA
+linear and its formula) are in exporter/layers.py; here are the decoder and the bodies of
+the programs' methods:
 
-- RMSNorm's mean of squares is a matmul with a constant ``1/d`` column (``mean.dim`` on 3-D
-  is not delegated).
-- RoPE's rotate-half is a matmul with a constant signed permutation matrix; the cos/sin
-  tables are transformers' own rotary module evaluated once (so every rope variant it knows,
-  e.g. Llama 3 scaling, comes for free).
-- Attention is explicit 3-D ``bmm`` with an additive causal mask.
 - The loss is softmax → gather → log (XNNPACK has no log_softmax), computed only at the
   target positions (a static window of K per sequence, gathered before the final norm and the
   LM head). In ``train.pte`` the head and the loss are a method of their own
@@ -18,14 +14,7 @@ shapes (shared/DESIGN.md §3, "what got nearly everything delegated"):
   (Chunking inside one method does not bound them: XNNPACK fuses the chunks into one
   partition that outputs them all at once, and a chunk per partition packs the head's
   weights once per chunk.)
-
-MP-LoRA (arXiv 2409.15520 §3.2), per LoRA'd linear with S slices of b sequences::
-
-    h = base(x) + bmm( (x · (scale·A)ᵀ).view(S, b·T, r),  Bᵀ_s  [S, r, out] ).view(S·b, T, out)
-
-``scale·A`` is a frozen constant (a packed matmul for XNNPACK); ``Bᵀ_s`` is sliced with static
-offsets from the flat ``lora_b`` [S, P] program input (agent/core/lora_layout.py) and used only
-through ``bmm`` (an fp32 ``mm`` whose weight is an input is not delegated).
+- Inference (:class:`InferStep`) writes a KV cache of mutable buffers shared by its methods.
 
 Rows are slice-major: row ``s·b + j`` is sequence j evaluated with slice s. With LoRA only on
 the last k layers, the frozen prefix runs once on the b sequences ("prefix sharing", DESIGN §3).
@@ -42,161 +31,23 @@ from torch import Tensor, nn
 
 from agent.core.lora_layout import LoraLayout
 from agent.core.targets import target_window
+from exporter.layers import (
+    NEG_INF,
+    Block,
+    LoraLinear,
+    ModelDims,
+    RMSNorm,
+    attention,
+    frozen_linear,
+    rotate_half_matrix,
+)
 
-NEG_INF = -1e30  # additive mask value; finite so an all-masked row cannot produce NaN
-
-
-class RMSNorm(nn.Module):
-    """``x / sqrt(mean(x²) + eps) · w`` with the mean as a matmul by a constant 1/d column."""
-
-    def __init__(self, weight: Tensor, eps: float) -> None:
-        super().__init__()
-        d = weight.shape[0]
-        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
-        self.register_buffer("inv_d", torch.full((d, 1), 1.0 / d), persistent=False)
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        var = torch.matmul(x * x, self.inv_d)
-        return x * torch.rsqrt(var + self.eps) * self.weight
-
-
-def rotate_half_matrix(head_dim: int) -> Tensor:
-    """R with ``x @ R == cat(-x[..., h:], x[..., :h])`` (transformers' rotate_half), h = d/2."""
-    half = head_dim // 2
-    r = torch.zeros(head_dim, head_dim)
-    for j in range(half):
-        r[j + half, j] = -1.0
-        r[j, j + half] = 1.0
-    return r
-
-
-def _linear(src: nn.Linear) -> nn.Linear:
-    out = nn.Linear(src.in_features, src.out_features, bias=src.bias is not None)
-    out.weight = nn.Parameter(src.weight.detach().to(torch.float32).clone(), requires_grad=False)
-    if src.bias is not None:
-        out.bias = nn.Parameter(src.bias.detach().to(torch.float32).clone(), requires_grad=False)
-    return out
-
-
-class LoraLinear(nn.Module):
-    """A frozen base linear plus the MP-LoRA term (see the module docstring)."""
-
-    def __init__(self, base: nn.Linear, a_scaled: Tensor | None, offset: int, rank: int) -> None:
-        super().__init__()
-        self.base = _linear(base)
-        self.out_features = base.out_features
-        self.rank = rank
-        self.offset = offset
-        if a_scaled is None:
-            self.lora_a = None
-        else:
-            self.lora_a = nn.Linear(base.in_features, rank, bias=False)
-            self.lora_a.weight = nn.Parameter(a_scaled.detach().clone(), requires_grad=False)
-
-    def forward(self, x: Tensor, lora_b: Tensor | None, slices: int,
-                shared_input: bool = False) -> Tensor:
-        """x [S·b, T, in] → [S·b, T, out]; with ``shared_input``, x [b, T, in] is the one
-        input of every slice (the first LoRA'd block after a shared prefix): the frozen
-        projection and x·A then run once on the b rows, and only the LoRA term per slice."""
-        h = self.base(x)
-        n, t, _ = x.shape
-        r, out = self.rank, self.out_features
-        if self.lora_a is None or lora_b is None:
-            return h.repeat(slices, 1, 1) if shared_input else h
-        bt = lora_b[:, self.offset : self.offset + r * out].reshape(slices, r, out)
-        if not shared_input:
-            xa = self.lora_a(x).reshape(slices, (n // slices) * t, r)
-            return h + torch.bmm(xa, bt).reshape(n, t, out)
-        # One bmm against the S B's side by side, then a broadcast add of the shared frozen
-        # part: no repeat, which XNNPACK does not delegate (it would split the partition).
-        rows = n * t
-        b_side = bt.permute(1, 0, 2).reshape(1, r, slices * out)
-        delta = torch.bmm(self.lora_a(x).reshape(1, rows, r), b_side)  # [1, rows, S·out]
-        delta = delta.reshape(rows, slices, out).permute(1, 0, 2)  # [S, rows, out]
-        # contiguous: traced on a permuted tensor, RoPE's matmul would become expand + bmm,
-        # and the expands split the partition again
-        return (delta + h.reshape(1, rows, out)).contiguous().reshape(slices * n, t, out)
-
-
-class Block(nn.Module):
-    """One decoder block (pre-norm attention + SwiGLU MLP)."""
-
-    def __init__(self, hf_layer: nn.Module, cfg: ModelDims, loras: dict[str, tuple]) -> None:
-        super().__init__()
-        attn, mlp = hf_layer.self_attn, hf_layer.mlp
-        self.dims = cfg
-        self.input_norm = RMSNorm(hf_layer.input_layernorm.weight, cfg.eps)
-        self.post_norm = RMSNorm(hf_layer.post_attention_layernorm.weight, cfg.eps)
-
-        def wrap(name: str, lin: nn.Linear) -> LoraLinear:
-            a, off, rank = loras.get(name, (None, 0, 1))
-            return LoraLinear(lin, a, off, rank)
-
-        self.q_proj = wrap("q_proj", attn.q_proj)
-        self.k_proj = wrap("k_proj", attn.k_proj)
-        self.v_proj = wrap("v_proj", attn.v_proj)
-        self.o_proj = wrap("o_proj", attn.o_proj)
-        self.gate_proj = wrap("gate_proj", mlp.gate_proj)
-        self.up_proj = wrap("up_proj", mlp.up_proj)
-        self.down_proj = wrap("down_proj", mlp.down_proj)
-        self.has_lora = bool(loras)
-
-    def rope(self, x: Tensor, cos: Tensor, sin: Tensor, rot: Tensor) -> Tensor:
-        """x [N, T, H, hd]; cos/sin broadcastable to it."""
-        return x * cos + torch.matmul(x, rot) * sin
-
-    def qkv(self, x: Tensor, lora_b: Tensor | None, slices: int, cos: Tensor, sin: Tensor,
-            rot: Tensor, shared_input: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """Normed input → roped q [N,T,H,hd], k [N,T,KV,hd], v [N,T,KV,hd] (N = S·b; the
-        input is [b, T, d] when ``shared_input``, see LoraLinear.forward)."""
-        d = self.dims
-        n, t = x.shape[0] * (slices if shared_input else 1), x.shape[1]
-        q = self.q_proj(x, lora_b, slices, shared_input).reshape(n, t, d.heads, d.head_dim)
-        k = self.k_proj(x, lora_b, slices, shared_input).reshape(n, t, d.kv_heads, d.head_dim)
-        v = self.v_proj(x, lora_b, slices, shared_input).reshape(n, t, d.kv_heads, d.head_dim)
-        return self.rope(q, cos, sin, rot), self.rope(k, cos, sin, rot), v
-
-    def mlp(self, x: Tensor, lora_b: Tensor | None, slices: int) -> Tensor:
-        g = self.gate_proj(x, lora_b, slices)
-        u = self.up_proj(x, lora_b, slices)
-        return self.down_proj(torch.nn.functional.silu(g) * u, lora_b, slices)
-
-
-class ModelDims:
-    """The few numbers the blocks need (plain attributes: torch.export treats them as constants)."""
-
-    def __init__(self, cfg) -> None:  # noqa: ANN001 - a transformers config
-        self.hidden = int(cfg.hidden_size)
-        self.heads = int(cfg.num_attention_heads)
-        self.kv_heads = int(getattr(cfg, "num_key_value_heads", None) or self.heads)
-        self.head_dim = int(getattr(cfg, "head_dim", None) or self.hidden // self.heads)
-        self.eps = float(cfg.rms_norm_eps)
-        self.vocab = int(cfg.vocab_size)
-
-    @property
-    def groups(self) -> int:
-        return self.heads // self.kv_heads
-
-
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float,
-              groups: int) -> Tensor:
-    """Softmax attention, GQA without copying k/v: q [N, Tq, H, hd], k/v [N, Tk, KV, hd],
-    ``mask`` [groups·Tq, Tk] additive (the [Tq, Tk] mask repeated ``groups`` times) → [N, Tq, H·hd].
-
-    Query head i reads kv head i // groups (transformers' repeat_kv), so the ``groups`` query
-    heads of one kv head are contiguous: stacking them along the query axis turns GQA into one
-    3-D ``bmm`` per kv head. Expanding k/v to H heads instead is an expand + copy that XNNPACK
-    does not delegate: it split every layer's graph into two partitions.
-    """
-    n, tq, h, hd = q.shape
-    tk, kv = k.shape[1], k.shape[2]
-    q = q.transpose(1, 2).reshape(n * kv, groups * tq, hd)
-    k = k.transpose(1, 2).reshape(n * kv, tk, hd)
-    v = v.transpose(1, 2).reshape(n * kv, tk, hd)
-    att = torch.softmax(torch.bmm(q, k.transpose(1, 2)) * scale + mask, dim=-1)
-    o = torch.bmm(att, v).reshape(n, h, tq, hd).transpose(1, 2)
-    return o.reshape(n, tq, h * hd)
+# The building blocks stay importable from here (tests and benchmarks import them so).
+__all__ = [
+    "NEG_INF", "Block", "Decoder", "HeadLoss", "InferStep", "KVCache", "LoraLinear",
+    "LossMethod", "ModelDims", "RMSNorm", "TrainForward", "TrainMethod", "attention",
+    "rotate_half_matrix", "target_nll",
+]
 
 
 class Decoder(nn.Module):
@@ -224,7 +75,7 @@ class Decoder(nn.Module):
         )
         self.first_lora = min(per_layer) if per_layer else len(self.blocks)
         self.norm = RMSNorm(inner.norm.weight, dims.eps)
-        self.lm_head = _linear(hf_model.get_output_embeddings())
+        self.lm_head = frozen_linear(hf_model.get_output_embeddings())
         self.register_buffer("rot", rotate_half_matrix(dims.head_dim), persistent=False)
         self._rotary = inner.rotary_emb  # transformers' own: cos/sin tables for any rope type
         self.scale = 1.0 / math.sqrt(dims.head_dim)

@@ -31,8 +31,8 @@ from torch import nn
 
 from agent.core.bundle import QUANT_SCHEMES, BundleManifest, QuantScheme
 from agent.core.lora_layout import LoraLayout
+from agent.core.quant_guard import MIN_EPSILON, epsilon_warning  # noqa: F401 (re-export)
 from agent.errors import ExportError
-from agent.training.quant_guard import MIN_EPSILON, epsilon_warning  # noqa: F401 (re-export)
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ LM_HEAD: Final[str] = "lm_head"
 
 def base_linear_names(model: nn.Module) -> list[str]:
     """Qualified names of the base linears of every ``LoraLinear`` in ``model``."""
-    from exporter.model import LoraLinear
+    from exporter.layers import LoraLinear
 
     return [f"{name}.base" for name, mod in model.named_modules() if isinstance(mod, LoraLinear)]
 
@@ -153,21 +153,23 @@ def probe_quantized(bundle: Path, manifest: BundleManifest, core: nn.Module,
     program that lowers but computes garbage must never reach a bundle. Returns the max
     |Δloss| / |Δlogit| per method, for the log and the tests.
     """
-    from agent.io.runtime import InferProgram, TrainProgram
-    from exporter.export import probe_mask  # the same probe batch as the fp32 probe
+    from agent.io.runtime import TrainProgram
     from exporter.model import TrainForward
+    from exporter.probe import (  # the same probe batches as the fp32 probe
+        infer_probe_batch,
+        infer_probe_error,
+        probe_generator,
+        train_probe_batch,
+    )
 
-    gen = torch.Generator().manual_seed(1234)
-    t, vocab = manifest.train.max_length, manifest.model.vocab_size
+    gen = probe_generator()
     errs: dict[str, float] = {}
     for shape in manifest.train.shapes:
         s, b = shape.slices, shape.batch
-        tokens = torch.randint(0, vocab, (b, t), generator=gen)
-        mask = probe_mask(b, t, manifest.train.max_targets)
-        lora_b = torch.randn(s, layout.num_params, generator=gen) * 0.02
+        tokens, mask, lora_b = train_probe_batch(gen, manifest, shape, layout.num_params)
         got = TrainProgram(bundle, slices=s, batch=b).losses(tokens, mask, lora_b)
         with torch.no_grad():
-            want = TrainForward(core, slices=s, batch=b, max_length=t,
+            want = TrainForward(core, slices=s, batch=b, max_length=manifest.train.max_length,
                                 max_targets=manifest.train.max_targets)(tokens, mask, lora_b)
         errs[shape.method] = err = float((got - want).abs().max())
         if not torch.isfinite(got).all() or not err <= atol:
@@ -179,17 +181,11 @@ def probe_quantized(bundle: Path, manifest: BundleManifest, core: nn.Module,
             )
     if manifest.infer is None:
         return errs
-    n = min(manifest.infer.prefill_chunk + 3, manifest.infer.max_context)
-    ids = torch.randint(0, vocab, (n,), generator=gen).tolist()
-    row = torch.randn(layout.num_params, generator=gen) * 0.02
-    prog = InferProgram(bundle)
-    got_prev = prog.forward(ids[:-1], 0, row.numpy())
-    got_last = prog.forward(ids[-1:], n - 1, row.numpy())
+    ids, row = infer_probe_batch(gen, manifest, layout.num_params)
     with torch.no_grad():
-        fwd = TrainForward(core, slices=1, batch=1, max_length=n)
+        fwd = TrainForward(core, slices=1, batch=1, max_length=len(ids))
         ref = core.lm_head(fwd.hidden(torch.tensor([ids]), row[None]))[0]
-    errs["infer"] = err = max(float(abs(got_prev - ref[-2].numpy()).max()),
-                              float(abs(got_last - ref[-1].numpy()).max()))
+    errs["infer"] = err = infer_probe_error(bundle, ids, row, ref)
     if not err <= atol * 5:
         raise ExportError(
             f"the exported {manifest.quantize} infer program disagrees with the eager model "

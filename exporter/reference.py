@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from agent.core.bundle import ADAPTER_DIR, BundleManifest, lora_layout_of, read_manifest
+from agent.core.bundle import ADAPTER_DIR, BundleManifest, lora_layout_of
 from agent.core.lora_layout import LoraLayout
 from agent.errors import BundleError
+from agent.io.bundle_files import read_manifest
 
 
 def merged_state(hf_model: torch.nn.Module, layout: LoraLayout, lora_a: Mapping[str, Tensor],

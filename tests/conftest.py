@@ -28,8 +28,9 @@ STARTER_TEST_OPTIONS = dict(slices=(1, 2, 4), batch=(2,), max_length=64, max_con
                             prefill_chunk=16, seed=0)
 # What shapes a bundle's bytes (cli.py and reference.py do not).
 _KEY_SOURCES = tuple(f"exporter/{m}.py" for m in (
-    "bundle_writer", "checkpoint", "export", "families", "lora_init", "lower", "model",
-    "options", "starter")) + ("agent/core/bundle.py", "agent/core/lora_layout.py")
+    "bundle_writer", "checkpoint", "export", "families", "layers", "lora_init", "lower",
+    "model", "options", "programs", "starter")) + (
+    "agent/core/bundle.py", "agent/core/lora_layout.py")
 
 
 def _source_key(options: dict) -> str:

@@ -142,7 +142,33 @@ def main(args: argparse.Namespace) -> int:
         host, port = broker.host, broker.port
     fleet, device = f"bench{uuid.uuid4().hex[:6]}", "dev1"
     mqtt = {"host": host, "port": port, "fleet": fleet, "protocol": args.protocol}
-    agent = subprocess.Popen(
+    agent = _start_simulated_agent(device, work / "agent", mqtt)
+    results: dict[str, Any] = {"broker": f"{host}:{port}", "link_protocol": args.protocol}
+    try:
+        assert agent.stdout is not None
+        agent.stdout.readline()  # "started"
+        req = _Requester(host, port, fleet, device)
+        _wait_for_link(req, timeout_s=15)
+        req.run(50, 10)  # warm-up
+        results["sequential"] = _sequential(req, args.sequential)
+        results["throughput"] = _throughput(req, agent.pid, args.burst, args.window)
+        req.close()
+        time.sleep(1.0)  # let the burst's tail settle
+        results["idle"] = _idle(agent.pid, args.idle_s)
+    finally:
+        _stop(agent)
+        if broker is not None:
+            broker.stop()
+    _print_report(results, args.protocol)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def _start_simulated_agent(device: str, state_dir: Path,
+                           mqtt: dict[str, Any]) -> subprocess.Popen[str]:
+    """The simulated daemon + fleet link (no torch) in a child process."""
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -150,7 +176,7 @@ def main(args: argparse.Namespace) -> int:
             "--device",
             device,
             "--state-dir",
-            str(work / "agent"),
+            str(state_dir),
             "--mqtt-json",
             json.dumps(mqtt),
         ],
@@ -158,63 +184,70 @@ def main(args: argparse.Namespace) -> int:
         stderr=subprocess.DEVNULL,
         text=True,
     )
-    results: dict[str, Any] = {"broker": f"{host}:{port}", "link_protocol": args.protocol}
+
+
+def _stop(agent: subprocess.Popen[str]) -> None:
+    agent.terminate()
     try:
-        assert agent.stdout is not None
-        agent.stdout.readline()  # "started"
-        req = _Requester(host, port, fleet, device)
-        # Wait until the link answers (it subscribes on connect).
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                req.run(1, 1, timeout=1.0)
-                break
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise
-        req.run(50, 10)  # warm-up
-        elapsed, rtts = req.run(args.sequential, 1)
-        results["sequential"] = {
-            "count": args.sequential,
-            "rtt_p50_ms": 1e3 * _percentile(rtts, 0.5),
-            "rtt_p99_ms": 1e3 * _percentile(rtts, 0.99),
-            "rtt_mean_ms": 1e3 * statistics.mean(rtts),
-        }
-        cpu0 = _proc_cpu_s(agent.pid)
-        elapsed, rtts = req.run(args.burst, args.window)
-        results["throughput"] = {
-            "count": args.burst,
-            "window": args.window,
-            "commands_per_s": args.burst / elapsed,
-            "rtt_p50_ms": 1e3 * _percentile(rtts, 0.5),
-            "rtt_p99_ms": 1e3 * _percentile(rtts, 0.99),
-            "link_cpu_s_per_1000": 1000 * (_proc_cpu_s(agent.pid) - cpu0) / args.burst,
-        }
-        req.close()
-        time.sleep(1.0)  # let the burst's tail settle
-        cpu0, t0 = _proc_cpu_s(agent.pid), time.monotonic()
-        rss = [_proc_rss_mb(agent.pid)]
-        while time.monotonic() - t0 < args.idle_s:
-            time.sleep(min(1.0, args.idle_s))
-            rss.append(_proc_rss_mb(agent.pid))
-        wall = time.monotonic() - t0
-        results["idle"] = {
-            "seconds": wall,
-            "cpu_pct": 100 * (_proc_cpu_s(agent.pid) - cpu0) / wall,
-            "rss_mb": max(rss),
-        }
-    finally:
-        agent.terminate()
+        agent.wait(10)
+    except subprocess.TimeoutExpired:
+        agent.kill()
+        agent.wait(5)
+
+
+def _wait_for_link(req: _Requester, timeout_s: float) -> None:
+    """Until the link answers (it subscribes on connect)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
         try:
-            agent.wait(10)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait(5)
-        if broker is not None:
-            broker.stop()
+            req.run(1, 1, timeout=1.0)
+            return
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+
+
+def _sequential(req: _Requester, count: int) -> dict[str, Any]:
+    """Round trips one at a time."""
+    _elapsed, rtts = req.run(count, 1)
+    return {
+        "count": count,
+        "rtt_p50_ms": 1e3 * _percentile(rtts, 0.5),
+        "rtt_p99_ms": 1e3 * _percentile(rtts, 0.99),
+        "rtt_mean_ms": 1e3 * statistics.mean(rtts),
+    }
+
+
+def _throughput(req: _Requester, pid: int, count: int, window: int) -> dict[str, Any]:
+    """``count`` commands with ``window`` in flight, and the link's CPU for them."""
+    cpu0 = _proc_cpu_s(pid)
+    elapsed, rtts = req.run(count, window)
+    return {
+        "count": count,
+        "window": window,
+        "commands_per_s": count / elapsed,
+        "rtt_p50_ms": 1e3 * _percentile(rtts, 0.5),
+        "rtt_p99_ms": 1e3 * _percentile(rtts, 0.99),
+        "link_cpu_s_per_1000": 1000 * (_proc_cpu_s(pid) - cpu0) / count,
+    }
+
+
+def _idle(pid: int, idle_s: float) -> dict[str, Any]:
+    """CPU and peak RSS of the idle process over ``idle_s`` seconds."""
+    cpu0, t0 = _proc_cpu_s(pid), time.monotonic()
+    rss = [_proc_rss_mb(pid)]
+    while time.monotonic() - t0 < idle_s:
+        time.sleep(min(1.0, idle_s))
+        rss.append(_proc_rss_mb(pid))
+    wall = time.monotonic() - t0
+    return {"seconds": wall, "cpu_pct": 100 * (_proc_cpu_s(pid) - cpu0) / wall,
+            "rss_mb": max(rss)}
+
+
+def _print_report(results: dict[str, Any], protocol: str) -> None:
     s, t, i = results["sequential"], results["throughput"], results["idle"]
     print(
-        f"fleet link via {results['broker']} (link MQTT {args.protocol}; idle process = "
+        f"fleet link via {results['broker']} (link MQTT {protocol}; idle process = "
         "simulated daemon + link, no torch)"
     )
     print(
@@ -230,9 +263,6 @@ def main(args: argparse.Namespace) -> int:
         f"  idle          : CPU {i['cpu_pct']:.2f} %  RSS {i['rss_mb']:.1f} MB "
         f"over {i['seconds']:.0f} s"
     )
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
-    return 0
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ indicative; every ratio below comes from one run):
   and task (issue 8's target: 2%).
 - lr: the paper's 1e-4 barely moves B from zero on this model (all layers r16, MeZO 30 steps:
   5.83 → 5.55 at 1e-3, 5.39 at 1e-2, 5.54 at 1e-1, noisy). ε 1e-2 is the paper's and the
-  floor of a quantized base (agent/training/quant_guard.py). First-order Adam lr 1e-3.
+  floor of a quantized base (agent/core/quant_guard.py). First-order Adam lr 1e-3.
 - Equal forwards: P-RGE dual q=4 b=4 and q=16 b=1 end below MeZO q=1 b=16 on every task and
   every adapter except last-1 (a tie); first-order LoRA is far ahead of all ZO methods per
   forward.
@@ -79,12 +79,10 @@ indicative; every ratio below comes from one run):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,13 +94,8 @@ from agent.bench.learn_methods import (
     default_methods,
     parse_method,
 )
-from agent.bench.learn_quant import (
-    SCHEMES,
-    bundle_scheme_problem,
-    scheme_problem,
-    starter_linear_inputs,
-)
-from agent.core.bundle import QuantScheme
+from agent.bench.learn_quant import SCHEMES
+from agent.bench.learn_setup import Programs, checked_bundle, datasets_for, eager_twin
 from agent.errors import MobizoError
 
 log = logging.getLogger(__name__)
@@ -184,147 +177,31 @@ def _split_specs(text: str) -> list[str]:
     return [s for s in (p.strip() for p in text.split(";")) if s]
 
 
-def starter_bundle(methods: Sequence[MethodSpec], *, max_length: int, lora_layers: str,
-                   rank: int, cache_dir: Path, quantize: QuantScheme = "none") -> Path:
-    """Export (once) the starter preset with every shape the methods and scoring need.
-
-    Raises:
-        ValueError: ``quantize`` cannot quantize the starter's linears (before any export).
-    """
-    problem = scheme_problem(quantize, starter_linear_inputs())
-    if problem:
-        raise ValueError(problem)
-    from agent.core.bundle import is_usable
-    from exporter.export import export_bundle
-    from exporter.options import ExportOptions
-
-    slices = {1} | {m.slices for m in methods if m.kind == "zo"}
-    batches = {1} | {m.batch for m in methods}
-    # scoring (1 x 1), held-out loss (1 x the biggest batch) and each ZO method's own shape:
-    # not the whole grid, whose biggest corner (32 slices x 16 sequences) nothing loads
-    shapes = {(1, 1), (1, max(batches))} | {(m.slices, m.batch) for m in methods
-                                             if m.kind == "zo"}
-    opts = ExportOptions(slices=tuple(sorted(slices)), batch=tuple(sorted(batches)),
-                         shapes=tuple(sorted(shapes)),
-                         max_length=max_length, max_context=max(128, max_length),
-                         prefill_chunk=16, seed=0, lora_layers=lora_layers, rank=rank,
-                         alpha=2.0 * rank, quantize=quantize,
-                         train_only=True)  # scoring uses the train program and the eager twin
-    key = hashlib.sha256(opts.model_dump_json().encode()).hexdigest()[:10]
-    out = Path(cache_dir) / f"starter-{key}"
-    if is_usable(out):
-        log.info("using the cached bundle %s", out)
-        return out
-    log.info("exporting the starter bundle to %s (shapes S=%s x b=%s, T=%d, quantize %s; "
-             "minutes, once)", out, sorted(slices), sorted(batches), max_length, quantize)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    export_bundle(None, out, opts, preset="starter", force=True)
-    return out
-
-
-def _eval_programs(bundle: Path, manifest: Any, backend: str, cache: dict) -> tuple[Any, Any]:
-    """(loss program, score program): S=1 with the largest and the smallest batch."""
-    from agent.training.programs import choose_eval_shape, load_program
-
-    ones = sorted((s for s in manifest.train.shapes if s.slices == 1), key=lambda s: s.batch)
-    big = ones[-1] if ones else choose_eval_shape(manifest, 1)
-    small = ones[0] if ones else big
-    progs = []
-    for shape in (big, small):
-        key = (shape.slices, shape.batch)
-        if key not in cache:
-            cache[key] = load_program(bundle, backend, shape.slices, shape.batch)
-        progs.append(cache[key])
-    return progs[0], progs[1]
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the whole benchmark; returns the JSON document."""
     import torch
 
-    from agent.bench.learn_data import file_data, task_data
-    from agent.bench.learn_eager import EagerModel
     from agent.bench.learn_report import check_targets, result_objects
-    from agent.bench.learn_run import Evaluator, run_method
-    from agent.bench.tasks import make_task
     from agent.config.adapters import AdaptersConfig
-    from agent.core.bundle import ADAPTER_DIR, read_manifest
+    from agent.core.bundle import ADAPTER_DIR
     from agent.io.adapter_fs import AdapterValidator
-    from agent.training.programs import choose_train_shape, load_program
-    from agent.training.quant_guard import epsilon_warning
     from agent.training.tokenize import load_tokenizer
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(max(1, args.threads))
     methods = build_methods(args)
     budget = args.forwards or (QUICK_FORWARDS if args.quick else FULL_FORWARDS)
-    bundle = args.bundle or starter_bundle(methods, max_length=args.max_length,
-                                           lora_layers=args.lora_layers, rank=args.rank,
-                                           cache_dir=args.cache_dir,
-                                           quantize=args.quantize or "none")
-    manifest = read_manifest(bundle)
-    problem = bundle_scheme_problem(args.quantize, manifest.quantize, str(bundle))
-    if problem:
-        raise ValueError(problem)
-    eps_floor = epsilon_warning(manifest.quantize, min(
-        (m.eps for m in methods if m.kind == "zo"), default=args.eps))
-    if eps_floor:
-        log.warning("%s", eps_floor)
-    for m in methods:  # fail before any work if a shape is missing
-        if m.kind == "zo":
-            assert m.mode is not None
-            choose_train_shape(manifest, m.mode, m.q, m.batch)
+    bundle, manifest = checked_bundle(args, methods)
     tokenizer = load_tokenizer(bundle, manifest.tokenizer.path)
     pad_id = manifest.tokenizer.pad_token_id
     length = manifest.train.max_length
     init_b = AdapterValidator(bundle, manifest).load_flat_b(bundle / ADAPTER_DIR)
-    try:
-        eager = EagerModel(bundle, manifest)
-    except MobizoError as exc:
-        log.warning("no eager model (%s): skipping the first-order baseline and exact match", exc)
-        eager = None
-        methods = [m for m in methods if m.kind == "zo"]
-    if eager is not None and not eager.differentiable and any(m.kind == "fo" for m in methods):
-        log.warning("skipping the first-order baseline: the base is quantized (%s) and torchao's "
-                    "quantized linears pass no gradient to their input (the ZO methods need "
-                    "none)", manifest.quantize)
-        methods = [m for m in methods if m.kind == "zo"]
-
-    if args.data is not None:
-        datasets = [file_data(args.data, tokenizer, max_length=length, pad_id=pad_id,
-                              heldout_share=args.heldout_share)]
-    else:
-        names = [t.strip() for t in args.tasks.split(",") if t.strip()]
-        datasets = [task_data(make_task(n, args.seed, train_size=args.train_size,
-                                        heldout_size=args.heldout_size),
-                              tokenizer, max_length=length, pad_id=pad_id) for n in names]
-
-    cache: dict = {}
-    loss_prog, score_prog = _eval_programs(bundle, manifest, args.backend, cache)
-    results = []
+    eager, methods = eager_twin(bundle, manifest, methods)
+    datasets = datasets_for(args, tokenizer, length, pad_id)
+    programs = Programs(bundle, manifest, args.backend)
+    evaluators = programs.for_eval()  # before the clock starts; ZO programs load when first used
     t_start = time.perf_counter()
-    for data in datasets:
-        if data.truncated:
-            log.warning("%s: %d examples truncated to %d tokens", data.name, data.truncated,
-                        length)
-        evaluator = Evaluator(data, loss_prog, score_prog, eager, pad_id)
-        for m in methods:
-            program = None
-            if m.kind == "zo":
-                assert m.mode is not None
-                shape = choose_train_shape(manifest, m.mode, m.q, m.batch)
-                key = (shape.slices, shape.batch)
-                if key not in cache:
-                    cache[key] = load_program(bundle, args.backend, *key)
-                program = cache[key]
-            r = run_method(m, data, init_b, evaluator, budget_forwards=budget,
-                           eval_points=args.eval_points, seed=args.seed, program=program,
-                           eager=eager)
-            log.info("%s %s: held-out %.3f -> %.3f in %.1fs", data.name, m.name,
-                     r.start.loss, r.final.loss, r.final.seconds)
-            print(f"  {data.name:15s} {m.name:20s} held-out {r.start.loss:.3f} -> "
-                  f"{r.final.loss:.3f}  ({r.final.seconds:.1f}s)", file=sys.stderr, flush=True)
-            results.append(r)
+    results = _run_methods(args, programs, evaluators, methods, datasets, init_b, eager, budget)
     adapters_cfg = AdaptersConfig()
     margin = adapters_cfg.eval_margin if args.eval_margin is None else args.eval_margin
     objs = result_objects(results, margin=margin, margin_mode=adapters_cfg.eval_margin_mode)
@@ -347,6 +224,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "targets": check_targets(objs),
         "_runs": results,
     }
+
+
+def _run_methods(args: argparse.Namespace, programs: Programs, evaluators: tuple[Any, Any],
+                 methods: list[MethodSpec], datasets: list[Any], init_b: Any, eager: Any,
+                 budget: int) -> list[Any]:
+    """Every method on every dataset, from the same initial B; logs each held-out loss."""
+    from agent.bench.learn_run import Evaluator, run_method
+
+    pad_id = programs.manifest.tokenizer.pad_token_id
+    length = programs.manifest.train.max_length
+    results = []
+    for data in datasets:
+        if data.truncated:
+            log.warning("%s: %d examples truncated to %d tokens", data.name, data.truncated,
+                        length)
+        evaluator = Evaluator(data, *evaluators, eager, pad_id)
+        for m in methods:
+            r = run_method(m, data, init_b, evaluator, budget_forwards=budget,
+                           eval_points=args.eval_points, seed=args.seed,
+                           program=programs.for_method(m), eager=eager)
+            log.info("%s %s: held-out %.3f -> %.3f in %.1fs", data.name, m.name,
+                     r.start.loss, r.final.loss, r.final.seconds)
+            print(f"  {data.name:15s} {m.name:20s} held-out {r.start.loss:.3f} -> "
+                  f"{r.final.loss:.3f}  ({r.final.seconds:.1f}s)", file=sys.stderr, flush=True)
+            results.append(r)
+    return results
 
 
 def main(args: argparse.Namespace) -> int:

@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import LlamaForCausalLM, Qwen2ForCausalLM  # noqa: F401
 
     from agent.bench.zo import bench_mask
-    from agent.core.bundle import lora_layout_of, read_manifest
+    from agent.core.bundle import lora_layout_of
     from agent.core.zo import zo_step
+    from agent.io.bundle_files import read_manifest
     from agent.io.runtime import TrainProgram  # imports executorch for every kind
     from exporter.export import BENCH_INFER_PROGRAM
     from exporter.model import Decoder, TrainForward

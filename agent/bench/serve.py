@@ -84,21 +84,15 @@ def run(bundle: Path, *, prompt_tokens: int = 64, gen_tokens: int = 64, repeats:
     """Run every measurement; returns a JSON-able dict."""
     import torch
 
-    from agent.io.adapter_fs import AdapterValidator, write_adapter
+    from agent.io.adapter_fs import AdapterValidator
     from agent.io.http import Client
     from agent.services.inference.service import InferenceService, ServeConfig
-    from exporter.reference import eager_generate, load_base_model, load_lora_a, merged_model
 
     if threads:
         torch.set_num_threads(threads)
     work = Path(tempfile.mkdtemp(prefix="mobizo-bench-serve-"))
     validator = AdapterValidator(bundle)
-    rng = np.random.default_rng(0)
-    flats = [(rng.standard_normal(validator.layout.num_params) * 0.02).astype(np.float32)
-             for _ in range(2)]
-    for k, flat in enumerate(flats):
-        write_adapter(work / f"a{k}", validator.layout, flat, validator.a_tensors)
-
+    flats = _write_adapters(work, validator, count=2)
     svc = InferenceService(bundle, work / "state", ServeConfig(
         listen="127.0.0.1:0", threads=threads, watch_interval_s=0.01))
     results: dict[str, Any] = {"bundle": str(bundle), "bundle_id": svc.bundle_id,
@@ -113,63 +107,14 @@ def run(bundle: Path, *, prompt_tokens: int = 64, gen_tokens: int = 64, repeats:
         assert svc.address is not None
         client = Client(*svc.address)
         assert client.post("/v1/admin/reload-adapter").json["version"] == versions[0]
-        # a prompt of exactly prompt_tokens tokens
-        vocab = svc.codec.tok
-        base_ids = svc.codec.encode_prompt("The quick brown fox jumps over the lazy dog. " * 64)
-        prompt_ids = base_ids[:prompt_tokens]
-        prompt = vocab.decode(prompt_ids)
-        if svc.codec.encode_prompt(prompt) != prompt_ids:
-            raise RuntimeError("the benchmark prompt does not round-trip through the tokenizer")
+        prompt_ids, prompt = _bench_prompt(svc, prompt_tokens)
         req = {"prompt": prompt, "max_tokens": gen_tokens, "temperature": 0, "ignore_eos": True}
-        client.complete(**req)  # warm-up
-        svc_runs = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            body = client.complete(**req).json
-            wall = time.perf_counter() - t0
-            svc_runs.append((body["timings"], wall, body))
-        svc_text = svc_runs[-1][2]["choices"][0]["text"]
-        results["service"] = {
-            "prompt_tok_s": float(np.median([t["prompt_per_second"] for t, _, _ in svc_runs])),
-            "gen_tok_s": float(np.median([t["predicted_per_second"] for t, _, _ in svc_runs])),
-            "end_to_end_s": float(np.median([w for _, w, _ in svc_runs])),
-        }
-
-        # eager transformers, same base, same adapter merged
-        manifest = validator.manifest
-        hf = load_base_model(manifest, work)
-        model = merged_model(hf, validator.layout, load_lora_a(bundle, validator.layout),
-                             flats[0])
-        ids = torch.tensor([prompt_ids], dtype=torch.long)
-        with torch.no_grad():
-            model(ids)  # type: ignore[operator]  # warm-up
-            eager_generate(model, prompt_ids, 4)
-            pre, gen, eager_tokens = [], [], []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                model(ids)  # type: ignore[operator]
-                pre.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                out = model.generate(  # type: ignore[operator]
-                    ids, max_new_tokens=gen_tokens, min_new_tokens=gen_tokens, do_sample=False,
-                    attention_mask=torch.ones_like(ids),
-                    pad_token_id=manifest.tokenizer.pad_token_id)
-                gen.append(time.perf_counter() - t0)
-                eager_tokens = out[0, ids.shape[1]:].tolist()
-        p, g = float(np.median(pre)), float(np.median(gen))
-        results["eager"] = {"prompt_tok_s": prompt_tokens / p,
-                            "gen_tok_s": gen_tokens / max(g - p, 1e-9), "end_to_end_s": g}
+        results["service"], svc_text = _measure_service(client, req, repeats)
+        results["eager"], eager_tokens = _measure_eager(
+            bundle, validator, work, flats[0], prompt_ids, prompt_tokens, gen_tokens, repeats)
         # compare decoded text: a random model emits arbitrary bytes, so re-encoding the
         # service's text would not give its token ids back
-        eager_text = svc.codec.decode(eager_tokens)
-        agree = 0
-        for a, b in zip(svc_text, eager_text, strict=False):
-            if a != b:
-                break
-            agree += 1
-        results["parity"] = {"greedy_prefix_agreement": agree,
-                             "of": max(len(svc_text), len(eager_text)),
-                             "identical": svc_text == eager_text}
+        results["parity"] = _parity(svc_text, svc.codec.decode(eager_tokens))
         results["switch"] = _switches(svc, client, versions, switches)
     finally:
         svc.stop()
@@ -179,6 +124,90 @@ def run(bundle: Path, *, prompt_tokens: int = 64, gen_tokens: int = 64, repeats:
         "zero_failed": results["switch"]["failed_requests"] == 0,
     }
     return results
+
+
+def _write_adapters(work: Path, validator: Any, count: int) -> list[np.ndarray]:
+    """``count`` seeded random adapters written to ``work/a<k>``; returns their flat B."""
+    from agent.io.adapter_fs import write_adapter
+
+    rng = np.random.default_rng(0)
+    flats = [(rng.standard_normal(validator.layout.num_params) * 0.02).astype(np.float32)
+             for _ in range(count)]
+    for k, flat in enumerate(flats):
+        write_adapter(work / f"a{k}", validator.layout, flat, validator.a_tensors)
+    return flats
+
+
+def _bench_prompt(svc: Any, prompt_tokens: int) -> tuple[list[int], str]:
+    """A prompt of exactly ``prompt_tokens`` tokens: its ids and its text."""
+    base_ids = svc.codec.encode_prompt("The quick brown fox jumps over the lazy dog. " * 64)
+    prompt_ids = base_ids[:prompt_tokens]
+    prompt = svc.codec.tok.decode(prompt_ids)
+    if svc.codec.encode_prompt(prompt) != prompt_ids:
+        raise RuntimeError("the benchmark prompt does not round-trip through the tokenizer")
+    return prompt_ids, prompt
+
+
+def _measure_service(client: Any, req: dict[str, Any],
+                     repeats: int) -> tuple[dict[str, float], str]:
+    """The service's own timings (median of ``repeats``) and the text of the last run."""
+    client.complete(**req)  # warm-up
+    svc_runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        body = client.complete(**req).json
+        wall = time.perf_counter() - t0
+        svc_runs.append((body["timings"], wall, body))
+    stats = {
+        "prompt_tok_s": float(np.median([t["prompt_per_second"] for t, _, _ in svc_runs])),
+        "gen_tok_s": float(np.median([t["predicted_per_second"] for t, _, _ in svc_runs])),
+        "end_to_end_s": float(np.median([w for _, w, _ in svc_runs])),
+    }
+    return stats, svc_runs[-1][2]["choices"][0]["text"]
+
+
+def _measure_eager(bundle: Path, validator: Any, work: Path, flat: np.ndarray,
+                   prompt_ids: list[int], prompt_tokens: int, gen_tokens: int,
+                   repeats: int) -> tuple[dict[str, float], list[int]]:
+    """Eager transformers, same base, same adapter merged: speeds and its greedy tokens."""
+    import torch
+
+    from exporter.reference import eager_generate, load_base_model, load_lora_a, merged_model
+
+    manifest = validator.manifest
+    hf = load_base_model(manifest, work)
+    model = merged_model(hf, validator.layout, load_lora_a(bundle, validator.layout), flat)
+    ids = torch.tensor([prompt_ids], dtype=torch.long)
+    with torch.no_grad():
+        model(ids)  # type: ignore[operator]  # warm-up
+        eager_generate(model, prompt_ids, 4)
+        pre, gen, eager_tokens = [], [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(ids)  # type: ignore[operator]
+            pre.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            out = model.generate(  # type: ignore[operator]
+                ids, max_new_tokens=gen_tokens, min_new_tokens=gen_tokens, do_sample=False,
+                attention_mask=torch.ones_like(ids),
+                pad_token_id=manifest.tokenizer.pad_token_id)
+            gen.append(time.perf_counter() - t0)
+            eager_tokens = out[0, ids.shape[1]:].tolist()
+    p, g = float(np.median(pre)), float(np.median(gen))
+    stats = {"prompt_tok_s": prompt_tokens / p,
+             "gen_tok_s": gen_tokens / max(g - p, 1e-9), "end_to_end_s": g}
+    return stats, eager_tokens
+
+
+def _parity(svc_text: str, eager_text: str) -> dict[str, Any]:
+    """How many leading characters the service's and eager's greedy texts share."""
+    agree = 0
+    for a, b in zip(svc_text, eager_text, strict=False):
+        if a != b:
+            break
+        agree += 1
+    return {"greedy_prefix_agreement": agree, "of": max(len(svc_text), len(eager_text)),
+            "identical": svc_text == eager_text}
 
 
 def _switches(svc: Any, client: Any, versions: list[str], n: int) -> dict[str, Any]:
@@ -239,7 +268,7 @@ def starter_int4_problem() -> str | None:
 
 def starter_bundle(workdir: Path, scheme: QuantScheme, max_context: int) -> Path:
     """Export (once, then reuse) the starter bundle quantized with ``scheme`` for serving."""
-    from agent.core.bundle import is_usable
+    from agent.io.bundle_files import is_usable
     from exporter.export import export_bundle
     from exporter.options import ExportOptions
 

@@ -150,7 +150,7 @@ def _has_methods(bundle: Path, q: int, b: int) -> bool:
     version measures (else it is exported again)."""
     from executorch.runtime import Runtime
 
-    from agent.core.bundle import is_usable
+    from agent.io.bundle_files import is_usable
     from exporter.export import (
         BENCH_FORWARD_PROGRAM,
         BENCH_INFER_PROGRAM,
@@ -206,8 +206,8 @@ def _median_time(fn, repeats: int) -> float:
 def measure_times(bundle: Path, q: int, b: int, repeats: int) -> dict[str, float]:
     import torch
 
-    from agent.core.bundle import read_manifest
     from agent.core.zo import StepBuffers, zo_step
+    from agent.io.bundle_files import read_manifest
     from agent.io.runtime import TrainProgram
     from exporter.export import (
         BENCH_FORWARD_PROGRAM,
@@ -297,7 +297,7 @@ def measure_rss(bundle: Path, q: int, b: int) -> dict[str, float]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from agent.core.bundle import read_manifest
+    from agent.io.bundle_files import read_manifest
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = []

@@ -56,7 +56,7 @@ def quant_bundle(workdir: Path, shape: str, scheme: QuantScheme, q: int, b: int,
                  seq: int) -> Path:
     """Export (once) a bundle of ``scheme`` with the S = 2q method at batch b."""
     from agent.bench.zo import export_in_child, response_targets
-    from agent.core.bundle import is_usable
+    from agent.io.bundle_files import is_usable
     from exporter.options import ExportOptions
 
     out = workdir / f"{shape}-{scheme}-q{q}-b{b}-T{seq}-response"
@@ -110,8 +110,8 @@ def step_times(bundles: dict[str, Path], q: int, b: int, repeats: int) -> dict[s
 
     import torch
 
-    from agent.core.bundle import read_manifest
     from agent.core.zo import zo_step
+    from agent.io.bundle_files import read_manifest
     from agent.io.runtime import TrainProgram
 
     steppers = {}
@@ -166,7 +166,7 @@ def peak_rss(bundle: Path, q: int, b: int) -> dict[str, float]:
 def main(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from agent.core.bundle import read_manifest
+    from agent.io.bundle_files import read_manifest
     from agent.io.runtime import TrainProgram
     from exporter.reference import EagerTrainProgram, load_base_model
 

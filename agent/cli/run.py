@@ -26,12 +26,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="board profiles directory (default: the packaged firmware_configs)")
     parser.add_argument("--tick-seconds", type=float, default=2.0,
                         help="seconds between main-loop ticks (default 2)")
-    parser.add_argument("--stop-grace-seconds", type=float, default=30.0,
-                        help="how long a stopped burst may take to checkpoint before SIGKILL")
-    parser.add_argument("--publish-verify-seconds", type=float, default=10.0,
-                        help="how long the inference service has to serve a new adapter")
-    parser.add_argument("--failure-backoff-seconds", type=float, default=30.0,
-                        help="wait after a failed burst (doubles per failure, up to 15 min)")
+    # These override [daemon] in the config (tests pass short ones); unset: the config's.
+    parser.add_argument("--stop-grace-seconds", type=float, default=None,
+                        help="overrides [daemon].stop_grace_s: how long a stopped burst may "
+                        "take to checkpoint before SIGKILL")
+    parser.add_argument("--publish-verify-seconds", type=float, default=None,
+                        help="overrides [daemon].publish_verify_s: how long the inference "
+                        "service has to serve a new adapter")
+    parser.add_argument("--failure-backoff-seconds", type=float, default=None,
+                        help="overrides [daemon].failure_backoff_s: wait after a failed burst "
+                        "(doubles per failure, up to [daemon].failure_backoff_max_s)")
     parser.add_argument("--debug-hooks", action="store_true",
                         help="accept debug commands on the control socket (tests only)")
 
@@ -39,16 +43,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from agent.app import App, AppOptions
     from agent.config import default_config_path
-    from agent.services.daemon.loop import DaemonTimings
 
     path = args.config
     if path is None:
         candidate = default_config_path()
         path = candidate if candidate.exists() else None
-    timings = DaemonTimings(tick_s=args.tick_seconds, stop_grace_s=args.stop_grace_seconds,
-                            publish_verify_s=args.publish_verify_seconds,
-                            failure_backoff_s=args.failure_backoff_seconds)
-    app = App(AppOptions(config_path=path, state_dir=args.state_dir, timings=timings,
+    forced = {"stop_grace_s": args.stop_grace_seconds,
+              "publish_verify_s": args.publish_verify_seconds,
+              "failure_backoff_s": args.failure_backoff_seconds}
+    app = App(AppOptions(config_path=path, state_dir=args.state_dir, tick_s=args.tick_seconds,
+                         daemon_settings={k: v for k, v in forced.items() if v is not None},
                          debug_hooks=args.debug_hooks, profiles_dir=args.profiles_dir))
     # Errors here (invalid config, no bundle, broken registry) propagate as MobizoError: the
     # dispatcher prints them and exits 2, before READY, so systemd sees a failed start.

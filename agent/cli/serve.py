@@ -8,26 +8,37 @@ import shlex
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agent.services.inference.settings import ServeConfig
 
 HELP = "run the local inference service (chat API, hot-swap)"
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
-    parser.add_argument("--state-dir", type=Path, required=True,
-                        help="holds interactions.sqlite3 and adapters/")
-    parser.add_argument("--listen", default="127.0.0.1:8780",
-                        help="HOST:PORT to listen on ('' for none); keep it on loopback")
+    # Every setting has its default in the config model (agent.config: [service], [inference],
+    # [paths]); a flag given here overrides that one field.
+    parser.add_argument("--config", type=Path, default=None,
+                        help="agent.toml, the daemon's file: [service] inference_url says where "
+                        "to listen, [inference] sets threads, context, tokens, queue and store")
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="model bundle directory (default: the config's bundle_dir)")
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help="holds interactions.sqlite3 and adapters/ (default: paths.state_dir)")
+    parser.add_argument("--listen", default=None,
+                        help="HOST:PORT to listen on ('' for none; default from "
+                        "service.inference_url); keep it on loopback")
     parser.add_argument("--unix", type=Path, default=None, help="also listen on this socket")
     parser.add_argument("--threads", type=int, default=None, help="runtime CPU threads")
-    parser.add_argument("--max-queue", type=int, default=16, help="waiting requests before 503")
-    parser.add_argument("--max-tokens", type=int, default=128,
+    parser.add_argument("--max-queue", type=int, default=None, help="waiting requests before 503")
+    parser.add_argument("--max-tokens", type=int, default=None,
                         help="default max generated tokens per request")
     parser.add_argument("--no-capture", action="store_true", help="do not store interactions")
-    parser.add_argument("--store-max-mb", type=float, default=256, help="store size cap (MiB)")
-    parser.add_argument("--retention-days", type=float, default=90, help="store retention")
-    parser.add_argument("--watch-interval", type=float, default=0.25,
+    parser.add_argument("--store-max-mb", type=float, default=None, help="store size cap (MiB)")
+    parser.add_argument("--retention-days", type=float, default=None, help="store retention")
+    parser.add_argument("--watch-interval", type=float, default=None,
                         help="seconds between checks of the active-adapter pointer")
     parser.add_argument("--post-switch-command", default=None,
                         help="command run after each adapter switch, with MOBIZO_ADAPTER_VERSION,"
@@ -37,23 +48,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "each switch (e.g. vLLM's /v1/load_lora_adapter)")
 
 
-def main(args: argparse.Namespace) -> int:
-    from agent.io.store import StoreConfig
-    from agent.io.systemd import Notifier
-    from agent.services.inference.service import InferenceService, ServeConfig
+def settings_from_args(args: argparse.Namespace) -> tuple[Path, Path, ServeConfig]:
+    """(bundle dir, state dir, service settings): the config file's, with the flags on top."""
+    from agent.config import AgentConfig, load_config
+    from agent.services.inference.settings import serve_config
 
-    config = ServeConfig(
-        listen=args.listen or None, unix_socket=args.unix, threads=args.threads,
-        max_queue=args.max_queue, default_max_tokens=args.max_tokens,
-        watch_interval_s=args.watch_interval,
+    cfg = (load_config(args.config, replay_overrides=True).config if args.config is not None
+           else AgentConfig())
+    inf = cfg.inference
+    store = None
+    if args.no_capture or args.store_max_mb is not None or args.retention_days is not None:
+        from agent.io.store import StoreConfig
+
+        mb = inf.store_max_mb if args.store_max_mb is None else args.store_max_mb
+        store = StoreConfig(
+            capture=inf.capture and not args.no_capture, max_total_bytes=int(mb * 1024 * 1024),
+            retention_days=args.retention_days or inf.retention_days)
+    config = serve_config(
+        cfg, threads=args.threads, max_queue=args.max_queue, default_max_tokens=args.max_tokens,
+        watch_interval_s=args.watch_interval, post_switch_url=args.post_switch_url,
         post_switch_command=shlex.split(args.post_switch_command)
-        if args.post_switch_command else None,
-        post_switch_url=args.post_switch_url,
-        store=StoreConfig(capture=not args.no_capture,
-                          max_total_bytes=int(args.store_max_mb * 1024 * 1024),
-                          retention_days=args.retention_days),
-    )
-    service = InferenceService(args.bundle, args.state_dir, config)
+        if args.post_switch_command else None, store=store)
+    if args.listen is not None:  # '' = no TCP listener
+        config = config.model_copy(update={"listen": args.listen or None})
+    if args.unix is not None:
+        config = config.model_copy(update={"unix_socket": args.unix})
+    return (args.bundle or cfg.bundle_dir, args.state_dir or cfg.paths.state_dir, config)
+
+
+def main(args: argparse.Namespace) -> int:
+    from agent.io.systemd import Notifier
+    from agent.services.inference.service import InferenceService
+
+    bundle, state_dir, config = settings_from_args(args)
+    service = InferenceService(bundle, state_dir, config)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -9,8 +9,9 @@ import os
 import time
 from pathlib import Path
 
-from agent.core.status import AgentStatus, StatusFileError, read_status, status_path
+from agent.core.status import AgentStatus
 from agent.errors import ConfigError
+from agent.io.status_file import StatusFileError, read_status, status_path
 
 HELP = "print the daemon's state"
 

@@ -14,66 +14,69 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.core import zo
+from agent.core import zo_settings as zs
+from agent.core.train_job import TrainJob
 
 HELP = "one-shot MobiZO fine-tuning job on a bundle and a JSONL file"
 
+def _job_flag(p: argparse.ArgumentParser, name: str, **kw: Any) -> None:
+    """``--<name>`` for the TrainJob field ``name``: help and default come from the model.
+
+    The default is SUPPRESS, so only the flags given reach the model and its own field
+    defaults apply (no second copy of them here).
+    """
+    info = TrainJob.model_fields[name]
+    default = info.get_default(call_default_factory=False)
+    shown = "" if default is None or "flag" in kw else f" (default {default})"
+    flag = kw.pop("flag", "--" + name.replace("_", "-"))
+    p.add_argument(flag, dest=name, default=argparse.SUPPRESS,
+                   help=kw.pop("help", info.description) + shown, **kw)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
-    p.add_argument("--data", type=Path, required=True, help="JSON Lines interactions")
-    p.add_argument("--out", type=Path, required=True, help="adapter directory to write")
-    p.add_argument("--steps", type=int, default=100, help="steps of the whole run (default 100)")
-    p.add_argument("--mode", choices=zo.MODES, default="prge-dual",
-                   help="mezo: 2q calls/step; prge: 2 calls; prge-dual: 1 call (default)")
-    p.add_argument("--q", type=int, default=zo.DEFAULT_Q, help="queries per step (default 4)")
-    p.add_argument("--batch", type=int, default=None,
-                   help="sequences per query (default: q*b = 16 as in the paper if the bundle "
-                   "exports it, else its biggest batch)")
-    p.add_argument("--seed", type=int, default=0, help="run seed (data order, perturbations)")
-    p.add_argument("--metrics", type=Path, help="append per-step JSON lines to this file")
-    p.add_argument("--lr", type=float, default=zo.DEFAULT_LR, help="learning rate (1e-4)")
-    p.add_argument("--eps", type=float, default=zo.DEFAULT_EPS, help="perturbation ε (1e-2)")
-    p.add_argument("--lr-schedule", choices=zo.SCHEDULES, default="constant")
-    p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--clip", type=float, default=0.0, help="clip |g_i| (0 = off)")
-    p.add_argument("--max-length", type=int, help="truncate sequences (≤ the bundle's length)")
-    p.add_argument("--max-seconds", type=float, help="stop (and write the adapter) after this")
-    p.add_argument("--burst-steps", type=int, help="run at most this many steps now")
-    p.add_argument("--checkpoint-dir", type=Path, help="default: <out>.ckpt")
-    p.add_argument("--checkpoint-every", type=int, default=50)
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    p.add_argument("--init-adapter", type=Path, help="start from this adapter's B")
-    p.add_argument("--threads", type=int, help="runtime threads")
-    p.add_argument("--backend", choices=("executorch", "eager"), default="executorch",
-                   help="executorch (train.pte, default) or eager (the reference)")
-    p.add_argument("--heldout-share", type=float, default=0.1, help="held-out fraction (0.1)")
-    p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
+    p.add_argument("--job", type=Path, default=None,
+                   help="read the whole job from this JSON document (what the daemon writes); "
+                   "no other job flags with it")
+    for name in ("bundle", "data", "out", "checkpoint_dir", "init_adapter", "metrics"):
+        _job_flag(p, name, type=Path)
+    for name in ("steps", "schedule_steps", "q", "batch", "seed", "warmup_steps", "max_length",
+                 "burst_steps", "checkpoint_every", "threads"):
+        _job_flag(p, name, type=int)
+    for name in ("lr", "eps", "min_lr_ratio", "clip", "max_seconds", "heldout_share"):
+        _job_flag(p, name, type=float)
+    _job_flag(p, "mode", choices=zs.MODES)
+    _job_flag(p, "lr_schedule", choices=zs.SCHEDULES)
+    _job_flag(p, "backend", choices=("executorch", "eager"))
+    _job_flag(p, "resume", action="store_true")
+    _job_flag(p, "evaluate", flag="--no-eval", action="store_false",
+              help="skip the held-out evaluation")
     p.add_argument("--progress", choices=("auto", "bar", "json"), default="auto",
                    help="progress bar (a TTY) or JSON lines (otherwise)")
 
 
-def _config(args: argparse.Namespace) -> Any:
+def job_from_args(args: argparse.Namespace) -> TrainJob:
+    """The job: read from ``--job``, or built from the flags given.
+
+    Raises:
+        ConfigError: a bad job file or flag (named), or ``--job`` mixed with job flags.
+    """
     from pydantic import ValidationError
 
     from agent.errors import ConfigError
-    from agent.training.config import TrainJobConfig
+    from agent.training.job import field_problems, read_train_job
 
+    given = {k: v for k, v in vars(args).items() if k in TrainJob.model_fields}
+    if args.job is not None:
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in sorted(given))
+            raise ConfigError(f"--job already holds the whole job; drop {flags} (or edit "
+                              f"{args.job})")
+        return read_train_job(args.job)
     try:
-        return TrainJobConfig(
-            bundle=args.bundle, data=args.data, out=args.out, steps=args.steps, mode=args.mode,
-            q=args.q, batch=args.batch, seed=args.seed, lr=args.lr, eps=args.eps,
-            lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps, clip=args.clip,
-            max_length=args.max_length, max_seconds=args.max_seconds,
-            burst_steps=args.burst_steps, checkpoint_dir=args.checkpoint_dir,
-            checkpoint_every=args.checkpoint_every, resume=args.resume,
-            init_adapter=args.init_adapter, threads=args.threads, backend=args.backend,
-            heldout_share=args.heldout_share, metrics=args.metrics, evaluate=not args.no_eval,
-        )
+        return TrainJob(**given)
     except ValidationError as exc:
-        problems = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
-                             for e in exc.errors())
-        raise ConfigError(f"invalid training options: {problems}") from exc
+        raise ConfigError(
+            f"invalid training options: {field_problems(exc, flag_style=True)}") from exc
 
 
 def _fmt(x: float | None) -> str:
@@ -100,7 +103,7 @@ def summary_text(result: Any) -> str:
 def main(args: argparse.Namespace) -> int:
     from agent.training.trainer import run_training
 
-    config = _config(args)
+    config = job_from_args(args)
     use_bar = args.progress == "bar" or (args.progress == "auto" and sys.stdout.isatty())
     bar = None
 

@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from agent.cli.status import _state_dir
     from agent.errors import MobizoError
-    from agent.services.daemon.control import SOCKET_NAME, control_request, parse_ignore
+    from agent.io.control_socket import control_request
+    from agent.services.daemon.control import SOCKET_NAME, parse_ignore
 
     try:
         skip = parse_ignore(args.ignore)

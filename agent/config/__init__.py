@@ -16,13 +16,8 @@ from agent.config.loader import (
     reload_config,
     with_overrides,
 )
-from agent.config.overrides import (
-    read_override_version,
-    read_overrides,
-    replace_overrides,
-    update_overrides,
-    write_overrides,
-)
+from agent.config.override_file import read_override_version, read_overrides, write_overrides
+from agent.config.overrides import replace_overrides, update_overrides
 from agent.config.problems import ConfigValidationError, Problem
 from agent.config.root import AgentConfig
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agent.config.override_file import read_overrides
 from agent.config.problems import ConfigValidationError, problems_from_validation_error
 from agent.config.profiles import Profile, default_profiles_dir, load_profile
 from agent.config.root import AgentConfig
@@ -217,8 +218,6 @@ def load_config(
     if overrides_path is None and replay_overrides:
         overrides_path = declared.paths.overrides_file
     if overrides_path is not None:
-        from agent.config.overrides import read_overrides
-
         try:
             persisted = read_overrides(Path(overrides_path))
             if persisted:

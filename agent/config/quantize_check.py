@@ -14,9 +14,10 @@ import shlex
 from pathlib import Path
 
 from agent.config.loader import LoadedConfig
-from agent.core.bundle import MANIFEST_NAME, BundleManifest, read_manifest
+from agent.core.bundle import MANIFEST_NAME, BundleManifest
 from agent.core.lora_layout import CANONICAL_TARGETS
 from agent.errors import BundleError
+from agent.io.bundle_files import read_manifest
 
 STARTER_SOURCE = "preset:starter"
 

@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from agent.config.adapters import AdaptersConfig
 from agent.config.base import Section
 from agent.config.constraints import ConstraintsConfig
+from agent.config.daemon import DaemonConfig
 from agent.config.data import DataConfig
 from agent.config.device import DeviceConfig
 from agent.config.logging_config import LoggingConfig
@@ -43,6 +44,7 @@ class AgentConfig(Section):
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="optional fleet link")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="log level, journal")
     paths: PathsConfig = Field(default_factory=PathsConfig, description="state directory")
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig, description="daemon timeouts")
 
     # Resolved locations: a section leaves them empty to mean "under the state directory".
     @property

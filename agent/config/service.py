@@ -67,3 +67,19 @@ class InferenceConfig(Section):
     memory_max_mb: int = Field(
         default=0, ge=0, le=1 << 20, description="memory cap of the service (MiB); 0 = none"
     )
+    max_queue: int = Field(
+        default=16, ge=1, le=10_000, description="requests waiting for generation; more get 503"
+    )
+    request_timeout_s: float = Field(
+        default=600.0, gt=0, le=24 * 3600, description="longest wait for one generation"
+    )
+    watch_interval_s: float = Field(
+        default=0.25, gt=0, le=60, description="poll period of the active-adapter pointer"
+    )
+    capture: bool = Field(default=True, description="record served interactions in the store")
+    store_max_mb: float = Field(
+        default=256.0, gt=0, le=1 << 20, description="interaction store size cap (MiB)"
+    )
+    retention_days: float = Field(
+        default=90.0, gt=0, le=36_500, description="stored interactions older than this go"
+    )

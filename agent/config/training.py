@@ -6,18 +6,18 @@ batch = 16) scaled down to what a small board finishes in one burst.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field, model_validator
 
 from agent.config.base import Section
 from agent.config.problems import Problems
+from agent.core import zo_settings as zs
+from agent.core.train_job import RuntimeBackend
 
-TrainingMode = Literal["mezo", "prge", "prge-dual"]
-LrSchedule = Literal["constant", "linear", "cosine"]
-# Same names as agent.training.config.TrainJobConfig.backend: the bundle's ExecuTorch programs,
-# or the eager PyTorch reference (debugging; needs torch in the trainer process only).
-TrainBackend = Literal["executorch", "eager"]
+TrainingMode = zs.Mode
+LrSchedule = zs.Schedule
+# The job document's backend (agent.core.train_job.TrainJob): the bundle's ExecuTorch
+# programs, or the eager PyTorch reference (debugging; needs torch in the trainer only).
+TrainBackend = RuntimeBackend
 
 
 class TrainingConfig(Section):
@@ -28,7 +28,9 @@ class TrainingConfig(Section):
         description="'mezo' = 2q sequential forwards; 'prge' = outer loop (2 calls of q "
         "slices); 'prge-dual' = inner+outer loop (one call of 2q slices)",
     )
-    q: int = Field(default=4, ge=1, le=64, description="random directions (queries) per step")
+    q: int = Field(
+        default=zs.DEFAULT_Q, ge=1, le=64, description="random directions (queries) per step"
+    )
     batch: int = Field(
         default=2, ge=1, le=256,
         description="sequences per query (per slice); (slices, batch) must be a train method "
@@ -39,8 +41,10 @@ class TrainingConfig(Section):
         description="tokens per training example (longer ones are truncated); 0 = the bundle's "
         "train max_length; must not exceed it",
     )
-    eps: float = Field(default=1e-2, gt=0, le=1.0, description="ε: perturbation scale")
-    lr: float = Field(default=1e-4, gt=0, le=1.0, description="ZO-SGD learning rate")
+    eps: float = Field(
+        default=zs.DEFAULT_EPS, gt=0, le=1.0, description="ε: perturbation scale"
+    )
+    lr: float = Field(default=zs.DEFAULT_LR, gt=0, le=1.0, description="ZO-SGD learning rate")
     lr_schedule: LrSchedule = Field(
         default="constant", description="learning-rate schedule over the whole run"
     )
@@ -86,7 +90,7 @@ class TrainingConfig(Section):
     @property
     def slices(self) -> int:
         """Models evaluated per program call (S) for this mode."""
-        return {"mezo": 1, "prge": self.q, "prge-dual": 2 * self.q}[self.mode]
+        return zs.slices_for(self.mode, self.q)
 
     @model_validator(mode="after")
     def _schedule(self) -> TrainingConfig:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -26,7 +25,7 @@ from agent.core.commands import CommandResult
 from agent.core.fleet_documents import Availability, StateDocument
 from agent.core.topics import FleetTopics
 from agent.errors import MobizoError
-from agent.io.mqtt import disable_nagle, use_tls
+from agent.io.mqtt import ClientTls, new_client
 
 
 class FleetError(MobizoError):
@@ -87,22 +86,10 @@ class FleetClient:
         self._connected = threading.Event()
         self._refused: str | None = None
         self._subscribed: dict[int, threading.Event] = {}
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311,
-        )
-        if opts.username is not None:
-            client.username_pw_set(opts.username, opts.password)
-        if opts.tls or opts.ca_file:
-            use_tls(
-                client,
-                ca_file=opts.ca_file,
-                cert_file=opts.cert_file,
-                key_file=opts.key_file,
-                insecure=opts.tls_insecure,
-            )
-        client.on_socket_open = disable_nagle
+        tls = (ClientTls(opts.ca_file, opts.cert_file, opts.key_file, opts.tls_insecure)
+               if opts.tls or opts.ca_file else None)
+        client = new_client(self.client_id, v5=self.v5, username=opts.username,
+                            password=opts.password, tls=tls)
         client.on_connect = self._on_connect
         client.on_message = lambda c, u, msg: self.messages.put(msg)
         client.on_subscribe = self._on_subscribe

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -42,23 +41,9 @@ from agent.core.fleet_documents import (
     ConstraintsInfo,
     StateDocument,
 )
+from agent.io.atomic import atomic_write_text
 
 _OVERRIDE_KEYS: dict[str, type] = {"max_steps": int, "lr": float, "log_level": str}
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Temp file, fsync, rename over, fsync the directory (survives power loss)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SimDevice:
@@ -200,7 +185,7 @@ class SimDevice:
         if errors:
             return ApplyResult(errors=errors)
         self.overrides = dict(document)
-        write_atomically(self.state_dir / "overrides.json", json.dumps(self.overrides))
+        atomic_write_text(self.state_dir / "overrides.json", json.dumps(self.overrides))
         return ApplyResult(applied_version=version)
 
 

@@ -14,7 +14,8 @@ import random
 class Backoff:
     """Successive delays ``min, 2*min, 4*min, ... <= max``, each jittered. Not thread-safe."""
 
-    def __init__(self, min_s: float, max_s: float, jitter: float, rng: random.Random | None = None):
+    def __init__(self, min_s: float, max_s: float, jitter: float,
+                 rng: random.Random | None = None) -> None:
         if not 0 < min_s <= max_s:
             raise ValueError(f"backoff needs 0 < min_s ({min_s}) <= max_s ({max_s})")
         if not 0 <= jitter <= 1:
@@ -28,6 +29,8 @@ class Backoff:
         self._attempt = 0
 
     def next_delay(self) -> float:
-        base = min(self._max, self._min * (2 ** min(self._attempt, 62)))
+        """The delay before the next attempt: the doubled base, capped at ``max_s``, jittered."""
+        # 2.0, not 2: int ** int is typed Any (a negative exponent gives a float)
+        base = min(self._max, self._min * (2.0 ** min(self._attempt, 62)))
         self._attempt += 1
         return base * (1.0 - self._jitter * self._rng.random())

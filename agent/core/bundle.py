@@ -8,7 +8,8 @@ A bundle directory holds::
     adapter/             the initial adapter, PEFT layout (A random & frozen, B zero)
     tokenizer/           Hugging Face tokenizer files
 
-Pure: pydantic + json only, so the daemon can read a manifest without torch.
+Pure: pydantic + json only, so the daemon can read a manifest without torch; the directory
+itself is read by agent/io/bundle_files.py.
 """
 
 from __future__ import annotations
@@ -150,28 +151,13 @@ class BundleManifest(_Strict):
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def is_usable(bundle_dir: Path) -> bool:
-    """Whether ``bundle_dir`` holds a bundle this version reads (a kept export to reuse);
-    False where it is missing, incomplete or of another format, so it is exported again."""
-    try:
-        read_manifest(bundle_dir)
-    except BundleError:
-        return False
-    return True
+def manifest_from_json(raw: object, *, bundle_dir: Path, path: Path) -> BundleManifest:
+    """Pure: validate a parsed ``manifest.json`` of ``bundle_dir`` (read from ``path``).
 
-
-def read_manifest(bundle_dir: Path) -> BundleManifest:
-    """Read and validate ``bundle_dir/manifest.json``; raise BundleError with a fix if unusable."""
-    path = Path(bundle_dir) / MANIFEST_NAME
-    if not path.is_file():
-        raise BundleError(
-            f"{bundle_dir} is not a model bundle (no {MANIFEST_NAME}); "
-            "create one with `mobizo-export --preset starter --out DIR` or from a checkpoint"
-        )
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path} is unreadable ({exc}); re-export the bundle") from exc
+    Raises:
+        BundleError: another bundle format, or not a valid manifest; the message says to
+            re-export.
+    """
     version = raw.get("format_version") if isinstance(raw, dict) else None
     if version != BUNDLE_FORMAT_VERSION:
         raise BundleError(
@@ -179,14 +165,15 @@ def read_manifest(bundle_dir: Path) -> BundleManifest:
             f"{BUNDLE_FORMAT_VERSION}; re-export it with this version of mobizo-export"
         )
     try:
-        manifest = BundleManifest.model_validate(raw)
+        return BundleManifest.model_validate(raw)
     except ValidationError as exc:
         raise BundleError(f"{path} is invalid: {exc}; re-export the bundle") from exc
+
+
+def required_parts(manifest: BundleManifest) -> tuple[str, ...]:
+    """The entries a complete bundle directory holds besides its manifest."""
     programs = [manifest.train.program] + ([manifest.infer.program] if manifest.infer else [])
-    for name in (*programs, ADAPTER_DIR, TOKENIZER_DIR):
-        if not (Path(bundle_dir) / name).exists():
-            raise BundleError(f"{bundle_dir} is incomplete: {name} is missing; re-export it")
-    return manifest
+    return (*programs, ADAPTER_DIR, TOKENIZER_DIR)
 
 
 def lora_layout_of(manifest: BundleManifest) -> LoraLayout:

@@ -1,4 +1,4 @@
-"""Fleet commands: wire models, the handler protocol the daemon implements, pure dispatch.
+"""Fleet commands: the command table, the handler protocol the daemon implements, dispatch.
 
 A request arrives on ``<prefix>/cmd/<name>`` as JSON (:class:`CommandRequest`). It is answered
 with a :class:`CommandResult` on the MQTT 5 response topic (correlation data echoed), else on
@@ -8,9 +8,11 @@ Short commands are answered with their outcome; long ones (``train-now``, ``roll
 status, then progress is published on ``<prefix>/jobs/<id>``.
 
 Nothing here touches the network: :func:`parse_command` turns bytes into a typed request or an
-error result, and :func:`execute` calls the :class:`CommandHandler`. A malformed request is an
-error result, never an exception. The other wire documents (state, availability, config,
-telemetry) are in :mod:`agent.core.fleet_documents`.
+error result, and :func:`execute` calls the :class:`CommandHandler` through the row of
+:data:`COMMANDS` (one table: name, argument model, job or not, and the handler call). A
+malformed request is an error result, never an exception. The wire models are in
+:mod:`agent.core.command_wire`; the other wire documents (state, availability, config,
+telemetry) in :mod:`agent.core.fleet_documents`.
 """
 
 from __future__ import annotations
@@ -19,169 +21,43 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, runtime_checkable
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, ValidationError
 
-from agent.core.fleet_documents import StateDocument, WireIn, WireOut
+from agent.core.command_wire import (
+    WIRE_VERSION,
+    Ack,
+    CommandFailed,
+    CommandRejected,
+    CommandRequest,
+    CommandResult,
+    ErrorCode,
+    ErrorInfo,
+    JobView,
+    NoArgs,
+    PauseArgs,
+    PurgeDataArgs,
+    PurgeDataOutput,
+    RollbackArgs,
+    RollbackOutput,
+    SetLogLevelArgs,
+    TrainNowArgs,
+    TrainNowOutput,
+)
+from agent.core.fleet_documents import StateDocument, WireIn
 from agent.core.topics import valid_id, valid_publish_topic
 from agent.errors import MobizoError
 
-WIRE_VERSION = 1
-
-
-# --- errors the handler raises ----------------------------------------------------------
-
-
-class CommandRejected(MobizoError):
-    """The device will not do this now (busy, constraints, policy). Becomes ``rejected``."""
-
-
-class CommandFailed(MobizoError):
-    """The command was attempted and failed. Becomes ``failed``."""
-
-
-ErrorCode = Literal[
-    "bad_request",
-    "unknown_command",
-    "payload_too_large",
-    "expired",
-    "rejected",
-    "failed",
-    "timed_out",
-    "internal",
+__all__ = [
+    "COMMANDS", "NO_JOB", "WIRE_VERSION", "Ack", "CommandFailed", "CommandHandler",
+    "CommandRejected", "CommandRequest", "CommandResult", "CommandSpec", "ErrorCode",
+    "ErrorInfo", "JobContext", "JobView", "NoArgs", "ParseError", "ParsedCommand", "PauseArgs",
+    "PurgeDataArgs", "PurgeDataOutput", "RollbackArgs", "RollbackOutput", "SetLogLevelArgs",
+    "TrainNowArgs", "TrainNowOutput", "error_of", "error_result", "execute", "parse_command",
+    "result_of", "run_short",
 ]
-
-
-class ErrorInfo(WireOut):
-    code: ErrorCode
-    message: str
-
-
-# --- arguments ------------------------------------------------------------------------
-
-
-class NoArgs(WireIn):
-    pass
-
-
-class TrainNowArgs(WireIn):
-    max_steps: int | None = Field(default=None, ge=1, le=10_000_000, description="step budget")
-    ignore_constraints: bool = Field(
-        default=False, description="train even when the device is busy / on battery (testing)"
-    )
-
-
-class PauseArgs(WireIn):
-    reason: str = Field(default="paused by the fleet controller", max_length=200)
-
-
-class RollbackArgs(WireIn):
-    version: int | str | None = Field(
-        default=None, description="adapter version to activate; None: the previous one"
-    )
-
-
-class PurgeDataArgs(WireIn):
-    before: datetime | None = Field(
-        default=None, description="delete interactions older than this; None: all of them"
-    )
-
-
-class SetLogLevelArgs(WireIn):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-
-    @field_validator("level", mode="before")
-    @classmethod
-    def _upper(cls, value: object) -> object:
-        return value.upper() if isinstance(value, str) else value
-
-
-# --- outputs --------------------------------------------------------------------------
-
-
-class Ack(WireOut):
-    message: str = ""
-
-
-class TrainNowOutput(WireOut):
-    outcome: str = Field(description="e.g. completed, stopped, rejected_by_eval")
-    steps: int = 0
-    loss: float | None = None
-    adapter_version: int | str | None = None
-
-
-class RollbackOutput(WireOut):
-    active_version: int | str | None
-
-
-class PurgeDataOutput(WireOut):
-    deleted: int
-
-
-# --- jobs, requests and results -------------------------------------------------------
-
-
-class JobView(WireOut):
-    job_id: str
-    command: str
-    status: str
-    progress: float | None = None
-    message: str = ""
-    result: dict[str, Any] | None = None
-    error: ErrorInfo | None = None
-    created_at: float
-    updated_at: float
-
-
-class CommandRequest(WireIn):
-    """A command request. Every field is optional: ``{}`` is a valid ``status`` request."""
-
-    request_id: str | None = Field(default=None, description="echoed; names the 3.1.1 reply topic")
-    args: dict[str, Any] = Field(default_factory=dict)
-    expires_at: float | datetime | None = Field(
-        default=None, description="epoch seconds or ISO 8601; later than this it is not run"
-    )
-    reply_to: str | None = Field(default=None, description="reply topic for MQTT 3.1.1 clients")
-    job_id: str | None = Field(default=None, description="idempotency key for long commands")
-
-    @field_validator("request_id", "job_id")
-    @classmethod
-    def _safe_id(cls, value: str | None) -> str | None:
-        if value is not None and not valid_id(value):
-            raise ValueError("use 1-128 of A-Z a-z 0-9 _ . : -")
-        return value
-
-    @field_validator("reply_to")
-    @classmethod
-    def _topic(cls, value: str | None) -> str | None:
-        if value is not None and not valid_publish_topic(value):
-            raise ValueError("not a topic one can publish to (empty or has wildcards)")
-        return value
-
-    def expiry_epoch(self) -> float | None:
-        if self.expires_at is None:
-            return None
-        if isinstance(self.expires_at, datetime):
-            stamp = self.expires_at
-            if stamp.tzinfo is None:
-                stamp = stamp.replace(tzinfo=UTC)
-            return stamp.timestamp()
-        return float(self.expires_at)
-
-
-class CommandResult(WireOut):
-    v: int = WIRE_VERSION
-    request_id: str | None
-    command: str
-    device_id: str
-    ok: bool
-    result: dict[str, Any] | None = None
-    error: ErrorInfo | None = None
-    job: JobView | None = None
-    duplicate: bool = Field(default=False, description="a repeat of a job id already known")
-    ts: float
 
 
 # --- the protocol the daemon implements -----------------------------------------------
@@ -217,29 +93,73 @@ class CommandHandler(Protocol):
 # --- the command table ----------------------------------------------------------------
 
 
+# How a row calls the handler: (handler, typed args, job context) -> the typed output.
+HandlerCall = Callable[[CommandHandler, Any, JobContext], BaseModel]
+
+
 @dataclass(frozen=True)
 class CommandSpec:
+    """One row of the command table.
+
+    Attributes:
+        name: the command's name (the last topic level).
+        args_model: the model its ``args`` must validate against.
+        long: whether it runs as a job (progress on ``jobs/<id>``) or is answered at once.
+        call: how the handler carries it out.
+    """
+
     name: str
     args_model: type[WireIn]
-    long: bool  # runs as a job
+    long: bool
+    call: HandlerCall
+
+
+def _train_now(h: CommandHandler, a: TrainNowArgs, job: JobContext) -> BaseModel:
+    return h.train_now(a, job)
+
+
+def _pause(h: CommandHandler, a: PauseArgs, job: JobContext) -> BaseModel:
+    return h.pause(a.reason)
+
+
+def _resume(h: CommandHandler, a: NoArgs, job: JobContext) -> BaseModel:
+    return h.resume()
+
+
+def _rollback(h: CommandHandler, a: RollbackArgs, job: JobContext) -> BaseModel:
+    return h.rollback(a.version, job)
+
+
+def _status(h: CommandHandler, a: NoArgs, job: JobContext) -> BaseModel:
+    return h.status()
+
+
+def _purge_data(h: CommandHandler, a: PurgeDataArgs, job: JobContext) -> BaseModel:
+    return h.purge_data(a.before, job)
+
+
+def _set_log_level(h: CommandHandler, a: SetLogLevelArgs, job: JobContext) -> BaseModel:
+    return h.set_log_level(a.level)
 
 
 COMMANDS: dict[str, CommandSpec] = {
     spec.name: spec
     for spec in (
-        CommandSpec("train-now", TrainNowArgs, long=True),
-        CommandSpec("pause", PauseArgs, long=False),
-        CommandSpec("resume", NoArgs, long=False),
-        CommandSpec("rollback", RollbackArgs, long=True),
-        CommandSpec("status", NoArgs, long=False),
-        CommandSpec("purge-data", PurgeDataArgs, long=True),
-        CommandSpec("set-log-level", SetLogLevelArgs, long=False),
+        CommandSpec("train-now", TrainNowArgs, long=True, call=_train_now),
+        CommandSpec("pause", PauseArgs, long=False, call=_pause),
+        CommandSpec("resume", NoArgs, long=False, call=_resume),
+        CommandSpec("rollback", RollbackArgs, long=True, call=_rollback),
+        CommandSpec("status", NoArgs, long=False, call=_status),
+        CommandSpec("purge-data", PurgeDataArgs, long=True, call=_purge_data),
+        CommandSpec("set-log-level", SetLogLevelArgs, long=False, call=_set_log_level),
     )
 }
 
 
 @dataclass(frozen=True)
 class ParsedCommand:
+    """A valid request of a known command, its arguments typed."""
+
     spec: CommandSpec
     request: CommandRequest
     args: BaseModel
@@ -247,6 +167,8 @@ class ParsedCommand:
 
 @dataclass(frozen=True)
 class ParseError:
+    """Why a message is not a valid command; where its error reply can go."""
+
     code: ErrorCode
     message: str
     request_id: str | None = None
@@ -317,23 +239,7 @@ def parse_command(
 
 def execute(handler: CommandHandler, parsed: ParsedCommand, job: JobContext) -> BaseModel:
     """Call the handler for ``parsed``. Exceptions propagate (see :func:`error_of`)."""
-    args: Any = parsed.args
-    name = parsed.spec.name
-    if name == "train-now":
-        return handler.train_now(args, job)
-    if name == "pause":
-        return handler.pause(args.reason)
-    if name == "resume":
-        return handler.resume()
-    if name == "rollback":
-        return handler.rollback(args.version, job)
-    if name == "status":
-        return handler.status()
-    if name == "purge-data":
-        return handler.purge_data(args.before, job)
-    if name == "set-log-level":
-        return handler.set_log_level(args.level)
-    raise AssertionError(f"command table and execute() disagree about {name!r}")
+    return parsed.spec.call(handler, parsed.args, job)
 
 
 def error_of(exc: BaseException) -> ErrorInfo:

@@ -10,107 +10,23 @@ Every decision carries a human reason (``"waiting: on battery 54% < 80%"``) that
 shows. A manual train-now may skip chosen constraints — power, battery, idle, hours, min
 examples, cooldown — but never the thermal and memory guards, which protect the device.
 
-No I/O here: :mod:`agent.io.sysfs` builds the :class:`DeviceSnapshot`; the clock is an argument.
+No I/O here: :mod:`agent.io.sysfs` builds the :class:`DeviceSnapshot` (agent/core/readings.py);
+the clock is an argument. Each check is one small pure function; :func:`decide` composes them.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal, Protocol
 
-# ---------------------------------------------------------------------------------------------
-# What the sensors saw (built by agent.io.sysfs; plain data so tests can write them by hand).
-
-PowerSource = Literal["mains", "battery", "unknown"]
-
-
-@dataclass(frozen=True)
-class SupplyReading:
-    """One entry of /sys/class/power_supply.
-
-    Attributes:
-        name: directory name ("AC", "BAT0", "usb").
-        type: its ``type`` file ("Mains", "USB", "Battery", ...), or None if unreadable.
-        online: ``online`` for external supplies (None if absent/unreadable).
-        status: ``status`` for batteries ("Charging", "Discharging", "Full", "Not charging").
-        capacity: ``capacity`` in percent for batteries.
-        problem: why a field could not be read ("" when all was fine).
-    """
-
-    name: str
-    type: str | None = None
-    online: bool | None = None
-    status: str | None = None
-    capacity: float | None = None
-    problem: str = ""
-
-
-@dataclass(frozen=True)
-class PowerReading:
-    """How the device is powered.
-
-    Attributes:
-        source: "mains" (external power present, or no battery at all), "battery", or
-            "unknown" (a battery exists but we could not tell whether it charges).
-        charging: a battery is charging (or full / held "Not charging" on external power).
-        battery_pct: mean capacity of the system batteries; None without battery or unreadable.
-        has_battery: at least one system battery was found.
-        reason: how this was concluded, or why it is unknown.
-        supplies: the raw readings.
-    """
-
-    source: PowerSource
-    charging: bool = False
-    battery_pct: float | None = None
-    has_battery: bool = False
-    reason: str = ""
-    supplies: tuple[SupplyReading, ...] = ()
-
-
-@dataclass(frozen=True)
-class ThermalReading:
-    """One thermal zone; ``temp_c`` is None when unreadable (``problem`` says why)."""
-
-    zone: str
-    type: str | None
-    temp_c: float | None
-    problem: str = ""
-
-
-@dataclass(frozen=True)
-class DeviceSnapshot:
-    """Everything the policy looks at, read at one moment.
-
-    Attributes:
-        power: power source and battery.
-        thermal: the watched thermal zones (empty: the board exposes none).
-        thermal_expected: zones were named in the config, so having none readable is a fault
-            rather than a board without sensors.
-        load_1m: 1-minute load average, None if unknown.
-        cpu_count: online CPUs (for load per core).
-        mem_available_mb: MemAvailable in MiB, None if unknown.
-        user_idle_s: seconds since the user's last request; ``math.inf`` if never; None if
-            unknown (e.g. the inference service could not be asked).
-        problems: every "unknown" reading with its reason.
-    """
-
-    power: PowerReading
-    thermal: tuple[ThermalReading, ...] = ()
-    thermal_expected: bool = False
-    load_1m: float | None = None
-    cpu_count: int = 1
-    mem_available_mb: float | None = None
-    user_idle_s: float | None = None
-    problems: tuple[str, ...] = ()
-
-    @property
-    def max_temp_c(self) -> float | None:
-        """The hottest readable watched zone, or None."""
-        temps = [z.temp_c for z in self.thermal if z.temp_c is not None]
-        return max(temps) if temps else None
-
+# The snapshot types live in readings; re-exported for agent.io.sysfs and the tests.
+from agent.core.readings import DeviceSnapshot as DeviceSnapshot
+from agent.core.readings import PowerReading as PowerReading
+from agent.core.readings import PowerSource as PowerSource
+from agent.core.readings import SupplyReading as SupplyReading
+from agent.core.readings import ThermalReading as ThermalReading
 
 # ---------------------------------------------------------------------------------------------
 # Inputs besides the snapshot.
@@ -267,6 +183,111 @@ def _parse_hours(window: str) -> tuple[int, int] | None:
     return h1 * 60 + m1, h2 * 60 + m2
 
 
+# ---------------------------------------------------------------------------------------------
+# One pure helper per check: each returns its verdict with a human text, or None where the
+# check does not apply (no battery, no hours window, a running burst's start-only gates).
+
+
+def power_check(power: PowerReading, limits: Limits) -> Check:
+    """Mains or charging, unless the config does not require it."""
+    on_external = power.source == "mains" or power.charging
+    if not limits.require_charging_or_mains:
+        return Check("power", True, "on mains" if on_external else "on battery (allowed)")
+    if power.source == "unknown":
+        return Check("power", False, f"power source unknown ({power.reason or 'no reading'})")
+    return Check("power", on_external,
+                 ("charging" if power.charging and power.source != "mains" else "on mains")
+                 if on_external else "on battery, not charging")
+
+
+def battery_check(power: PowerReading, limits: Limits, running: bool) -> Check | None:
+    """Battery floor, with hysteresis; a board without battery has nothing to check."""
+    if not power.has_battery:
+        return None
+    floor = limits.battery_stop_pct if running else limits.battery_start_pct
+    if power.battery_pct is None:
+        return Check("battery", floor <= 0, "battery level unknown")
+    pct = power.battery_pct
+    ok = pct >= floor
+    return Check("battery", ok,
+                 f"battery {_fmt_num(pct)}%" + ("" if ok else f" < {_fmt_num(floor)}%"))
+
+
+def idle_check(idle: float | None, limits: Limits, running: bool) -> Check:
+    """User idle: start after idle_minutes; a running burst yields when the user comes back."""
+    need = limits.idle_minutes * 60
+    if idle is None:
+        return Check("idle", need <= 0,
+                     "user idle time unknown (inference service not reachable?)")
+    if running and not limits.stop_on_user_activity:
+        return Check("idle", True, f"idle {_fmt_idle(idle)}")
+    ok = idle >= need
+    return Check("idle", ok, f"idle {_fmt_idle(idle)}" if ok else (
+        f"user active {_fmt_idle(idle)} ago (< {_fmt_num(limits.idle_minutes)} min idle)"))
+
+
+def thermal_check(snapshot: DeviceSnapshot, limits: Limits, running: bool) -> Check:
+    """Never skippable. No zones at all = a board without sensors (VMs, some AMD PCs): passes,
+    and says so. Zones expected but unreadable = refuse."""
+    limit = limits.thermal_stop_c if running else limits.thermal_start_c
+    temp = snapshot.max_temp_c
+    if temp is None:
+        if snapshot.thermal_expected or snapshot.thermal:
+            return Check("thermal", False, "temperature unknown (thermal zones unreadable)")
+        return Check("thermal", True, "no thermal sensor")
+    ok = temp < limit
+    return Check("thermal", ok, f"{temp:.0f} °C" + ("" if ok else f" >= {_fmt_num(limit)} °C"))
+
+
+def memory_check(mem: float | None, limits: Limits, running: bool) -> Check:
+    """Never skippable; unknown refuses (we cannot show there is room)."""
+    floor_mb = limits.stop_available_memory_mb if running else limits.min_available_memory_mb
+    if mem is None:
+        return Check("memory", floor_mb <= 0, "available memory unknown")
+    ok = mem >= floor_mb
+    return Check("memory", ok, f"{mem:.0f} MiB free" + ("" if ok else f" < {floor_mb} MiB"))
+
+
+def load_check(snapshot: DeviceSnapshot, limits: Limits, running: bool) -> Check | None:
+    """Load average per core: a start condition only (the trainer itself adds load)."""
+    if limits.max_load_per_core <= 0 or running or snapshot.load_1m is None:
+        return None
+    per_core = snapshot.load_1m / max(1, snapshot.cpu_count)
+    ok = per_core < limits.max_load_per_core
+    return Check("load", ok, f"load {per_core:.2f}/core"
+                 + ("" if ok else f" >= {_fmt_num(limits.max_load_per_core)}"))
+
+
+def hours_check(limits: Limits, now: datetime) -> Check | None:
+    """Allowed hours: both sides (a burst stops when the window closes)."""
+    window = _parse_hours(limits.allowed_hours)
+    if window is None:
+        return None
+    ok = in_hours(window, now)
+    return Check("hours", ok, f"inside {limits.allowed_hours}" if ok
+                 else f"outside allowed hours {limits.allowed_hours} (now {now:%H:%M})")
+
+
+def min_examples_check(state: PolicyState, limits: Limits) -> Check | None:
+    """Enough new data to be worth a burst; only gates a start."""
+    if state.training:
+        return None
+    ok = state.new_examples >= limits.min_new_examples
+    return Check("min_examples", ok, f"{state.new_examples} new examples"
+                 + ("" if ok else f" < {limits.min_new_examples}"))
+
+
+def cooldown_check(state: PolicyState, limits: Limits) -> Check | None:
+    """Time since the last burst ended; only gates a start, and only after a first burst."""
+    since = state.seconds_since_last_burst
+    cooldown = limits.cooldown_minutes * 60
+    if state.training or since is None or cooldown <= 0:
+        return None
+    ok = since >= cooldown
+    return Check("cooldown", ok, "cooled down" if ok else
+                 f"last burst {_fmt_idle(since)} ago (< {_fmt_num(limits.cooldown_minutes)} min)")
+
+
 def decide(
     snapshot: DeviceSnapshot,
     state: PolicyState,
@@ -288,113 +309,46 @@ def decide(
     """
     running = state.training
     skip = override.skip if override else frozenset()
-    checks: list[Check] = []
+    verdicts = (
+        power_check(snapshot.power, limits),
+        battery_check(snapshot.power, limits, running),
+        idle_check(snapshot.user_idle_s, limits, running),
+        thermal_check(snapshot, limits, running),
+        memory_check(snapshot.mem_available_mb, limits, running),
+        load_check(snapshot, limits, running),
+        hours_check(limits, now),
+        min_examples_check(state, limits),
+        cooldown_check(state, limits),
+    )
+    checks = tuple(replace(c, skipped=not c.ok and c.name in skip)
+                   for c in verdicts if c is not None)
+    if any(not c.ok and not c.skipped for c in checks):
+        return Decision(False, "stop" if running else "wait",
+                        _blocked_reason(checks, snapshot.power, running), checks)
+    return Decision(True, "continue" if running else "start",
+                    _allowed_reason(checks, running, manual=override is not None), checks)
 
-    def add(name: str, ok: bool, text: str) -> None:
-        checks.append(Check(name, ok, text, skipped=(not ok and name in skip)))
 
-    # Power source: mains or charging, unless the config does not require it.
-    power = snapshot.power
-    on_external = power.source == "mains" or power.charging
-    if not limits.require_charging_or_mains:
-        add("power", True, "on mains" if on_external else "on battery (allowed)")
-    elif power.source == "unknown":
-        add("power", False, f"power source unknown ({power.reason or 'no reading'})")
-    else:
-        add("power", on_external,
-            ("charging" if power.charging and power.source != "mains" else "on mains")
-            if on_external else "on battery, not charging")
-
-    # Battery floor, with hysteresis; a board without battery has nothing to check.
-    if power.has_battery:
-        floor = limits.battery_stop_pct if running else limits.battery_start_pct
-        if power.battery_pct is None:
-            add("battery", floor <= 0, "battery level unknown")
-        else:
-            pct = power.battery_pct
-            ok = pct >= floor
-            text = f"battery {_fmt_num(pct)}%" + ("" if ok else f" < {_fmt_num(floor)}%")
-            add("battery", ok, text)
-
-    # User idle: start after idle_minutes; a running burst yields when the user comes back.
-    idle = snapshot.user_idle_s
-    need = limits.idle_minutes * 60
-    if idle is None:
-        add("idle", need <= 0, "user idle time unknown (inference service not reachable?)")
-    elif running and not limits.stop_on_user_activity:
-        add("idle", True, f"idle {_fmt_idle(idle)}")
-    else:
-        ok = idle >= need
-        text = f"idle {_fmt_idle(idle)}" if ok else (
-            f"user active {_fmt_idle(idle)} ago (< {_fmt_num(limits.idle_minutes)} min idle)"
-        )
-        add("idle", ok, text)
-
-    # Thermal: never skippable. No zones at all = a board without sensors (VMs, some AMD
-    # PCs): passes, and says so. Zones expected but unreadable = refuse.
-    limit = limits.thermal_stop_c if running else limits.thermal_start_c
-    temp = snapshot.max_temp_c
-    if temp is None:
-        if snapshot.thermal_expected or snapshot.thermal:
-            add("thermal", False, "temperature unknown (thermal zones unreadable)")
-        else:
-            add("thermal", True, "no thermal sensor")
-    else:
-        ok = temp < limit
-        add("thermal", ok, f"{temp:.0f} °C" + ("" if ok else f" >= {_fmt_num(limit)} °C"))
-
-    # Memory: never skippable; unknown refuses (we cannot show there is room).
-    floor_mb = limits.stop_available_memory_mb if running else limits.min_available_memory_mb
-    mem = snapshot.mem_available_mb
-    if mem is None:
-        add("memory", floor_mb <= 0, "available memory unknown")
-    else:
-        ok = mem >= floor_mb
-        add("memory", ok, f"{mem:.0f} MiB free" + ("" if ok else f" < {floor_mb} MiB"))
-
-    # Load average per core: a start condition only (the trainer itself adds load).
-    if limits.max_load_per_core > 0 and not running and snapshot.load_1m is not None:
-        per_core = snapshot.load_1m / max(1, snapshot.cpu_count)
-        ok = per_core < limits.max_load_per_core
-        add("load", ok, f"load {per_core:.2f}/core"
-            + ("" if ok else f" >= {_fmt_num(limits.max_load_per_core)}"))
-
-    # Allowed hours: both sides (a burst stops when the window closes).
-    window = _parse_hours(limits.allowed_hours)
-    if window is not None:
-        ok = in_hours(window, now)
-        add("hours", ok, f"inside {limits.allowed_hours}" if ok
-            else f"outside allowed hours {limits.allowed_hours} (now {now:%H:%M})")
-
-    # History: only gates a start.
-    if not running:
-        ok = state.new_examples >= limits.min_new_examples
-        add("min_examples", ok, f"{state.new_examples} new examples"
-            + ("" if ok else f" < {limits.min_new_examples}"))
-        since = state.seconds_since_last_burst
-        cooldown = limits.cooldown_minutes * 60
-        if since is not None and cooldown > 0:
-            ok = since >= cooldown
-            add("cooldown", ok, "cooled down" if ok else
-                f"last burst {_fmt_idle(since)} ago (< {_fmt_num(limits.cooldown_minutes)} min)")
-
+def _blocked_reason(checks: tuple[Check, ...], power: PowerReading, running: bool) -> str:
+    """``"waiting: …"`` / ``"stopping: …"`` with the text of every blocking check."""
     blocking = [c for c in checks if not c.ok and not c.skipped]
-    if blocking:
-        action: Action = "stop" if running else "wait"
-        word = "stopping" if running else "waiting"
-        texts = [c.text for c in blocking]
-        names = [c.name for c in blocking]
-        if "power" in names and "battery" in names and power.source == "battery":
-            # One phrase for one fact: "on battery 54% < 80%".
-            battery_text = texts.pop(names.index("battery"))
-            texts[names.index("power")] = battery_text.replace("battery", "on battery", 1)
-        return Decision(False, action, f"{word}: " + "; ".join(texts), tuple(checks))
+    texts = [c.text for c in blocking]
+    names = [c.name for c in blocking]
+    if "power" in names and "battery" in names and power.source == "battery":
+        # One phrase for one fact: "on battery 54% < 80%".
+        battery_text = texts.pop(names.index("battery"))
+        texts[names.index("power")] = battery_text.replace("battery", "on battery", 1)
+    return ("stopping: " if running else "waiting: ") + "; ".join(texts)
+
+
+def _allowed_reason(checks: tuple[Check, ...], running: bool, *, manual: bool) -> str:
+    """``"training allowed: …"`` with the device conditions, and what train-now skipped."""
     shown = [c for c in checks if c.name in ("power", "battery", "idle", "thermal")]
     skipped = [c.name for c in checks if c.skipped]
     head = "training continues" if running else (
-        "training now (manual)" if override else "training allowed"
+        "training now (manual)" if manual else "training allowed"
     )
     reason = f"{head}: " + ", ".join(c.text for c in shown)
     if skipped:
         reason += f" (skipped: {', '.join(skipped)})"
-    return Decision(True, "continue" if running else "start", reason, tuple(checks))
+    return reason

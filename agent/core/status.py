@@ -1,22 +1,18 @@
-"""The agent's state machine and its machine-readable status file.
+"""The agent's state machine and the model of its machine-readable status file.
 
 States: idle, waiting(reason), training(step/total, loss), evaluating, publishing, paused,
 error — with the last burst's metrics. The daemon writes ``<state_dir>/status.json``
 atomically on every change; ``mobizo-agent status`` and the fleet link read it.
 
-The model and the transitions are pure; :func:`write_status` / :func:`read_status` are the
-only I/O, kept here so every writer and reader agree on one file format.
+Pure: the model and the transitions. The file itself is read and written by
+agent/io/status_file.py, so every writer and reader agree on this one model.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from agent.errors import MobizoError
+from pydantic import BaseModel, ConfigDict, Field
 
 STATUS_FORMAT_VERSION = 1
 STATUS_FILE = "status.json"
@@ -117,49 +113,3 @@ class AgentStatus(_Model):
         if self.reason.startswith(f"{self.state}:"):
             return self.reason
         return f"{self.state}: {self.reason}"
-
-
-class StatusFileError(MobizoError):
-    """The status file is missing or unreadable."""
-
-
-def status_path(state_dir: Path) -> Path:
-    """``<state_dir>/status.json``."""
-    return Path(state_dir) / STATUS_FILE
-
-
-def write_status(state_dir: Path, status: AgentStatus) -> Path:
-    """Write ``status`` to ``<state_dir>/status.json`` atomically (temp, fsync, rename)."""
-    # Imported here so this module's types stay importable without agent.config.
-    from agent.config.atomic import atomic_write_text
-
-    path = status_path(state_dir)
-    atomic_write_text(path, status.model_dump_json(indent=2) + "\n")
-    return path
-
-
-def read_status(state_dir: Path) -> AgentStatus:
-    """Read ``<state_dir>/status.json``.
-
-    Raises:
-        StatusFileError: missing (daemon never ran here) or unreadable.
-    """
-    path = status_path(state_dir)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StatusFileError(
-            f"no status file at {path}: the agent is not running with this state directory "
-            "(start it with `mobizo-agent run` or `systemctl start mobizo-agent`, or pass "
-            "--state-dir)"
-        ) from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise StatusFileError(f"status file {path} is unreadable ({exc})") from exc
-    try:
-        return AgentStatus.model_validate(raw)
-    except ValidationError as exc:
-        raise StatusFileError(
-            f"status file {path} has an unexpected format ({exc.error_count()} errors); is the "
-            "daemon a different version?"
-        ) from exc
-

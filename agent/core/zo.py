@@ -33,22 +33,26 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
-Mode = Literal["mezo", "prge", "prge-dual"]
-MODES: tuple[Mode, ...] = ("mezo", "prge", "prge-dual")
-Schedule = Literal["constant", "linear", "cosine"]
-SCHEDULES: tuple[Schedule, ...] = ("constant", "linear", "cosine")
-
-# Paper defaults (arXiv 2409.15520 §5): ε = 1e-2, lr 5e-5 … 1e-4, q = 4 with q·b = 16.
-DEFAULT_EPS = 1e-2
-DEFAULT_LR = 1e-4
-DEFAULT_Q = 4
-DEFAULT_QUERY_BATCH = 4
-
-_MASK64 = (1 << 64) - 1
+# Re-exported with the ``X as X`` form: the literals and paper defaults live torch-free in
+# zo_settings (the daemon validates jobs without torch); the seeds, directions and step
+# buffers in zo_directions.
+from agent.core.zo_directions import DIRECTIONS_BUDGET_BYTES as DIRECTIONS_BUDGET_BYTES
+from agent.core.zo_directions import Directions, step_keeps_directions
+from agent.core.zo_directions import StepBuffers as StepBuffers
+from agent.core.zo_directions import perturbation as perturbation
+from agent.core.zo_directions import step_seed as step_seed
+from agent.core.zo_settings import DEFAULT_EPS as DEFAULT_EPS
+from agent.core.zo_settings import DEFAULT_LR as DEFAULT_LR
+from agent.core.zo_settings import DEFAULT_Q as DEFAULT_Q
+from agent.core.zo_settings import DEFAULT_QUERY_BATCH as DEFAULT_QUERY_BATCH
+from agent.core.zo_settings import MODES as MODES
+from agent.core.zo_settings import SCHEDULES as SCHEDULES
+from agent.core.zo_settings import Mode as Mode
+from agent.core.zo_settings import Schedule as Schedule
 
 
 @runtime_checkable
@@ -64,77 +68,6 @@ class LossFn(Protocol):
     def losses(
         self, tokens: torch.Tensor, loss_mask: torch.Tensor, lora_b: torch.Tensor
     ) -> torch.Tensor: ...
-
-
-def _splitmix64(x: int) -> int:
-    """SplitMix64 finalizer (Steele et al. 2014): a cheap, well-mixed 64-bit hash."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def step_seed(run_seed: int, step: int) -> int:
-    """The seed s_t of step ``step`` of a run: a pure function of (run seed, step)."""
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    return _splitmix64(_splitmix64(run_seed & _MASK64) ^ step) & ((1 << 63) - 1)
-
-
-def perturbation(seed_t: int, index: int, num_params: int,
-                 out: torch.Tensor | None = None) -> torch.Tensor:
-    """z_i = randn(P) for query ``index`` of the step with seed ``seed_t`` (float32, CPU).
-
-    With ``out`` (a float32 [P] view) the values are written there: the same bits, no new
-    allocation.
-    """
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(_splitmix64(seed_t ^ _splitmix64(index + 1)) & ((1 << 63) - 1))
-    if out is None:
-        return torch.randn(num_params, generator=gen, dtype=torch.float32)
-    return torch.randn(num_params, generator=gen, dtype=torch.float32, out=out)
-
-
-# Keeping a P-RGE step's q directions for its update saves drawing them again (~7 ns per
-# value on these CPUs: 2 % of a q = 4 step of the 110M shape) but holds q·P floats beside the
-# 2q-row B stack. Past this budget memory is the scarcer resource: a board fine-tunes a model
-# that barely fits (a 1.1B Llama's q = 4 directions are 100 MB), while there the draws are
-# ~1 % of a step, since a step's compute grows with the model's width and P only with its rank.
-DIRECTIONS_BUDGET_BYTES = 32 * 1024 * 1024
-
-
-class StepBuffers:
-    """Host memory a step reuses: the B stack [S, P] and the directions (q, or one) [·, P].
-
-    A 1.5M-value B makes each row 6 MB; allocating the stack, the directions and the perturbed
-    rows afresh every step cost page faults and copies: 260 ms of host work per q = 4 step on
-    the busy 2-core CI machine (~15 % of a 110M P-RGE step), against 65 ms with reused
-    buffers, fused row writes and the update reusing the drawn z (shared/DESIGN.md §3 budgets
-    host work at 1–2 %). Callers that run many steps (the trainer, the benchmarks) keep one
-    instance; the values computed are bit-identical either way, and whether or not the
-    directions are kept (``directions_budget`` bytes, see :data:`DIRECTIONS_BUDGET_BYTES`).
-    """
-
-    def __init__(self, directions_budget: int = DIRECTIONS_BUDGET_BYTES) -> None:
-        self._tensors: dict[str, torch.Tensor] = {}
-        self.directions_budget = directions_budget
-
-    @property
-    def nbytes(self) -> int:
-        """Host memory held now."""
-        return sum(t.numel() * t.element_size() for t in self._tensors.values())
-
-    def keeps_directions(self, q: int, num_params: int) -> bool:
-        """Whether a P-RGE step keeps its q directions [q, P] for the update."""
-        return q * num_params * 4 <= self.directions_budget
-
-    def get(self, name: str, *shape: int) -> torch.Tensor:
-        """The float32 buffer ``name`` of ``shape`` (contents undefined), reused when it fits."""
-        have = self._tensors.get(name)
-        if have is None or tuple(have.shape) != shape:
-            have = torch.empty(*shape, dtype=torch.float32)
-            self._tensors[name] = have
-        return have
 
 
 def slices_needed(mode: Mode, q: int) -> int:
@@ -163,28 +96,6 @@ def _perturb_into(row: torch.Tensor, lora_b: torch.Tensor, z: torch.Tensor, eps:
     to the program's rounding (tested).
     """
     (torch.add if sign > 0 else torch.sub)(lora_b, z, alpha=eps, out=row)
-
-
-def _keeps_directions(buffers: StepBuffers, mode: Mode, q: int, p: int) -> bool:
-    """MeZO never keeps its directions (its users regenerate them); P-RGE within budget."""
-    return mode != "mezo" and buffers.keeps_directions(q, p)
-
-
-class _Directions:
-    """A step's z_i by index: drawn once up front when the buffers keep them, otherwise drawn
-    again into one scratch row each time one is asked for (the same bits either way)."""
-
-    def __init__(self, buffers: StepBuffers, seed_t: int, q: int, p: int, *, keep: bool) -> None:
-        self.seed_t, self.p, self.kept = seed_t, p, keep
-        self._rows = buffers.get("directions", q if self.kept else 1, p)
-        if self.kept:
-            for i in range(q):
-                perturbation(seed_t, i, p, out=self._rows[i])
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        if self.kept:
-            return self._rows[i]
-        return perturbation(self.seed_t, i, self.p, out=self._rows[0])
 
 
 class _Caller:
@@ -268,7 +179,7 @@ def estimate(
     stack = buffers.get("stack", fn.slices, p)
     # rows a mode leaves unused hold the unperturbed B; their losses are ignored
     stack[need:].copy_(lora_b.expand(fn.slices - need, p))
-    zs = _Directions(buffers, seed_t, q, p, keep=_keeps_directions(buffers, mode, q, p))
+    zs = Directions(buffers, seed_t, q, p, keep=step_keeps_directions(buffers, mode, q, p))
     if mode == "mezo":  # MeZO as its users run it: one direction at a time
         plus, minus = [], []
         for i in range(q):
@@ -393,7 +304,7 @@ def zo_step(
                    buffers=buffers)
     grads = clip_grads(est.projected_grads, clip)
     p = lora_b.numel()
-    if not _keeps_directions(buffers, mode, q, p):  # drawn again, one at a time
+    if not step_keeps_directions(buffers, mode, q, p):  # drawn again, one at a time
         new_b = apply_update(lora_b, grads, seed_t=seed_t, lr=lr,
                              scratch=buffers.get("directions", 1, p)[0])
     else:

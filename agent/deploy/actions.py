@@ -10,13 +10,12 @@ import filecmp
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.config.atomic import atomic_write_bytes
 from agent.errors import MobizoError
+from agent.io.atomic import atomic_copy, atomic_write_bytes
 
 
 class DeployError(MobizoError):
@@ -37,7 +36,7 @@ class EnsureDir:
 
 @dataclass(frozen=True)
 class WriteFile:
-    """Write a file atomically (temp + fsync + rename)."""
+    """Write a file atomically (temp + fsync + rename + directory fsync)."""
 
     path: Path
     data: bytes
@@ -161,20 +160,7 @@ def _apply_one(action: Action, run: Runner) -> None:
     elif isinstance(action, WriteFile):
         atomic_write_bytes(action.path, action.data, mode=action.mode)
     elif isinstance(action, CopyFile):
-        action.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{action.path.name}.", dir=action.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as out, open(action.src, "rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
-                out.flush()
-                os.fchmod(out.fileno(), action.mode)
-                if action.owner is not None:
-                    os.fchown(out.fileno(), *action.owner)
-                os.fsync(out.fileno())
-            os.replace(tmp, action.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_copy(action.src, action.path, mode=action.mode, owner=action.owner)
     elif isinstance(action, RemovePath):
         if action.tree:
             shutil.rmtree(action.path, ignore_errors=False)

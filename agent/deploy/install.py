@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from agent.core.bundle import read_manifest
 from agent.deploy.actions import (
     CopyFile,
     DeployError,
@@ -28,7 +27,7 @@ from agent.deploy.actions import (
     dir_differs,
     file_differs,
 )
-from agent.deploy.board import board_caps, choose_board
+from agent.deploy.board import BoardCaps, board_caps, choose_board
 from agent.deploy.host import HostFacts
 from agent.deploy.layout import (
     AGENT_UNIT,
@@ -45,6 +44,7 @@ from agent.deploy.layout import (
     Layout,
 )
 from agent.deploy.render import decide_config, render_board_dropins, render_config, render_unit
+from agent.io.bundle_files import read_manifest
 
 NotifyReload = Literal["auto", "yes", "no"]
 NOTIFY_RELOAD_MIN_SYSTEMD = 253  # Type=notify-reload appeared in systemd 253
@@ -142,69 +142,92 @@ def plan_install(opts: InstallOptions, host: HostFacts) -> tuple[Plan, Layout]:
     board, reason = choose_board(opts.board, root=layout.root, profiles_dir=profiles_src)
     caps = board_caps(board, profiles_src)
     plan.notes.append(f"board profile: {board} ({reason}); machine: {host.arch}")
+    steps = _Steps(plan)
+    _plan_prefix(steps, opts, layout)
+    _plan_units(steps, opts, layout, host, board, caps)
+    owner = host.service_ids if live else None
+    _plan_state(steps, opts, layout, owner)
+    _plan_config(plan, layout, render_config(board, reason))  # never overwrites an edited one
+    _plan_system(plan, layout, host, live)
+    return plan, layout
 
-    def ensure_dir(path: Path, mode: int, owner: tuple[int, int] | None = None) -> None:
+
+@dataclass
+class _Steps:
+    """Adds to ``plan`` only what differs from the target as it is now."""
+
+    plan: Plan
+
+    def ensure_dir(self, path: Path, mode: int, owner: tuple[int, int] | None = None) -> None:
         if dir_differs(path, mode, owner):
-            plan.add(EnsureDir(path, mode, owner))
+            self.plan.add(EnsureDir(path, mode, owner))
 
-    def write(path: Path, data: str | bytes, mode: int = 0o644, why: str = "") -> None:
+    def write(self, path: Path, data: str | bytes, mode: int = 0o644, why: str = "") -> None:
         raw = data.encode("utf-8") if isinstance(data, str) else data
         if file_differs(path, raw, mode):
-            plan.add(WriteFile(path, raw, mode, why))
+            self.plan.add(WriteFile(path, raw, mode, why))
 
-    # 1. The prefix: marker (so uninstall knows it may remove it), profiles, venv.
-    ensure_dir(layout.prefix_dir, 0o755)
-    write(layout.prefix_dir / PREFIX_MARKER,
-          "mobizo-agent install prefix: `mobizo-agent uninstall` removes this directory\n")
-    ensure_dir(layout.profiles_dir, 0o755)
-    for profile in sorted(profiles_src.glob("*.toml")):
-        write(layout.profiles_dir / profile.name, profile.read_bytes())
+
+def _plan_prefix(steps: _Steps, opts: InstallOptions, layout: Layout) -> None:
+    """The prefix: marker (so uninstall knows it may remove it), profiles, docs, venv."""
+    steps.ensure_dir(layout.prefix_dir, 0o755)
+    steps.write(layout.prefix_dir / PREFIX_MARKER,
+                "mobizo-agent install prefix: `mobizo-agent uninstall` removes this directory\n")
+    steps.ensure_dir(layout.profiles_dir, 0o755)
+    for profile in sorted((opts.source / "firmware_configs").glob("*.toml")):
+        steps.write(layout.profiles_dir / profile.name, profile.read_bytes())
     docs = layout.prefix_dir / "share" / "systemd"
-    ensure_dir(docs.parent, 0o755)
-    ensure_dir(docs, 0o755)
+    steps.ensure_dir(docs.parent, 0o755)
+    steps.ensure_dir(docs, 0o755)
     for rel in ("README.md", NOTIFY_RELOAD_EXAMPLE):
-        write(docs / Path(rel).name, (opts.source / "systemd" / rel).read_bytes())
+        steps.write(docs / Path(rel).name, (opts.source / "systemd" / rel).read_bytes())
     if opts.venv:
-        _plan_venv(plan, opts, layout)
+        _plan_venv(steps.plan, opts, layout)
     else:
-        plan.notes.append(f"--no-venv: the units run {layout.executable}; make sure it exists")
+        steps.plan.notes.append(
+            f"--no-venv: the units run {layout.executable}; make sure it exists")
 
-    # 2. Units, drop-ins, sysusers.d, tmpfiles.d.
+
+def _plan_units(steps: _Steps, opts: InstallOptions, layout: Layout, host: HostFacts,
+                board: str, caps: BoardCaps) -> None:
+    """Units, drop-ins (the board's caps, notify-reload), sysusers.d, tmpfiles.d."""
     systemd_src = opts.source / "systemd"
     for unit in UNITS:
         text = (systemd_src / unit).read_text(encoding="utf-8")
-        write(layout.unit_path(unit), render_unit(text, layout.prefix))
+        steps.write(layout.unit_path(unit), render_unit(text, layout.prefix))
     for unit, text in render_board_dropins(caps).items():
-        write(layout.dropin_dir(unit) / BOARD_DROPIN, text, why=f"caps of {board}")
+        steps.write(layout.dropin_dir(unit) / BOARD_DROPIN, text, why=f"caps of {board}")
     reload_dropin = layout.dropin_dir(AGENT_UNIT) / NOTIFY_RELOAD_DROPIN
     if wants_notify_reload(opts.notify_reload, layout.root, host):
-        write(reload_dropin, (systemd_src / NOTIFY_RELOAD_EXAMPLE).read_bytes(),
-              why="systemd >= 253: Type=notify-reload")
+        steps.write(reload_dropin, (systemd_src / NOTIFY_RELOAD_EXAMPLE).read_bytes(),
+                    why="systemd >= 253: Type=notify-reload")
     elif reload_dropin.exists():
-        plan.notes.append(f"kept {reload_dropin} (remove it by hand on systemd < 253)")
-    write(layout.sysusers_path, (systemd_src / "sysusers.d/mobizo-agent.conf").read_bytes())
-    write(layout.tmpfiles_path, (systemd_src / "tmpfiles.d/mobizo-agent.conf").read_bytes())
+        steps.plan.notes.append(f"kept {reload_dropin} (remove it by hand on systemd < 253)")
+    steps.write(layout.sysusers_path,
+                (systemd_src / "sysusers.d/mobizo-agent.conf").read_bytes())
+    steps.write(layout.tmpfiles_path,
+                (systemd_src / "tmpfiles.d/mobizo-agent.conf").read_bytes())
 
-    # 3. Directories (as tmpfiles.d says; owned by the service user once it exists).
-    owner = host.service_ids if live else None
-    ensure_dir(layout.config_dir, 0o755)
-    ensure_dir(layout.credentials_dir, 0o700)
-    ensure_dir(layout.state_dir, 0o750, owner)
+
+def _plan_state(steps: _Steps, opts: InstallOptions, layout: Layout,
+                owner: tuple[int, int] | None) -> None:
+    """Directories (as tmpfiles.d says; owned by the service user once it exists), bundle."""
+    steps.ensure_dir(layout.config_dir, 0o755)
+    steps.ensure_dir(layout.credentials_dir, 0o700)
+    steps.ensure_dir(layout.state_dir, 0o750, owner)
     for sub in STATE_SUBDIRS:
-        ensure_dir(layout.state_dir / sub, 0o750, owner)
-
+        steps.ensure_dir(layout.state_dir / sub, 0o750, owner)
     if opts.bundle is not None:
-        _plan_bundle(plan, Path(opts.bundle), layout.state_dir / "bundle", owner)
+        _plan_bundle(steps.plan, Path(opts.bundle), layout.state_dir / "bundle", owner)
     elif not (layout.state_dir / "bundle" / "manifest.json").exists():
-        plan.notes.append(
+        steps.plan.notes.append(
             f"no model bundle at {STATE_DIR}/bundle yet: mobizo-inference.service cannot start "
             "without one; rerun with --bundle DIR (a `mobizo-export` output)"
         )
 
-    # 4. agent.toml: never overwrite an edited one.
-    _plan_config(plan, layout, render_config(board, reason))
 
-    # 5. The live system: users, directories, unit reload.
+def _plan_system(plan: Plan, layout: Layout, host: HostFacts, live: bool) -> None:
+    """The live system: users, directories, unit reload (or a note on when they happen)."""
     if live and host.systemd_running:
         if plan.actions or host.service_ids is None:
             plan.add(RunCommand(("systemd-sysusers", str(layout.sysusers_path)),
@@ -226,7 +249,6 @@ def plan_install(opts: InstallOptions, host: HostFacts) -> tuple[Plan, Layout]:
             f"installed into {layout.root}: systemd-sysusers and systemd-tmpfiles create the "
             "user and directories at its first boot"
         )
-    return plan, layout
 
 
 def _plan_venv(plan: Plan, opts: InstallOptions, layout: Layout) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,11 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from agent.core.bundle import ADAPTER_DIR, BundleManifest, lora_layout_of, read_manifest
+from agent.core.bundle import ADAPTER_DIR, BundleManifest, lora_layout_of
 from agent.core.lora_layout import LoraLayout, flat_to_peft_b, peft_b_to_flat
 from agent.errors import AdapterError, BundleError
+from agent.io.atomic import fsync_path, write_synced
+from agent.io.bundle_files import read_manifest
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -69,9 +70,9 @@ def write_adapter(
                for e in layout}
     tensors.update(flat_to_peft_b(layout, np.asarray(flat_b, dtype=np.float32)))
     save_file(tensors, str(adapter_dir / WEIGHTS_NAME))
-    (adapter_dir / CONFIG_NAME).write_text(json.dumps(peft_config(layout, base_model), indent=2))
-    for name in (WEIGHTS_NAME, CONFIG_NAME):
-        fsync_path(adapter_dir / name)
+    fsync_path(adapter_dir / WEIGHTS_NAME)
+    write_synced(adapter_dir / CONFIG_NAME,
+                 json.dumps(peft_config(layout, base_model), indent=2).encode())
 
 
 def lora_a_sha256(layout: LoraLayout, a_tensors: Mapping[str, np.ndarray]) -> str:
@@ -81,15 +82,6 @@ def lora_a_sha256(layout: LoraLayout, a_tensors: Mapping[str, np.ndarray]) -> st
         h.update(e.peft_a_key.encode())
         h.update(np.ascontiguousarray(a_tensors[e.peft_a_key], dtype=np.float32).tobytes())
     return h.hexdigest()
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file or a directory (directories need O_RDONLY)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AdapterValidator:

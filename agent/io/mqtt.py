@@ -91,6 +91,11 @@ class Inbound:
 Event = Connected | Disconnected | Inbound
 
 
+def _properties(packet_type: int) -> Properties:
+    """MQTT v5 properties for one packet type (paho's constructor is not annotated)."""
+    return Properties(packet_type)  # type: ignore[no-untyped-call]
+
+
 def disable_nagle(client: paho.Client, userdata: Any, sock: Any) -> None:
     """Disable Nagle: small request/reply packets would otherwise wait on delayed ACKs
     (~40 ms per hop, measured as a 90 ms round trip through mosquitto)."""
@@ -99,6 +104,49 @@ def disable_nagle(client: paho.Client, userdata: Any, sock: Any) -> None:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (OSError, AttributeError):
         pass
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """TLS files for :func:`new_client` (see :func:`use_tls`)."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False
+
+
+def new_client(
+    client_id: str,
+    *,
+    v5: bool,
+    username: str | None = None,
+    password: str | None = None,
+    tls: ClientTls | None = None,
+    **options: Any,
+) -> paho.Client:
+    """A paho client (callback API 2) with protocol, credentials, TLS and TCP_NODELAY set.
+
+    The device's link and the controller's client both start here; each then sets its own
+    callbacks.
+
+    Args:
+        client_id: the MQTT client id.
+        v5: MQTT 5 (else 3.1.1).
+        username: broker user, if any (``password`` goes with it).
+        password: broker password.
+        tls: connect over TLS with these files; None for plain TCP.
+        **options: passed on to ``paho.Client`` (``clean_session``, ``reconnect_on_failure``).
+    """
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=paho.MQTTv5 if v5 else paho.MQTTv311, **options)
+    if username is not None:
+        client.username_pw_set(username, password)
+    if tls is not None:
+        use_tls(client, ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file,
+                insecure=tls.insecure)
+    client.on_socket_open = disable_nagle
+    return client
 
 
 def use_tls(
@@ -179,25 +227,11 @@ class MqttTransport:
     # -- construction ---------------------------------------------------------------------
     def _build_client(self) -> paho.Client:
         s = self.settings
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=s.client_id,
-            protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311,
-            clean_session=None if self.v5 else True,
-            reconnect_on_failure=False,
-        )
+        tls = ClientTls(s.ca_file, s.cert_file, s.key_file, s.tls_insecure) if s.tls else None
+        client = new_client(s.client_id, v5=self.v5, username=s.username, password=s.password,
+                            tls=tls, clean_session=None if self.v5 else True,
+                            reconnect_on_failure=False)
         client.connect_timeout = s.connect_timeout_s
-        if s.username is not None:
-            client.username_pw_set(s.username, s.password)
-        if s.tls:
-            use_tls(
-                client,
-                ca_file=s.ca_file,
-                cert_file=s.cert_file,
-                key_file=s.key_file,
-                insecure=s.tls_insecure,
-            )
-        client.on_socket_open = disable_nagle
         client.on_socket_register_write = network_thread_writes
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -277,7 +311,7 @@ class MqttTransport:
             self._client.will_set(will.topic, will.payload, will.qos, will.retain)
         props = None
         if self.v5 and s.max_packet_bytes:
-            props = Properties(PacketTypes.CONNECT)
+            props = _properties(PacketTypes.CONNECT)
             props.MaximumPacketSize = s.max_packet_bytes
         try:
             if self.v5:
@@ -335,7 +369,7 @@ class MqttTransport:
             return None
         props = None
         if self.v5 and (correlation_data is not None or expiry_s is not None):
-            props = Properties(PacketTypes.PUBLISH)
+            props = _properties(PacketTypes.PUBLISH)
             if correlation_data is not None:
                 props.CorrelationData = correlation_data
             if expiry_s is not None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import os
 import shutil
 import time
 import uuid
@@ -44,7 +43,8 @@ from agent.core.adapters import (
     versions_to_prune,
 )
 from agent.errors import AdapterError
-from agent.io.adapter_fs import CONFIG_NAME, WEIGHTS_NAME, AdapterValidator, fsync_path
+from agent.io.adapter_fs import CONFIG_NAME, WEIGHTS_NAME, AdapterValidator
+from agent.io.atomic import TEMP_SUFFIX, atomic_write_text, fsync_path, replace_dir, write_synced
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class AdapterRegistry:
             if not base.is_dir():
                 continue
             for p in base.iterdir():
-                if p.name.startswith(".tmp-"):
+                if p.name.startswith(".tmp-") or _is_temp_file(p.name):
                     log.info("removing %s left by an interrupted publish", p)
                     shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
 
@@ -235,13 +235,9 @@ class AdapterRegistry:
             if src.exists():
                 shutil.copyfile(src, tmp / name)
                 fsync_path(tmp / name)
-        (tmp / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))
-        fsync_path(tmp / MANIFEST_NAME)
-        fsync_path(tmp)
+        write_synced(tmp / MANIFEST_NAME, manifest.model_dump_json(indent=2).encode())
         self._hook("staged")
-        final = base / version
-        os.rename(tmp, final)
-        fsync_path(base)
+        final = replace_dir(tmp, base / version)  # a new version: nothing is replaced
         self._hook("renamed")
         return final
 
@@ -335,14 +331,8 @@ class AdapterRegistry:
         history = [v for v in history if v != version]
         history = (history + [version])[-HISTORY_LEN:]
         data = ActivePointer(version=version, history=history, switched_at=self._clock())
-        tmp = self.root / f".tmp-{POINTER_NAME}-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "w") as fh:
-            fh.write(data.model_dump_json())
-            fh.flush()
-            os.fsync(fh.fileno())
-        self._hook("pointer-written")
-        os.rename(tmp, self.pointer_path)
-        fsync_path(self.root)
+        atomic_write_text(self.pointer_path, data.model_dump_json(),
+                          before_replace=lambda: self._hook("pointer-written"))
         self._hook("switched")
 
     def _prune(self, also_keep: str = "") -> None:
@@ -354,3 +344,8 @@ class AdapterRegistry:
         for old in versions_to_prune(self.versions(), keep=self.keep, protected=protected):
             log.info("pruning adapter %s (keep=%d)", old, self.keep)
             shutil.rmtree(self.root / old, ignore_errors=True)
+
+
+def _is_temp_file(name: str) -> bool:
+    """A temp file an interrupted atomic write left (``.<name>.<random>.tmp``)."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)

@@ -19,18 +19,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from agent.core.bundle import BundleManifest, read_manifest
+from agent.core.bundle import BundleManifest
 from agent.core.targets import target_window
 from agent.errors import BundleError
+from agent.io.bundle_files import read_manifest
 
 log = logging.getLogger(__name__)
 
 
-def _load_program(path: Path):  # -> executorch.runtime.Program
+def _load_program(path: Path) -> Any:  # executorch.runtime.Program (the package is untyped)
     from executorch.runtime import Runtime, Verification
 
     if not path.is_file():
@@ -198,4 +200,4 @@ class InferProgram:
             i += n
             pos += n
         assert logits is not None  # ids is not empty, so the loop ran
-        return logits.reshape(-1).numpy().astype(np.float32, copy=True)
+        return np.array(logits.reshape(-1).numpy(), dtype=np.float32)  # a copy, as float32

@@ -231,7 +231,8 @@ class InteractionStore:
         }
 
     def last_activity(self) -> float | None:
-        return self._query("SELECT MAX(created_at) FROM interactions")[0][0]
+        latest = self._query("SELECT MAX(created_at) FROM interactions")[0][0]
+        return None if latest is None else float(latest)
 
     # --- maintenance ----------------------------------------------------------------------
 

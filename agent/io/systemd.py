@@ -101,7 +101,7 @@ class Notifier:
         message = "\n".join(fields)
         try:
             if self.backend == "systemd-python":
-                return bool(_sd_daemon.notify(message))  # type: ignore[union-attr]
+                return bool(_sd_daemon.notify(message))
             return self._send_raw(message.encode("utf-8"))
         except OSError as exc:
             # The manager may be gone during shutdown; notify must never kill the daemon.

@@ -16,14 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from agent.errors import TrainingError
+from agent.io.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -57,45 +56,18 @@ def _sha(arr: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr, dtype=np.float32).tobytes()).hexdigest()
 
 
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so a rename inside it survives power loss (no-op where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(directory: Path, state: CheckpointState, lora_b: np.ndarray) -> Path:
     """Write a checkpoint atomically, keeping the last good one as the previous generation."""
     from safetensors.numpy import save
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     flat = np.ascontiguousarray(lora_b, dtype=np.float32).reshape(-1)
     meta = {"format": str(CHECKPOINT_FORMAT), "state": json.dumps(asdict(state)),
             "lora_b_sha256": _sha(flat)}
     blob = save({"lora_b": flat}, metadata=meta)
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        current = directory / CURRENT
-        if current.exists():
-            os.replace(current, directory / PREVIOUS)
-        os.replace(tmp, current)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(directory)
-    return directory / CURRENT
+    # owner only: B is derived from the user's data
+    return atomic_write_bytes(directory / CURRENT, blob, mode=0o600,
+                              keep_previous=directory / PREVIOUS)
 
 
 def _read(path: Path) -> Checkpoint:

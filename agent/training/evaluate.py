@@ -84,9 +84,9 @@ def evaluate_adapters(
     Returns:
         ``{"losses": {adapter: loss}, "examples": n, "target_tokens": n, "split": ...}``.
     """
-    from agent.core.bundle import read_manifest
     from agent.errors import DataError
     from agent.io.adapter_fs import AdapterValidator
+    from agent.io.bundle_files import read_manifest
     from agent.training.data import load_dataset
     from agent.training.programs import choose_eval_shape, load_program
     from agent.training.tokenize import load_tokenizer

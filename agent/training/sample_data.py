@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from agent.io.atomic import atomic_write_text
 
 _NAMES = ("Ada", "Bruno", "Chiara", "Dmitri", "Esme", "Farid", "Greta", "Hiro")
 _CITIES = ("Lisbon", "Oslo", "Kyoto", "Quito", "Tallinn", "Perth", "Lyon", "Accra")
@@ -114,17 +114,9 @@ def constant_response_rows(n: int, response: str = "ok!", seed: int = 0) -> list
 
 
 def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
-    """Write rows as JSON Lines atomically (temp file, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    """Write rows as JSON Lines atomically (temp file, fsync, rename, directory fsync)."""
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    return atomic_write_text(Path(path), text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,8 @@ bundle version, exported shapes and length, the data, the initial adapter, the c
 
 Stopping: between steps the recipe checks the ``should_stop`` callback, SIGTERM/SIGINT (the
 daemon sends SIGTERM when device constraints stop holding: the current step finishes, a
-checkpoint is written, the job exits with :data:`EXIT_INTERRUPTED`), ``burst_steps`` and
+checkpoint is written, the job exits with
+:data:`~agent.training.result.EXIT_INTERRUPTED`), ``burst_steps`` and
 ``max_seconds``. Because batches and perturbations are pure functions of (seed, step), a
 resumed run repeats exactly the steps the uninterrupted one would have taken.
 """
@@ -20,26 +21,25 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from agent.core import zo
-from agent.core.bundle import ADAPTER_DIR, BundleManifest, TrainShape, read_manifest
+from agent.core.bundle import ADAPTER_DIR, BundleManifest, TrainShape
+from agent.core.quant_guard import epsilon_warning
+from agent.core.train_job import TrainJob
 from agent.errors import TrainingError
+from agent.io.bundle_files import read_manifest
 from agent.training import checkpoint as ckpt_mod
-from agent.training.config import TrainJobConfig
 from agent.training.data import BatchStream, Dataset, load_dataset
 from agent.training.evaluate import heldout_losses
 from agent.training.programs import (
@@ -48,50 +48,10 @@ from agent.training.programs import (
     default_factory,
     resolve_batch,
 )
-from agent.training.quant_guard import epsilon_warning
+from agent.training.result import METRICS_NAME, Status, TrainResult
 from agent.training.tokenize import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
-
-# Exit codes of `mobizo-agent train` (the daemon tells them apart).
-EXIT_OK = 0
-EXIT_ERROR = 2  # bad input: nothing was done (agent.cli's code for a MobizoError)
-EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped early, checkpoint written, run again with --resume
-
-METRICS_NAME = "training_metrics.json"
-
-Status = Literal["completed", "time_budget", "burst_done", "interrupted"]
-
-
-@dataclass
-class TrainResult:
-    """What one invocation achieved."""
-
-    status: Status
-    start_step: int
-    end_step: int
-    total_steps: int
-    seconds: float
-    heldout_start: float | None = None
-    heldout_final: float | None = None
-    train_loss_first: float | None = None
-    train_loss_last: float | None = None
-    adapter_dir: Path | None = None
-    checkpoint: Path | None = None
-    stop_reason: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_INTERRUPTED if self.status == "interrupted" else EXIT_OK
-
-    def as_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["adapter_dir"] = str(self.adapter_dir) if self.adapter_dir else None
-        d["checkpoint"] = str(self.checkpoint) if self.checkpoint else None
-        d["exit_code"] = self.exit_code
-        return d
-
 
 def _sha16(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -113,7 +73,7 @@ class ZOTrainRecipe:
 
     def __init__(
         self,
-        config: TrainJobConfig,
+        config: TrainJob,
         *,
         program_factory: ProgramFactory | None = None,
         tokenizer: Tokenizer | None = None,
@@ -259,7 +219,7 @@ class ZOTrainRecipe:
         t = self.step
         t_start = time.perf_counter()
         tokens, mask = self._stream.batch_at(t)
-        lr = zo.learning_rate(t, base_lr=cfg.lr, total_steps=cfg.steps,
+        lr = zo.learning_rate(t, base_lr=cfg.lr, total_steps=cfg.horizon,
                               schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
                               min_lr_ratio=cfg.min_lr_ratio)
         res = zo.zo_step(self.program, cfg.mode, self.lora_b, tokens, mask, run_seed=cfg.seed,
@@ -337,11 +297,11 @@ class ZOTrainRecipe:
     def save_adapter(self, result: TrainResult | None = None) -> Path:
         """Write the adapter (PEFT layout) atomically: temp dir, fsync, rename over ``out``."""
         from agent.io.adapter_fs import write_adapter
+        from agent.io.atomic import replace_dir, staging_dir, write_synced
 
         assert self.lora_b is not None and self.manifest is not None
         out = self.config.out
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        tmp = staging_dir(out)
         try:
             write_adapter(tmp, self._layout, self.lora_b.numpy(), self._a_tensors,
                           base_model=self.manifest.base.source)
@@ -352,16 +312,9 @@ class ZOTrainRecipe:
                 "bundle_id": self.manifest.bundle_id, "steps": self.step,
                 "config": json.loads(self.config.model_dump_json()), "result": outcome,
             }
-            _write_synced(tmp / METRICS_NAME, json.dumps(summary, indent=2, default=str))
-            ckpt_mod.fsync_dir(tmp)
-            old = None
-            if out.exists():
-                old = out.with_name(f".{out.name}.old-{os.getpid()}")
-                os.replace(out, old)
-            os.replace(tmp, out)
-            ckpt_mod.fsync_dir(out.parent)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            write_synced(tmp / METRICS_NAME,
+                         json.dumps(summary, indent=2, default=str).encode())
+            replace_dir(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -372,13 +325,6 @@ class ZOTrainRecipe:
         self.program = None
         self.dataset = None
         self._stream = None
-
-
-def _write_synced(path: Path, text: str) -> None:
-    with path.open("w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _pad_dataset(ds: Dataset, length: int, pad_id: int) -> Dataset:
@@ -393,7 +339,7 @@ def _pad_dataset(ds: Dataset, length: int, pad_id: int) -> Dataset:
     return Dataset(tuple(map(pad, ds.train)), tuple(map(pad, ds.heldout)), ds.stats, length)
 
 
-def run_training(config: TrainJobConfig, **kwargs: Any) -> TrainResult:
+def run_training(config: TrainJob, **kwargs: Any) -> TrainResult:
     """setup → train → cleanup, the one-shot job."""
     recipe = ZOTrainRecipe(config, **kwargs)
     try:

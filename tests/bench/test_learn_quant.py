@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from agent.bench import learn
+from agent.bench import learn, learn_setup
 from agent.bench.learn_quant import (
     INT4_GROUP,
     SCHEMES,
@@ -59,9 +59,9 @@ def test_int4_on_a_linear_that_does_not_group_says_what_to_use() -> None:
 
 
 def test_starter_export_is_refused_before_any_work(monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(learn, "starter_linear_inputs", lambda: {"o_proj": 40})
+    monkeypatch.setattr(learn_setup, "starter_linear_inputs", lambda: {"o_proj": 40})
     with pytest.raises(ValueError, match="o_proj has 40"):
-        learn.starter_bundle([], max_length=16, lora_layers="all", rank=4,
+        learn_setup.starter_bundle([], max_length=16, lora_layers="all", rank=4,
                              cache_dir=tmp_path, quantize="8da4w")
     assert not any(tmp_path.iterdir())  # nothing exported
 

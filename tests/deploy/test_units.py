@@ -66,6 +66,8 @@ def test_units_agree_with_the_contracts() -> None:
     assert re.search(r"^Wants=.*mobizo-inference\.service", agent, re.M)
     assert re.search(r"^After=.*mobizo-inference\.service", agent, re.M)
     assert re.search(r"^Before=mobizo-agent\.service", inference, re.M)
-    assert "serve --bundle" in inference and "--state-dir /var/lib/mobizo-agent" in inference
+    # the service reads the daemon's own config file (one schema), not a second set of flags
+    assert re.search(r"^ExecStart=/opt/mobizo-agent/venv/bin/mobizo-agent serve "
+                     r"--config /etc/mobizo-agent/agent\.toml ", inference, re.M)
     # Off on purpose (torch's oneDNN JIT needs W^X exceptions): see systemd/README.md.
     assert not re.search(r"^MemoryDenyWriteExecute=", agent + inference, re.M)

@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from agent.core.bundle import lora_layout_of, read_manifest
+from agent.core.bundle import lora_layout_of
 from agent.core.lora_layout import CANONICAL_TARGETS, peft_b_to_flat
+from agent.io.bundle_files import read_manifest
 from agent.io.runtime import InferProgram, TrainProgram
 from exporter.reference import (
     EagerTrainProgram,

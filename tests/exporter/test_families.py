@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from agent.core.bundle import lora_layout_of, read_manifest
+from agent.core.bundle import lora_layout_of
+from agent.io.bundle_files import read_manifest
 from agent.io.runtime import InferProgram, TrainProgram
 from exporter.families import FAMILIES
 from exporter.reference import hf_losses, load_base_model, load_lora_a, merged_model

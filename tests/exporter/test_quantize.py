@@ -18,10 +18,11 @@ import torch
 from torch import nn
 
 from agent.core import zo
-from agent.core.bundle import lora_layout_of, read_manifest
+from agent.core.bundle import lora_layout_of
+from agent.core.quant_guard import epsilon_warning
 from agent.errors import ExportError
+from agent.io.bundle_files import read_manifest
 from agent.io.runtime import InferProgram, TrainProgram
-from agent.training.quant_guard import epsilon_warning
 from exporter.lora_init import init_lora_a
 from exporter.model import Decoder, TrainForward
 from exporter.quantize import (
@@ -252,13 +253,13 @@ def test_quantized_bundle_serves(quant_bundle_8da4w):
 
 
 def test_trainer_warns_when_epsilon_is_too_small(quant_bundle_8da8w, tmp_path, caplog):
-    from agent.training.config import TrainJobConfig
+    from agent.core.train_job import TrainJob
     from agent.training.trainer import ZOTrainRecipe
 
     data = tmp_path / "data.jsonl"
     data.write_text("".join(f'{{"prompt": "q{i}", "response": "a{i}"}}\n' for i in range(8)))
-    cfg = TrainJobConfig(bundle=quant_bundle_8da8w, data=data, out=tmp_path / "out", eps=1e-3,
-                         mode="prge-dual", q=1, batch=1)
+    cfg = TrainJob(bundle=quant_bundle_8da8w, data=data, out=tmp_path / "out", eps=1e-3,
+                   mode="prge-dual", q=1, batch=1)
     # only the warning is under test: setup may fail later on the toy data
     with caplog.at_level(logging.WARNING, logger="agent.training.trainer"), \
             contextlib.suppress(Exception):

@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agent.core.bundle import read_manifest
 from agent.errors import BundleError
+from agent.io.bundle_files import read_manifest
 from agent.io.runtime import InferProgram, TrainProgram
 from exporter.reference import EagerTrainProgram
 

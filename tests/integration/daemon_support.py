@@ -248,7 +248,7 @@ class DaemonProcess:
 
     def control(self, cmd: str, args: dict[str, Any] | None = None,
                 timeout: float = 30.0) -> dict[str, Any]:
-        from agent.services.daemon.control import control_request
+        from agent.io.control_socket import control_request
 
         reply = control_request(self.state_dir / "control.sock", cmd, args, timeout=timeout)
         assert reply.ok, reply.error

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from agent.core.bundle import read_manifest
 from agent.errors import BundleError
+from agent.io.bundle_files import read_manifest
 from agent.io.runtime import InferProgram, TrainProgram
 
 pytestmark = pytest.mark.runtime

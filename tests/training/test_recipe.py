@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.core.bundle import read_manifest
+from agent.core.train_job import TrainJob
 from agent.errors import BundleError, DataError, TrainingError
 from agent.io.adapter_fs import AdapterValidator
-from agent.training.config import TrainJobConfig
-from agent.training.trainer import EXIT_INTERRUPTED, METRICS_NAME, ZOTrainRecipe, run_training
+from agent.io.bundle_files import read_manifest
+from agent.training.result import EXIT_INTERRUPTED, METRICS_NAME
+from agent.training.trainer import ZOTrainRecipe, run_training
 from tests.io.tiny_bundle import make_bundle
 
 
@@ -59,12 +60,12 @@ def tiny(tmp_path):
     return bundle, data
 
 
-def _cfg(tmp_path: Path, bundle: Path, data: Path | None = None, **kw) -> TrainJobConfig:
+def _cfg(tmp_path: Path, bundle: Path, data: Path | None = None, **kw) -> TrainJob:
     base = dict(bundle=bundle, data=data, out=tmp_path / "adapter", steps=20, mode="prge",
                 q=2, batch=1, seed=5, lr=0.5, eps=1e-2, checkpoint_every=4, heldout_share=0.2,
                 metrics=tmp_path / "metrics.jsonl")
     base.update(kw)
-    return TrainJobConfig(**base)
+    return TrainJob(**base)
 
 
 def _run(cfg, tokenizer, **kw):

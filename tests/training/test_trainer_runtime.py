@@ -25,12 +25,13 @@ import pytest
 import torch
 
 from agent.core import zo
-from agent.core.bundle import read_manifest
+from agent.core.train_job import TrainJob
 from agent.io.adapter_fs import AdapterValidator
-from agent.training.config import TrainJobConfig
+from agent.io.bundle_files import read_manifest
 from agent.training.programs import load_program
+from agent.training.result import EXIT_INTERRUPTED
 from agent.training.sample_data import constant_response_rows, write_jsonl
-from agent.training.trainer import EXIT_INTERRUPTED, run_training
+from agent.training.trainer import run_training
 
 pytestmark = pytest.mark.runtime
 
@@ -107,12 +108,12 @@ def test_executorch_steps_equal_eager(starter_bundle, learn_data):
     np.testing.assert_allclose(et[1], eager[1], atol=1e-5)
 
 
-def _cfg(bundle: Path, data: Path, out: Path, **kw) -> TrainJobConfig:
+def _cfg(bundle: Path, data: Path, out: Path, **kw) -> TrainJob:
     q, b = _dual_shape(bundle)
     base = dict(bundle=bundle, data=data, out=out, steps=30, mode="prge-dual", q=q, batch=b,
                 seed=0, lr=LEARN_LR, eps=LEARN_EPS, heldout_share=0.1, checkpoint_every=5)
     base.update(kw)
-    return TrainJobConfig(**base)
+    return TrainJob(**base)
 
 
 def test_learnable_task_lowers_heldout_loss(starter_bundle, learn_data, tmp_path):

@@ -218,3 +218,25 @@ def test_daemon_side_modules_do_not_import_ml_stacks() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True).stdout.strip()
     assert out == ""
+
+
+def test_each_check_is_a_pure_helper_with_its_own_reason():
+    """decide() composes one helper per check; each can be asked on its own."""
+    from agent.core.policy import (
+        battery_check,
+        cooldown_check,
+        hours_check,
+        load_check,
+        memory_check,
+        min_examples_check,
+    )
+
+    assert battery_check(MAINS, LIMITS, running=False) is None  # no battery: nothing to check
+    low = battery_check(ON_BATTERY, LIMITS, running=False)
+    assert low is not None and not low.ok and low.text == "battery 54% < 80%"
+    assert memory_check(None, LIMITS, running=True).text == "available memory unknown"
+    assert load_check(snap(load_1m=9.0), LIMITS, running=True) is None  # start-only gate
+    assert min_examples_check(RUNNING, LIMITS) is None and cooldown_check(RUNNING, LIMITS) is None
+    assert hours_check(LIMITS, NOON) is None  # no window configured
+    night = hours_check(LIMITS.model_copy(update={"allowed_hours": "23:00-06:00"}), NOON)
+    assert night is not None and not night.ok and "now 12:00" in night.text

@@ -20,7 +20,8 @@ from agent.config.quantize_check import (
     warn_if_scheme_differs,
 )
 from agent.config.service import EXPECTED_SCHEMES
-from agent.core.bundle import QuantScheme, read_manifest
+from agent.core.bundle import QuantScheme
+from agent.io.bundle_files import read_manifest
 from tests.io.tiny_bundle import make_bundle
 
 PROFILES = Path(__file__).resolve().parents[2] / "firmware_configs"

@@ -9,14 +9,8 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
-from agent.core.status import (
-    AgentStatus,
-    BurstMetrics,
-    Progress,
-    StatusFileError,
-    read_status,
-    write_status,
-)
+from agent.core.status import AgentStatus, BurstMetrics, Progress
+from agent.io.status_file import StatusFileError, read_status, write_status
 
 
 def test_burst_path_and_since() -> None:

@@ -201,3 +201,17 @@ def test_directions_over_budget_are_drawn_again_with_the_same_bits(mode):
         assert torch.equal(a.lora_b, b.lora_b)
         lora_b = a.lora_b
     assert kept.nbytes - redrawn.nbytes == 2 * P * 4  # one direction held instead of q = 3
+
+
+def test_directions_give_the_same_bits_kept_or_drawn_again():
+    """zo_directions.Directions: the kept [q, P] rows and the redrawn scratch row agree."""
+    from agent.core.zo_directions import Directions, step_keeps_directions
+
+    seed_t = zo.step_seed(5, 2)
+    kept = Directions(zo.StepBuffers(), seed_t, 3, P, keep=True)
+    redrawn = Directions(zo.StepBuffers(), seed_t, 3, P, keep=False)
+    for i in range(3):
+        assert torch.equal(kept[i], zo.perturbation(seed_t, i, P))
+        assert torch.equal(redrawn[i], zo.perturbation(seed_t, i, P))
+    assert not step_keeps_directions(zo.StepBuffers(), "mezo", 3, P)  # MeZO redraws
+    assert step_keeps_directions(zo.StepBuffers(), "prge", 3, P)

@@ -4,7 +4,7 @@ The daemon never imports torch or executorch: the trainer (``python -m agent tra
 evaluator (``python -m agent eval``) run as children, lowered by
 :mod:`agent.io.children.launch` (nice 19, SCHED_IDLE, memory cap, OOM score 1000; a
 systemd scope in ``mobizo-trainer.slice`` where that works), so an OOM kill or a crash hits
-the child alone. The daemon's main loop calls :meth:`ChildJob.poll` every tick; progress comes
+the child alone. The daemon's main loop calls :meth:`ChildProcess.poll` every tick; progress comes
 from the trainer's ``--metrics`` JSON lines, tailed incrementally.
 
 Stopping is cooperative first: SIGTERM makes the trainer finish its step, checkpoint and exit
@@ -27,17 +27,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from agent.core.train_job import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK
 from agent.io.children.launch import LaunchPlan, TrainerLimits, build_trainer_launch
 
 log = logging.getLogger(__name__)
 
-# `mobizo-agent train` exit codes (agent.training.trainer; duplicated here so the daemon does
-# not import the trainer module, which imports torch).
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 75
 
 
 def describe_exit(returncode: int) -> str:
@@ -97,7 +93,7 @@ class MetricsTail:
 
 
 @dataclass
-class ChildJob:
+class ChildProcess:
     """A lowered child process with its stdout+stderr in ``log_path``.
 
     Args:
@@ -225,11 +221,25 @@ class ChildJob:
         return ""
 
 
-def limits_from_training(training: Any) -> TrainerLimits:
+class TrainingLimitsSource(Protocol):
+    """The part of ``[training]`` that bounds the trainer child (agent.config.training's model
+    has these fields; io does not import config, so it names them here)."""
+
+    @property
+    def memory_max_mb(self) -> int: ...
+
+    @property
+    def nice(self) -> int: ...
+
+    @property
+    def sched_idle(self) -> bool: ...
+
+
+def limits_from_training(training: TrainingLimitsSource) -> TrainerLimits:
     """TrainerLimits from ``[training]`` (memory_max_mb, nice, sched_idle).
 
     A memory cap of 0 ("no cap") still lowers priority; pass ``capped=False`` to
-    :class:`ChildJob` so the RLIMIT_AS is left off.
+    :class:`ChildProcess` so the RLIMIT_AS is left off.
     """
     cap = int(training.memory_max_mb)
     return TrainerLimits(memory_max_mb=max(cap, 64), nice=int(training.nice),

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import logging
 import signal
-import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from agent.core.backoff import Backoff
 from agent.core.policy import Decision
@@ -23,16 +22,16 @@ from agent.io.children.process import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
     EXIT_OK,
-    ChildJob,
+    ChildProcess,
     describe_exit,
 )
-from agent.services.daemon.children import child_job, trainer_argv
+from agent.services.daemon.children import trainer_argv
 from agent.services.daemon.progress import BurstProgress, finite
 from agent.services.daemon.publish import RunOutcome
-from agent.services.daemon.runstate import training_hash
-
-if TYPE_CHECKING:
-    from agent.services.daemon.lifecycle import RunLifecycle
+from agent.services.daemon.run_context import RunContext
+from agent.services.daemon.run_files import RunFiles
+from agent.services.daemon.runstate import RunState, training_hash
+from agent.services.daemon.status import StatusReporter
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +39,45 @@ log = logging.getLogger(__name__)
 MAX_RUN_FAILURES = 3
 
 
+class BurstOwner(Protocol):
+    """What the bursts need of the run lifecycle they belong to
+    (:class:`~agent.services.daemon.lifecycle.RunLifecycle`)."""
+
+    run: RunState | None
+    ctx: RunContext
+    files: RunFiles
+    reporter: StatusReporter
+
+    def write_run(self) -> None: ...
+
+    def discard_run(self) -> None: ...
+
+    def start_eval(self) -> None: ...
+
+    def remember(self, **update: Any) -> None: ...
+
+    def finish_run(self, outcome: RunOutcome, *, record: bool = True,
+                   advance_cursor: bool = True, extra: dict[str, Any] | None = None) -> None: ...
+
+
 class RunBursts:
     """The bursts of the lifecycle's current run (one trainer at a time).
 
     Args:
-        runs: the lifecycle whose run the bursts train (its run, files and daemon).
+        runs: the lifecycle whose run the bursts train (its run, files and context).
     """
 
-    def __init__(self, runs: RunLifecycle) -> None:
+    def __init__(self, runs: BurstOwner) -> None:
         self.runs = runs
-        self.daemon = runs.daemon
+        self.ctx = ctx = runs.ctx
         self.files = runs.files
         self.reporter = runs.reporter
-        self.child: ChildJob | None = None
-        self.progress = BurstProgress(self.daemon.clock)
+        self.child: ChildProcess | None = None
+        self.progress = BurstProgress(ctx.clock)
         self.constraints_hold_at: float | None = None
         self.first_step_latency_s: float | None = None
         # a crashing trainer must not be restarted in a tight loop
-        timings = self.daemon.timings
+        timings = ctx.config().daemon
         self.backoff = Backoff(timings.failure_backoff_s,
                                max(timings.failure_backoff_s, timings.failure_backoff_max_s),
                                0.0)
@@ -67,7 +87,7 @@ class RunBursts:
     def waiting_to_retry(self) -> bool:
         """Whether the pause after a failed burst still runs (the status says how long)."""
         if self.retry_at is not None:
-            left = self.retry_at - time.monotonic()
+            left = self.retry_at - self.ctx.monotonic()
             if left > 0:
                 self.reporter.set("waiting", self.retry_reason + f"; next try in {left:.0f} s")
                 return True
@@ -80,14 +100,14 @@ class RunBursts:
         if not hold:
             self.constraints_hold_at = None
         elif self.constraints_hold_at is None:
-            self.constraints_hold_at = time.monotonic()
+            self.constraints_hold_at = self.ctx.monotonic()
 
     def start(self, decision: Decision) -> None:
         """Start the run's next burst (or a new run, if [training] changed since it began)."""
         runs = self.runs
         run = runs.run
         assert run is not None
-        cfg = self.daemon.config
+        cfg = self.ctx.config()
         if run.training_hash and run.training_hash != training_hash(cfg.training):
             log.info("run %s: [training] changed since it started; starting a new run",
                      run.run_id)
@@ -97,8 +117,9 @@ class RunBursts:
         runs.run = run
         runs.write_run()
         self.progress.watch(self.files.metrics_path)
-        child = child_job(cfg, "train", trainer_argv(cfg, run, self.files, self.daemon.python),
-                          self.files, self.daemon.systemd_run, f"{run.run_id}-{run.attempts}")
+        launcher = self.ctx.launcher
+        child = launcher.job(cfg, "train", trainer_argv(cfg, run, self.files, launcher.python),
+                             self.files, f"{run.run_id}-{run.attempts}")
         try:
             child.start()
         except OSError as exc:
@@ -134,17 +155,16 @@ class RunBursts:
             self._ended(code, child)
             return
         if child.term_sent_at is None:
-            decision = self.daemon.decide(training=True)
-            paused = self.daemon.paused
+            decision = self.ctx.decide(True)
+            paused = self.ctx.wishes.paused
             if not decision.train or paused is not None:
                 reason = paused or decision.reason
                 log.info("stopping the burst: %s", reason)
                 self.stop_burst(reason)
                 self.reporter.set("training", reason, progress=self.reporter.status.progress,
                                   blocked_by=decision.blocked_by)
-        elif child.overdue(self.daemon.timings.stop_grace_s):
-            log.warning("trainer did not checkpoint within %.0f s; killing it",
-                        self.daemon.timings.stop_grace_s)
+        elif child.overdue(grace_s := self.ctx.config().daemon.stop_grace_s):
+            log.warning("trainer did not checkpoint within %.0f s; killing it", grace_s)
             child.kill()
 
     def read_metrics(self) -> None:
@@ -156,24 +176,23 @@ class RunBursts:
         if not rows:
             return
         if self.first_step_latency_s is None and self.constraints_hold_at is not None:
-            self.first_step_latency_s = time.monotonic() - self.constraints_hold_at
+            self.first_step_latency_s = self.ctx.monotonic() - self.constraints_hold_at
             log.info("first ZO step %.2f s after the constraints held",
                      self.first_step_latency_s)
         last = rows[-1]
         runs.run = runs.run.model_copy(update={"steps_done": int(last["step"])})
         progress = Progress(step=int(last["step"]),
-                            total=self.daemon.config.training.steps_per_burst,
+                            total=self.ctx.config().training.steps_per_burst,
                             loss=float(last["loss"]) if finite(last.get("loss")) else None,
                             started_at=self.progress.started)
         self.reporter.set("training", self.reporter.status.reason, progress=progress)
-        if self.daemon.on_state_change:
-            self.daemon.on_state_change()
+        self.ctx.state_changed()
 
-    def _ended(self, code: int, child: ChildJob) -> None:
+    def _ended(self, code: int, child: ChildProcess) -> None:
         runs = self.runs
         run = runs.run
         assert run is not None
-        runs.remember(last_burst_end=self.daemon.clock())
+        runs.remember(last_burst_end=self.ctx.clock())
         self.constraints_hold_at = None
         if code == -signal.SIGTERM and child.term_sent_at is not None:
             # stopped before its handler was installed (still importing): nothing was lost
@@ -189,7 +208,7 @@ class RunBursts:
             return
         if code == EXIT_INTERRUPTED:
             why = self.progress.stop_reason or "asked to stop"
-            total = self.daemon.config.training.steps_per_burst
+            total = self.ctx.config().training.steps_per_burst
             reason = (f"burst stopped at step {run.steps_done}/{total} ({why}); it resumes "
                       "from its checkpoint")
             self.record("stopped", reason)
@@ -209,7 +228,7 @@ class RunBursts:
         run = runs.run
         self.record("failed", reason)
         delay = self.backoff.next_delay()
-        self.retry_at = time.monotonic() + delay
+        self.retry_at = self.ctx.monotonic() + delay
         self.retry_reason = f"waiting: last burst failed ({reason[:200]})"
         if run is not None:
             failures = run.failures + 1
@@ -236,7 +255,7 @@ class RunBursts:
         if child is None:
             return
         runs = self.runs
-        grace_s = self.daemon.timings.stop_grace_s
+        grace_s = self.ctx.config().daemon.stop_grace_s
         log.info("stopping the burst before exit (up to %.0f s)", grace_s)
         self.progress.stop_reason = "daemon stopping"
         code = child.stop(grace_s)

@@ -1,7 +1,8 @@
 """The two child processes a run starts: the trainer (one burst) and the evaluator.
 
-The daemon itself never imports torch or executorch; it builds these command lines from the
-config and the run, and starts them as lowered :class:`ChildJob` s
+The daemon itself never imports torch or executorch; it writes the trainer's job document
+(:class:`~agent.core.train_job.TrainJob`) and builds the evaluator's command line from the
+config and the run, and starts them as lowered :class:`ChildProcess` s
 (:mod:`agent.io.children.process`).
 """
 
@@ -11,40 +12,47 @@ import os
 from pathlib import Path
 
 from agent.config import AgentConfig
-from agent.io.children.process import ChildJob, limits_from_training
+from agent.core.train_job import TRAIN_JOB_FILE, TrainJob
+from agent.io.atomic import atomic_write_text
+from agent.io.children.process import ChildProcess, limits_from_training
 from agent.services.daemon.run_files import RunFiles
 from agent.services.daemon.runstate import RunState
 
 
-def trainer_argv(cfg: AgentConfig, run: RunState, files: RunFiles, python: str) -> list[str]:
-    """The trainer's command line for ``run`` (``python -m agent train ... --resume``)."""
+def train_job(cfg: AgentConfig, run: RunState, files: RunFiles) -> TrainJob:
+    """The job of ``run``'s next burst, from ``[training]`` and the run.
+
+    A run is ``steps_per_burst`` steps (a stopped burst resumes within it from the
+    checkpoint); the lr schedule is laid over ``total_steps``.
+    """
     t = cfg.training
-    steps = t.steps_per_burst
-    argv = [
-        python, "-m", "agent", "train",
-        "--bundle", str(cfg.bundle_dir),
-        "--data", str(files.run_dir / "train.jsonl"),
-        "--out", str(files.candidate(run.run_id)),
-        "--steps", str(steps),
-        "--mode", t.mode, "--q", str(t.q), "--batch", str(t.batch),
-        "--seed", str(run.seed), "--lr", repr(t.lr), "--eps", repr(t.eps),
-        "--lr-schedule", t.lr_schedule,
-        "--warmup-steps", str(min(t.warmup_steps, max(0, steps - 1))),
-        "--clip", repr(t.clip),
-        "--max-seconds", repr(t.max_seconds_per_burst),
-        "--checkpoint-dir", str(files.checkpoint_dir),
-        "--checkpoint-every", str(t.checkpoint_every),
-        "--resume",
-        "--init-adapter", run.init_adapter,
-        "--backend", t.backend,
-        "--heldout-share", "0", "--no-eval", "--progress", "json",
-        "--metrics", str(files.metrics_path),
-    ]
-    if t.sequence_length:
-        argv += ["--max-length", str(t.sequence_length)]
-    if cfg.device.threads:
-        argv += ["--threads", str(cfg.device.threads)]
-    return argv
+    return TrainJob(
+        bundle=cfg.bundle_dir, data=files.run_dir / "train.jsonl",
+        out=files.candidate(run.run_id), steps=t.steps_per_burst, schedule_steps=t.total_steps,
+        mode=t.mode, q=t.q, batch=t.batch, seed=run.seed, lr=t.lr, eps=t.eps,
+        lr_schedule=t.lr_schedule, warmup_steps=t.warmup_steps, min_lr_ratio=t.min_lr_ratio,
+        clip=t.clip, max_length=t.sequence_length or None,
+        max_seconds=t.max_seconds_per_burst, checkpoint_dir=files.checkpoint_dir,
+        checkpoint_every=t.checkpoint_every, resume=True, init_adapter=Path(run.init_adapter),
+        threads=cfg.device.threads or None, backend=t.backend, heldout_share=0.0,
+        metrics=files.metrics_path, evaluate=False,
+    )
+
+
+def write_train_job(job: TrainJob, files: RunFiles) -> Path:
+    """Write ``job`` atomically into the run directory; returns its path."""
+    path = files.run_dir / TRAIN_JOB_FILE
+    atomic_write_text(path, job.model_dump_json(indent=2) + "\n")
+    return path
+
+
+def trainer_argv(cfg: AgentConfig, run: RunState, files: RunFiles, python: str) -> list[str]:
+    """The trainer's command line for ``run``: ``python -m agent train --job <file>``.
+
+    Writes the burst's :class:`TrainJob` document into the run directory first.
+    """
+    job_path = write_train_job(train_job(cfg, run, files), files)
+    return [python, "-m", "agent", "train", "--job", str(job_path), "--progress", "json"]
 
 
 def eval_argv(cfg: AgentConfig, candidate: Path, against_dir: str, files: RunFiles,
@@ -58,11 +66,11 @@ def eval_argv(cfg: AgentConfig, candidate: Path, against_dir: str, files: RunFil
     return argv
 
 
-def child_job(cfg: AgentConfig, name: str, argv: list[str], files: RunFiles,
-              systemd_run: str | None, job_id: str) -> ChildJob:
+def child_process(cfg: AgentConfig, name: str, argv: list[str], files: RunFiles,
+              systemd_run: str | None, job_id: str) -> ChildProcess:
     """A child with the [training] resource limits, logging to ``<run dir>/<name>.log``."""
     t = cfg.training
-    return ChildJob(name, argv, files.run_dir / f"{name}.log",
+    return ChildProcess(name, argv, files.run_dir / f"{name}.log",
                     limits=limits_from_training(t), systemd_run=systemd_run,
                     job_id=job_id, capped=t.memory_max_mb > 0,
                     env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -1,10 +1,16 @@
-"""Commands for the daemon (train-now, pause, rollback, ...), run on its main loop.
+"""The daemon's commands (train-now, pause, rollback, ...): one table, run on its main loop.
 
-The control socket and the fleet link run on their own threads; they never touch daemon
-state. They :meth:`CommandQueue.submit` a :class:`Command` and wait; the main loop drains the
-queue at the start of each tick (:meth:`CommandQueue.run_all`) and answers each command with
-:func:`handle_command`. A command that fails is answered with its error, never raised into
-the loop.
+:meth:`DaemonHandlers.table` is the one list of what the daemon can be asked:
+``{name: DaemonCommand(args model, handler)}``. The control socket takes its accepted names
+and argument models from it (:mod:`agent.services.daemon.control`); the fleet link's typed
+commands call the same handlers (:mod:`agent.services.daemon.fleet_side`); the debug hooks
+add theirs only when the daemon runs with ``--debug-hooks``
+(:mod:`agent.services.daemon.debug_hooks`).
+
+The control socket and the fleet link run on their own threads and never touch daemon state:
+they :meth:`CommandQueue.call` a handler with its typed arguments and wait; the main loop
+runs the queued calls at the start of each tick (:meth:`CommandQueue.run_all`). A handler
+that fails is answered with its error, never raised into the loop.
 """
 
 from __future__ import annotations
@@ -14,58 +20,94 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pydantic import BaseModel, Field
+
+from agent.core.command_wire import NoArgs, RollbackArgs
+from agent.core.fleet_documents import WireIn
 from agent.core.policy import TRAIN_NOW_DEFAULT_SKIP, TrainNow
 from agent.errors import MobizoError
-
-if TYPE_CHECKING:
-    from agent.services.daemon.loop import Daemon
+from agent.services.daemon.lifecycle import RunLifecycle
+from agent.services.daemon.ports import Registry
+from agent.services.daemon.status import StatusReporter
+from agent.services.daemon.wishes import UserWishes
 
 log = logging.getLogger(__name__)
+
+Reply = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DaemonCommand:
+    """One row of the command table: how its arguments look and who carries it out."""
+
+    args_model: type[BaseModel]
+    handler: Callable[[Any], Reply]
+
+
+CommandTable = dict[str, DaemonCommand]
+
+
+class TrainNowRequest(WireIn):
+    """A manual run: the constraints it skips besides new data and the cooldown."""
+
+    skip: list[str] = Field(default_factory=list, max_length=16,
+                            description="policy checks to skip (never thermal or memory)")
+    requested_by: str = Field(default="cli", max_length=64, description="who asked (logged)")
+
+
+class PauseRequest(WireIn):
+    """A pause, and why (shown in the status)."""
+
+    reason: str = Field(default="paused by the user", max_length=200)
 
 
 @dataclass
 class Command:
-    """A request for the main loop; the caller waits on ``done`` for ``result``."""
+    """A call for the main loop; the caller waits on ``done`` for ``result``."""
 
     name: str
-    args: dict[str, Any] = field(default_factory=dict)
+    run: Callable[[], Reply]
     done: threading.Event = field(default_factory=threading.Event)
-    result: dict[str, Any] | None = None
+    result: Reply | None = None
     error: str | None = None
 
 
 class CommandQueue:
-    """Commands from other threads, waiting for the main loop.
+    """Calls from other threads, waiting for the main loop.
 
     Args:
-        wake: set on submit so the loop runs the command now, not at its next tick.
+        wake: set on submit so the loop runs the call now, not at its next tick.
     """
 
     def __init__(self, wake: threading.Event) -> None:
         self.wake = wake
         self._queue: queue.Queue[Command] = queue.Queue()
 
-    def submit(self, name: str, args: dict[str, Any] | None = None,
-               timeout: float = 30.0) -> Command:
-        """Queue a command for the main loop and wait for it to be handled."""
-        cmd = Command(name, dict(args or {}))
+    def call(self, name: str, run: Callable[[], Reply], timeout: float = 30.0) -> Command:
+        """Queue ``run`` for the main loop and wait for it (``name`` is for logs)."""
+        cmd = Command(name, run)
         self._queue.put(cmd)
         self.wake.set()
         if not cmd.done.wait(timeout):
             cmd.error = "the daemon's main loop did not answer in time (busy or hung)"
         return cmd
 
-    def run_all(self, handle: Callable[[str, dict[str, Any]], dict[str, Any]]) -> None:
-        """Answer every queued command with ``handle`` (on the main loop)."""
+    def submit(self, name: str, command: DaemonCommand, args: BaseModel,
+               timeout: float = 30.0) -> Command:
+        """Queue one table command with its validated arguments and wait for it."""
+        return self.call(name, lambda: command.handler(args), timeout)
+
+    def run_all(self) -> None:
+        """Run every queued call (on the main loop)."""
         while True:
             try:
                 cmd = self._queue.get_nowait()
             except queue.Empty:
                 return
             try:
-                cmd.result = handle(cmd.name, cmd.args)
+                cmd.result = cmd.run()
             except (MobizoError, ValueError) as exc:
                 cmd.error = str(exc)
             except Exception as exc:  # noqa: BLE001 - answered, logged, never fatal
@@ -75,56 +117,74 @@ class CommandQueue:
                 cmd.done.set()
 
 
-def handle_command(daemon: Daemon, name: str, args: dict[str, Any]) -> dict[str, Any]:
-    """Carry out command ``name`` on ``daemon`` (main loop only); its reply.
+class DaemonHandlers:
+    """The daemon's side of every command (main loop only).
 
-    Raises:
-        ValueError: an unknown command, or a debug command while debug hooks are off.
-        MobizoError: the command could not be carried out (e.g. nothing to roll back to).
+    Args:
+        wishes: the user's pause / train-now wishes (changed here).
+        runs: the run lifecycle (a pause stops its burst).
+        reporter: the status (a resume leaves "paused").
+        registry: the adapter registry (rollback).
+        tell_service: asks the inference service to serve a version; its refusal or None.
+        status_document: the live status for ``status``.
     """
-    runs = daemon.runs
-    if name == "train-now":
-        skip = set(args.get("skip") or ()) | TRAIN_NOW_DEFAULT_SKIP
-        daemon.manual = TrainNow(skip=frozenset(skip),
-                                 requested_by=str(args.get("requested_by", "cli")))
-        runs.data_short_at = None
-        if daemon.paused is not None:
-            daemon.paused = None
+
+    def __init__(self, *, wishes: UserWishes, runs: RunLifecycle, reporter: StatusReporter,
+                 registry: Registry, tell_service: Callable[[str], str | None],
+                 status_document: Callable[[], Reply]) -> None:
+        self.wishes = wishes
+        self.runs = runs
+        self.reporter = reporter
+        self.registry = registry
+        self.tell_service = tell_service
+        self.status_document = status_document
+
+    def table(self) -> CommandTable:
+        """The command table: ``{name: (args model, handler)}``."""
+        return {
+            "status": DaemonCommand(NoArgs, self.status),
+            "train-now": DaemonCommand(TrainNowRequest, self.train_now),
+            "pause": DaemonCommand(PauseRequest, self.pause),
+            "resume": DaemonCommand(NoArgs, self.resume),
+            "rollback": DaemonCommand(RollbackArgs, self.rollback),
+        }
+
+    def status(self, args: NoArgs) -> Reply:
+        """The status document (answered on the loop: it also shows the loop lives)."""
+        return self.status_document()
+
+    def train_now(self, args: TrainNowRequest) -> Reply:
+        """Run now, skipping ``args.skip`` plus new data and the cooldown; ends a pause."""
+        skip = set(args.skip) | TRAIN_NOW_DEFAULT_SKIP
+        self.wishes.manual = TrainNow(skip=frozenset(skip), requested_by=args.requested_by)
+        self.runs.data_short_at = None
+        self.wishes.paused = None
         return {"message": "training requested; skipping " + ", ".join(sorted(skip))
                 + " (thermal and memory always apply)"}
-    if name == "pause":
-        reason = str(args.get("reason") or "paused by the user")
-        daemon.paused = reason
-        if runs.bursts.child is not None:
-            runs.bursts.stop_burst(reason)
+
+    def pause(self, args: PauseRequest) -> Reply:
+        """Pause training; a running burst checkpoints and stops."""
+        reason = args.reason or "paused by the user"
+        self.wishes.paused = reason
+        if self.runs.bursts.child is not None:
+            self.runs.bursts.stop_burst(reason)
         return {"message": f"paused: {reason}"}
-    if name == "resume":
-        was = daemon.paused
-        daemon.paused = None
-        if daemon.status.state == "paused":
-            daemon.reporter.set("waiting", "resumed")
+
+    def resume(self, args: NoArgs) -> Reply:
+        """End a pause."""
+        was = self.wishes.paused
+        self.wishes.paused = None
+        if self.reporter.status.state == "paused":
+            self.reporter.set("waiting", "resumed")
         return {"message": "resumed" if was else "was not paused"}
-    if name == "rollback":
+
+    def rollback(self, args: RollbackArgs) -> Reply:
+        """Activate ``args.version`` (None: the previous one) and hand it to the service."""
         # A rollback while a run trains is fine: the run keeps its own initial adapter.
-        version = args.get("version")
-        to = daemon.registry.rollback(str(version) if version is not None else None)
-        refused = daemon.tell_service(to)
-        daemon.reporter.update(active_adapter=to)
+        version = args.version
+        if isinstance(version, int):
+            version = f"v{version:04d}"
+        to = self.registry.rollback(version)
+        refused = self.tell_service(to)
+        self.reporter.update(active_adapter=to)
         return {"active_version": to, "service": refused or "ok"}
-    if name == "status":
-        return daemon.status_document()
-    if name == "apply-config":  # internal: a validated fleet desired-config
-        daemon.apply_config(args["loaded"], set(args.get("changed") or ()))
-        return {"message": "applied"}
-    if name == "debug-publish-delay":
-        if not daemon.debug_hooks:
-            raise ValueError("debug commands are off (start the daemon with --debug-hooks)")
-        daemon.publish_delay = (str(args.get("stage", "staged")),
-                                float(args.get("seconds", 30.0)))
-        return {"message": f"publishing will sleep at {daemon.publish_delay[0]}"}
-    if name == "debug-hang":
-        if not daemon.debug_hooks:
-            raise ValueError("debug commands are off (start the daemon with --debug-hooks)")
-        daemon.hang_s = float(args.get("seconds", 5.0))
-        return {"message": f"main loop will hang for {daemon.hang_s} s"}
-    raise ValueError(f"unknown command {name!r}")

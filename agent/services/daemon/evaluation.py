@@ -11,19 +11,15 @@ into a verdict, which :mod:`agent.services.daemon.publish` acts on. An evaluator
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from agent.core.eval_gate import GateResult, judge
-from agent.io.children.process import EXIT_BAD_INPUT, EXIT_OK, ChildJob, describe_exit
-from agent.services.daemon.children import child_job, eval_argv
+from agent.io.children.process import EXIT_BAD_INPUT, EXIT_OK, ChildProcess, describe_exit
+from agent.services.daemon.children import eval_argv
 from agent.services.daemon.publish import RunOutcome, read_eval_losses, serving_adapter
+from agent.services.daemon.run_context import RunContext
 from agent.services.daemon.runstate import RunState
-
-if TYPE_CHECKING:
-    from agent.services.daemon.loop import Daemon
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +45,12 @@ class CandidateEval:
     """The evaluator child of the current run (one at a time).
 
     Args:
-        daemon: the daemon it runs for (config, registry, files, timings).
+        ctx: the run's collaborators (config, registry, files, launcher).
     """
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.child: ChildJob | None = None
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.child: ChildProcess | None = None
         self.started = 0.0
         # (version, directory) of the adapter the candidate is compared with
         self.against: tuple[str, str] = ("initial", "")
@@ -65,26 +61,25 @@ class CandidateEval:
         Raises:
             OSError: the evaluator could not be started.
         """
-        daemon = self.daemon
-        cfg = daemon.config
-        self.against = serving_adapter(daemon.registry, run)
-        argv = eval_argv(cfg, candidate, self.against[1], daemon.files, daemon.python)
-        child = child_job(cfg, "eval", argv, daemon.files, daemon.systemd_run,
-                          f"{run.run_id}-eval")
+        ctx = self.ctx
+        cfg = ctx.config()
+        self.against = serving_adapter(ctx.registry, run)
+        argv = eval_argv(cfg, candidate, self.against[1], ctx.files, ctx.launcher.python)
+        child = ctx.launcher.job(cfg, "eval", argv, ctx.files, f"{run.run_id}-eval")
         child.log_path.unlink(missing_ok=True)
         child.start()
         self.child = child
-        self.started = time.monotonic()
+        self.started = ctx.monotonic()
 
     def follow(self, run: RunState, candidate: Path) -> GateResult | EvalFailed | None:
         """None while the evaluator runs; once it ended, the gate's verdict or why there is
         none."""
         child = self.child
         assert child is not None
-        timeout_s = self.daemon.timings.eval_timeout_s
+        timeout_s = self.ctx.config().daemon.eval_timeout_s
         code = child.poll()
         if code is None:
-            if time.monotonic() - self.started > timeout_s:
+            if self.ctx.monotonic() - self.started > timeout_s:
                 log.error("evaluation ran over %.0f s; killing it", timeout_s)
                 child.stop(EVAL_STOP_GRACE_S)
                 code = child.poll()
@@ -103,7 +98,7 @@ class CandidateEval:
         except (TypeError, KeyError, ValueError) as exc:
             return EvalFailed(RunOutcome("failed", f"evaluation output unreadable ({exc})",
                                          steps=run.steps_done), advance_cursor=True)
-        cfg = self.daemon.config
+        cfg = self.ctx.config()
         gate = judge(cand, active, margin=cfg.adapters.eval_margin,
                      mode=cfg.adapters.eval_margin_mode, examples=examples,
                      min_examples=cfg.data.min_heldout_examples)

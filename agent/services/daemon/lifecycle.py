@@ -11,8 +11,9 @@ is recognised by its run id in the registry's manifests and not published twice.
 Its bursts — the trainer, its crashes and the pause before a retry — are
 :mod:`agent.services.daemon.bursts`.
 
-Everything here runs on the daemon's main loop; the daemon's config, registry, store, policy
-and status are reached through the :class:`~agent.services.daemon.loop.Daemon` it belongs to.
+Everything here runs on the daemon's main loop; what it needs (config, store, registry, files,
+clock, launcher, policy, status, the user's wishes) comes in one
+:class:`~agent.services.daemon.run_context.RunContext`, never the daemon itself.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent.core.eval_gate import GateResult
 from agent.core.policy import Decision
@@ -32,12 +33,10 @@ from agent.services.daemon.publish import (
     gate_losses,
     publish_or_reject,
 )
+from agent.services.daemon.run_context import RunContext
 from agent.services.daemon.run_files import reap_orphan_trainer
 from agent.services.daemon.run_start import NotEnoughData, open_run
 from agent.services.daemon.runstate import RunState
-
-if TYPE_CHECKING:
-    from agent.services.daemon.loop import Daemon
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +47,17 @@ class RunLifecycle:
     """The run in progress and its children (trainer, evaluator); one per daemon.
 
     Args:
-        daemon: the daemon it runs for (config, registry, store, policy, status).
+        ctx: its collaborators (config, store, registry, files, clock, policy, status).
     """
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.files = daemon.files
-        self.reporter = daemon.reporter
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.files = ctx.files
+        self.reporter = ctx.reporter
         self.memory = self.files.read_memory()
         self.run: RunState | None = None
         self.bursts = RunBursts(self)
-        self.evaluation = CandidateEval(daemon)
+        self.evaluation = CandidateEval(ctx)
         # New examples since the last finished run, recounted when the store changes.
         self.seen_change_seq: int | None = None
         self.new_examples = 0
@@ -75,12 +74,12 @@ class RunLifecycle:
         log.info("resuming run %s (phase %s, step %d) left by the previous daemon",
                  self.run.run_id, self.run.phase, self.run.steps_done)
         reap_orphan_trainer(self.run.trainer_pid, self.files.checkpoint_dir,
-                            self.daemon.timings.stop_grace_s)
+                            self.ctx.config().daemon.stop_grace_s)
 
     # ------------------------------------------------------------------ new data
     def refresh_new_examples(self) -> None:
         """Count the examples since the last finished run (only when the store changed)."""
-        store = self.daemon.store
+        store = self.ctx.store
         seq = int(store.counts()["change_seq"])
         if seq == self.seen_change_seq:
             return
@@ -93,7 +92,7 @@ class RunLifecycle:
         """Nothing runs: start a run or its next burst if the policy says so."""
         if self.bursts.waiting_to_retry():
             return
-        decision = self.daemon.decide(training=False)
+        decision = self.ctx.decide(False)
         self.bursts.constraints_hold(decision.train)
         if not decision.train:
             self.reporter.set("waiting", decision.reason, blocked_by=decision.blocked_by)
@@ -112,7 +111,7 @@ class RunLifecycle:
         run = self.run
         assert run is not None
         if run.phase in ("evaluating", "publishing"):
-            stored = finished_in_registry(self.daemon.registry, run.run_id)
+            stored = finished_in_registry(self.ctx.registry, run.run_id)
             if stored or not self.files.candidate(run.run_id).is_dir():
                 self.finish_run(RunOutcome("published", "already stored before restart")
                                 if stored
@@ -128,7 +127,7 @@ class RunLifecycle:
         self.bursts.start(decision)
 
     def _new_run(self) -> bool:
-        opened = open_run(self.daemon, self.memory.runs)
+        opened = open_run(self.ctx, self.memory.runs)
         if isinstance(opened, NotEnoughData):
             self.data_short_at = self.seen_change_seq
             self.data_short_reason = opened.reason
@@ -182,10 +181,10 @@ class RunLifecycle:
             self.reporter.publish()
 
         outcome = publish_or_reject(
-            gate, candidate, run, registry=self.daemon.registry,
+            gate, candidate, run, registry=self.ctx.registry,
             compared_with=self.evaluation.against[0],
             train_loss_end=self.bursts.progress.last_loss,
-            tell_service=self.daemon.tell_service, before_publish=publishing)
+            tell_service=self.ctx.tell_service, before_publish=publishing)
         self.finish_run(outcome, extra=gate_losses(gate))
 
     # ------------------------------------------------------------------ ending
@@ -204,16 +203,15 @@ class RunLifecycle:
             if advance_cursor:
                 self.memory = self.memory.model_copy(update={"cursor": run.cursor})
                 self.seen_change_seq = None  # recount new examples
-            self.remember(last_burst_end=self.daemon.clock())
+            self.remember(last_burst_end=self.ctx.clock())
             self.files.remove_candidate(run.run_id)
         self.discard_run()
         outcome.loss = self.bursts.progress.last_loss
-        self.daemon.manual = None
+        self.ctx.wishes.manual = None
         self._tell_waiters(outcome)
-        self.reporter.update(active_adapter=self.daemon.active_version())
+        self.reporter.update(active_adapter=self.reporter.active_version())
         self.reporter.set("waiting", f"last run {outcome.outcome}: {outcome.reason}")
-        if self.daemon.on_state_change:
-            self.daemon.on_state_change()
+        self.ctx.state_changed()
 
     def discard_run(self) -> None:
         """Forget the current run and remove its files (the next start begins a new one)."""
@@ -233,7 +231,7 @@ class RunLifecycle:
     # ------------------------------------------------------------------ waiters, stop
     def wait_for_run(self, timeout: float) -> RunOutcome | None:
         """Block until the current/next run ends (for a fleet train-now)."""
-        event, box = threading.Event(), []  # type: ignore[var-annotated]
+        event, box = threading.Event(), list[RunOutcome]()
         self.waiters.append((event, box))
         event.wait(timeout)
         return box[0] if box else None

@@ -14,7 +14,9 @@ One thread owns every decision. Each tick it
    (so a hung loop stops the pings and systemd restarts us).
 
 This module wires those parts together and holds what they share: the config, the device
-adapters, the policy's view of the device, and the user's pause / train-now wishes.
+ports (swapped by the daemon itself on a reload, from what its ``reconfigure`` factory
+returns), the policy's view of the device, and the user's wishes
+(:class:`~agent.services.daemon.wishes.UserWishes`).
 
 No torch, no executorch: the trainer and the evaluator are child processes
 (:mod:`agent.io.children.process`).
@@ -26,7 +28,6 @@ import contextlib
 import json
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -35,45 +36,39 @@ from datetime import datetime
 from typing import Any
 
 from agent.config import AgentConfig, LoadedConfig
-from agent.core.policy import Decision, DeviceSnapshot, PolicyState, TrainNow, decide
+from agent.core.policy import Decision, DeviceSnapshot, PolicyState, decide
 from agent.core.status import AgentStatus
 from agent.errors import AdapterError, MobizoError
-from agent.io.registry import AdapterRegistry
-from agent.io.store import InteractionStore
 from agent.io.systemd import Notifier, WatchdogPinger
-from agent.services.daemon.commands import Command, CommandQueue, handle_command
+from agent.services.daemon.commands import CommandQueue, CommandTable, DaemonHandlers
+from agent.services.daemon.debug_hooks import DebugHooks
 from agent.services.daemon.handover import hand_over
 from agent.services.daemon.lifecycle import RunLifecycle
+from agent.services.daemon.ports import ExampleStore, Registry, Sensors, ServiceLink
 from agent.services.daemon.publish import RunOutcome
+from agent.services.daemon.run_context import ChildLauncher, RunContext
 from agent.services.daemon.run_files import RunFiles
 from agent.services.daemon.status import StatusReporter, heavy_modules_loaded, rss_kb
+from agent.services.daemon.wishes import UserWishes
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DaemonTimings:
-    """How often and how long; arguments, not constants, so tests can run fast.
+class Ports:
+    """The device ports a config section configures (replaced whole on a reload).
 
     Attributes:
-        tick_s: seconds between main-loop ticks.
-        stop_grace_s: how long a SIGTERMed burst may take to checkpoint before SIGKILL.
-        eval_timeout_s: longest an evaluation child may run.
-        publish_verify_s: how long the inference service has to show a published version.
-        failure_backoff_s: wait after a failed burst before the next (doubles per failure).
-        failure_backoff_max_s: the longest such wait.
+        sensors: device sensors (a fake sysfs tree in tests).
+        service: client of the inference service, or None.
     """
 
-    tick_s: float = 2.0
-    stop_grace_s: float = 30.0
-    eval_timeout_s: float = 900.0
-    publish_verify_s: float = 10.0
-    failure_backoff_s: float = 30.0
-    failure_backoff_max_s: float = 900.0
+    sensors: Sensors
+    service: ServiceLink | None = None
 
 
-Sensors = Any  # agent.io.sysfs.SysfsSensors (anything with .snapshot() -> DeviceSnapshot)
-ServiceLink = Any  # agent.io.http.Client-like: reload_adapter(), health()
+# Given the fresh config and the changed sections, redo what they configure; the new ports.
+Reconfigure = Callable[[LoadedConfig, set[str]], Ports]
 
 
 class Daemon:
@@ -83,17 +78,16 @@ class Daemon:
         loaded: the effective config.
         store: the interaction store (open).
         registry: the adapter registry (with a validator for the bundle).
-        sensors: device sensors (a fake sysfs tree in tests).
+        ports: device sensors and the inference-service client.
         notifier: sd_notify sender.
-        service: client of the inference service, or None.
-        timings: tick and timeout lengths.
+        tick_s: seconds between main-loop ticks.
         clock: wall-clock seconds (status times, cooldown).
-        python: interpreter for the children.
-        systemd_run: a usable systemd-run for the children's scopes, or None (plain fork).
+        now: the local time the policy's hours check reads.
+        launcher: starts the trainer and evaluator children.
         watchdog_interval: seconds between watchdog pings (None: no watchdog).
-        debug_hooks: allow debug commands (``debug-hang``) on the control socket.
+        debug: the test-only debug hooks (None: their commands do not exist).
         reload_fn: re-reads the config file: (fresh config, changed sections).
-        on_reload: redoes what changed sections configure (sensors, service, fleet link).
+        reconfigure: redoes what changed sections configure; returns the new ports.
         on_state_change: told when the status changed (the fleet link republishes state).
     """
 
@@ -101,54 +95,51 @@ class Daemon:
         self,
         loaded: LoadedConfig,
         *,
-        store: InteractionStore,
-        registry: AdapterRegistry,
-        sensors: Sensors,
+        store: ExampleStore,
+        registry: Registry,
+        ports: Ports,
         notifier: Notifier,
-        service: ServiceLink | None = None,
-        timings: DaemonTimings | None = None,
+        tick_s: float = 2.0,
         clock: Callable[[], float] = time.time,
-        python: str = sys.executable,
-        systemd_run: str | None = None,
+        now: Callable[[], datetime] = datetime.now,
+        launcher: ChildLauncher | None = None,
         watchdog_interval: float | None = None,
-        debug_hooks: bool = False,
+        debug: DebugHooks | None = None,
         reload_fn: Callable[[], tuple[LoadedConfig, set[str]]] | None = None,
-        on_reload: Callable[[LoadedConfig, set[str]], None] | None = None,
+        reconfigure: Reconfigure | None = None,
         on_state_change: Callable[[], None] | None = None,
     ) -> None:
         self.loaded = loaded
-        self.store = store
         self.registry = registry
-        self.sensors = sensors
+        self.ports = ports
         self.notifier = notifier
-        self.service = service
-        self.timings = timings or DaemonTimings()
+        self.tick_s = tick_s
         self.clock = clock
-        self.python = python
-        self.systemd_run = systemd_run
+        self.now = now
         self.watchdog = WatchdogPinger(notifier, watchdog_interval)
-        self.debug_hooks = debug_hooks
+        self.debug = debug
         self._reload_fn = reload_fn
-        self._on_reload = on_reload
-        self.on_state_change = on_state_change
-        self.state_dir = loaded.config.paths.state_dir
-        self.files = RunFiles(self.state_dir, loaded.config.paths.checkpoint_dir)
+        self._reconfigure = reconfigure
+        state_dir = loaded.config.paths.state_dir
         self.wake = threading.Event()
         self.commands = CommandQueue(self.wake)
         self.reload_requested = threading.Event()
-        self.reporter = StatusReporter(self.state_dir, notifier, clock, self.active_version,
+        self.reporter = StatusReporter(state_dir, notifier, clock, self.active_version,
                                        on_state_change)
-        # What the user asked for: a pause (its reason), or a run now despite the policy.
-        self.paused: str | None = None
-        self.manual: TrainNow | None = None
+        self.wishes = UserWishes()
         self.last_decision: Decision | None = None
         self.last_snapshot: DeviceSnapshot | None = None
         self.ticks = 0
         self.tick_errors = 0
-        # debug hooks (--debug-hooks): a main-loop hang, a sleep at a publish stage
-        self.hang_s = 0.0
-        self.publish_delay: tuple[str, float] | None = None
-        self.runs = RunLifecycle(self)
+        self.runs = RunLifecycle(RunContext(
+            config=lambda: self.config, store=store, registry=registry,
+            files=RunFiles(state_dir, loaded.config.paths.checkpoint_dir), clock=clock,
+            launcher=launcher or ChildLauncher(), tell_service=self.tell_service,
+            reporter=self.reporter, decide=self.decide, wishes=self.wishes,
+            on_state_change=on_state_change or (lambda: None)))
+        self.handlers = DaemonHandlers(
+            wishes=self.wishes, runs=self.runs, reporter=self.reporter, registry=registry,
+            tell_service=self.tell_service, status_document=self.status_document)
         self.runs.recover()
 
     # ------------------------------------------------------------------ config, status
@@ -161,14 +152,22 @@ class Daemon:
         """The current status (read from any thread: replaced whole, never changed in place)."""
         return self.reporter.status
 
+    def command_table(self) -> CommandTable:
+        """What the control socket accepts: the daemon's commands (+ the debug ones)."""
+        table = self.handlers.table()
+        if self.debug is not None:
+            table.update(self.debug.table())
+        return table
+
     def status_document(self) -> dict[str, Any]:
         """The status plus what only the live daemon knows (for the control socket)."""
         runs = self.runs
+        manual = self.wishes.manual
         doc = json.loads(self.status.model_dump_json())
         doc["daemon"] = {
             "pid": os.getpid(), "ticks": self.ticks, "rss_kb": rss_kb(),
             "heavy_modules": heavy_modules_loaded(),
-            "paused": self.paused, "manual": sorted(self.manual.skip) if self.manual else None,
+            "paused": self.wishes.paused, "manual": sorted(manual.skip) if manual else None,
             "run": runs.run.model_dump() if runs.run else None,
             "trainer_pid": runs.bursts.child.pid if runs.bursts.child else None,
             "eval_pid": runs.evaluation.child.pid if runs.evaluation.child else None,
@@ -198,18 +197,16 @@ class Daemon:
             healthy = self.tick_once()
             if healthy:
                 self.watchdog.tick()
-            self.wake.wait(self.timings.tick_s)
+            self.wake.wait(self.tick_s)
             self.wake.clear()
         self.shutdown()
 
     def tick_once(self) -> bool:
         """One iteration; False when it failed (no watchdog ping then)."""
         try:
-            self.commands.run_all(self._handle)
-            if self.hang_s:
-                hang, self.hang_s = self.hang_s, 0.0
-                log.warning("debug hang: main loop sleeping %.1f s", hang)
-                time.sleep(hang)
+            self.commands.run_all()
+            if self.debug is not None:
+                self.debug.after_commands()
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()
@@ -235,8 +232,8 @@ class Daemon:
             runs.bursts.follow()
         elif runs.evaluation.child is not None:
             runs.follow_eval()
-        elif self.paused is not None:
-            self.reporter.set("paused", self.paused)
+        elif self.wishes.paused is not None:
+            self.reporter.set("paused", self.wishes.paused)
         else:
             runs.consider_start()
         self.reporter.publish()
@@ -244,10 +241,10 @@ class Daemon:
     # ------------------------------------------------------------------ policy
     def decide(self, training: bool) -> Decision:
         """Read the sensors and ask the policy whether to train (``training``: a burst runs)."""
-        snapshot = self.sensors.snapshot()
+        snapshot = self.ports.sensors.snapshot()
         self.last_snapshot = snapshot
         decision = decide(snapshot, self._policy_state(training), self.config.constraints,
-                          datetime.now(), self.manual)
+                          self.now(), self.wishes.manual)
         prev = self.last_decision
         # Log changes of the verdict, not of every number in it (idle seconds tick up).
         if prev is None or (prev.train, prev.blocked_by) != (decision.train, decision.blocked_by):
@@ -269,32 +266,17 @@ class Daemon:
         return PolicyState(training=training, new_examples=runs.new_examples,
                            seconds_since_last_burst=since)
 
-    # ------------------------------------------------------------------ commands
-    def submit(self, name: str, args: dict[str, Any] | None = None,
-               timeout: float = 30.0) -> Command:
-        """Queue a command for the main loop and wait for it to be handled."""
-        return self.commands.submit(name, args, timeout)
-
+    # ------------------------------------------------------------------ runs, service
     def wait_for_run(self, timeout: float) -> RunOutcome | None:
         """Block until the current/next run ends (for a fleet train-now)."""
         return self.runs.wait_for_run(timeout)
 
-    def _handle(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
-        return handle_command(self, name, args)
-
     def tell_service(self, version: str) -> str | None:
         """Ask the service to serve ``version``; its refusal, or None (see hand_over)."""
-        if self.service is None:
+        service = self.ports.service
+        if service is None:
             return None
-        return hand_over(self.service, version, self.timings.publish_verify_s)
-
-    def registry_stage_hook(self, stage: str) -> None:
-        """Called by the registry at each publish stage; a debug delay lets tests kill -9
-        the daemon mid-publish deterministically."""
-        delay = self.publish_delay
-        if delay is not None and delay[0] == stage:
-            log.warning("debug: publish sleeping %.1f s at stage %s", delay[1], stage)
-            time.sleep(delay[1])
+        return hand_over(service, version, self.config.daemon.publish_verify_s)
 
     # ------------------------------------------------------------------ reload / stop
     def reload(self) -> bool:
@@ -317,7 +299,7 @@ class Daemon:
         return ok
 
     def apply_config(self, fresh: LoadedConfig, changed: set[str]) -> None:
-        """Switch to ``fresh``; ``changed`` names the sections that differ."""
+        """Switch to ``fresh`` (main loop only); ``changed`` names the sections that differ."""
         if "paths" in changed:
             log.warning("[paths] changed: the state directory moves only on restart")
         self.loaded = fresh
@@ -328,8 +310,8 @@ class Daemon:
         # new [data] or [constraints]: count the new examples and retry short data afresh
         self.runs.seen_change_seq = None
         self.runs.data_short_at = None
-        if self._on_reload is not None:
-            self._on_reload(fresh, changed)
+        if self._reconfigure is not None:
+            self.ports = self._reconfigure(fresh, changed)
 
     def shutdown(self) -> None:
         """STOPPING=1; a running burst checkpoints first (bounded), an evaluation is killed."""

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.core.adapters import INITIAL_VERSION
 from agent.core.eval_gate import GateResult
 from agent.errors import AdapterError
-from agent.io.registry import AdapterRegistry
+from agent.services.daemon.ports import Registry
 from agent.services.daemon.runstate import RunState
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class RunOutcome:
     adapter_version: str | None = None
 
 
-def serving_adapter(registry: AdapterRegistry, run: RunState) -> tuple[str, str]:
+def serving_adapter(registry: Registry, run: RunState) -> tuple[str, str]:
     """(version, directory) of the adapter serving now; the run's own start if unknown.
 
     A candidate is compared with what serves NOW: a rollback may have happened while the run
@@ -46,7 +47,7 @@ def serving_adapter(registry: AdapterRegistry, run: RunState) -> tuple[str, str]
     try:
         active = registry.active()
         if active is None:
-            return "initial", str(registry.validator.initial_dir)  # type: ignore[union-attr]
+            return INITIAL_VERSION, str(registry.path_of(INITIAL_VERSION))
         return active, str(registry.path_of(active))
     except AdapterError as exc:
         log.warning("cannot tell the active adapter (%s); comparing with %s", exc,
@@ -78,7 +79,7 @@ def publish_or_reject(
     candidate: Path,
     run: RunState,
     *,
-    registry: AdapterRegistry,
+    registry: Registry,
     compared_with: str,
     train_loss_end: float | None,
     tell_service: Callable[[str], str | None],
@@ -139,7 +140,7 @@ def publish_or_reject(
     return RunOutcome("published", gate.reason, steps=run.steps_done, adapter_version=version)
 
 
-def finished_in_registry(registry: AdapterRegistry, run_id: str) -> bool:
+def finished_in_registry(registry: Registry, run_id: str) -> bool:
     """Whether the registry already holds run ``run_id``'s candidate (a daemon killed after
     publishing or rejecting it, before the run was closed)."""
     try:

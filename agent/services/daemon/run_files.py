@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from agent.config.atomic import atomic_write_text
+from agent.io.atomic import atomic_write_text
 from agent.services.daemon.runstate import DaemonMemory, RunState
 from agent.services.daemon.snapshot import remove_snapshot
 

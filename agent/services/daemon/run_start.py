@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from agent.core.adapters import INITIAL_VERSION
+from agent.services.daemon.run_context import RunContext
 from agent.services.daemon.runstate import RunState, training_hash
 from agent.services.daemon.snapshot import remove_snapshot, snapshot_examples
-
-if TYPE_CHECKING:
-    from agent.services.daemon.loop import Daemon
 
 # Successive runs' seeds are this far apart, so each run draws its own perturbations.
 _SEED_STRIDE = 1_000_003
@@ -30,21 +28,21 @@ class NotEnoughData:
     reason: str
 
 
-def open_run(daemon: Daemon, runs_before: int) -> RunState | NotEnoughData:
+def open_run(ctx: RunContext, runs_before: int) -> RunState | NotEnoughData:
     """Snapshot the store into the run directory and describe run number ``runs_before + 1``.
 
     Args:
-        daemon: the daemon the run is for (config, store, registry, files, clock).
+        ctx: the run's collaborators (config, store, registry, files, clock, wishes).
         runs_before: how many runs this device opened before (numbers the id and the seed).
 
     Returns:
         the new run (not yet written), or why there is none (the snapshot is removed).
     """
-    cfg = daemon.config
-    registry = daemon.registry
+    cfg = ctx.config()
+    registry = ctx.registry
     run_id = f"run-{runs_before + 1:04d}-{uuid.uuid4().hex[:6]}"
-    directory = daemon.files.run_dir
-    snap = snapshot_examples(daemon.store, directory,
+    directory = ctx.files.run_dir
+    snap = snapshot_examples(ctx.store, directory,
                              heldout_share=cfg.data.heldout_share,
                              max_examples=cfg.data.max_examples,
                              max_heldout=cfg.adapters.eval_max_examples)
@@ -55,11 +53,11 @@ def open_run(daemon: Daemon, runs_before: int) -> RunState | NotEnoughData:
             f"waiting: not enough data ({snap.n_train} training, {snap.n_heldout} held-out "
             f"examples; need >= 1 and >= {need_held})")
     active = registry.active()
-    init_version = active or "initial"
-    init_dir = registry.path_of(active) if active else registry.validator.initial_dir  # type: ignore[union-attr]
+    init_version = active or INITIAL_VERSION
+    init_dir = registry.path_of(init_version)
     seed = (cfg.training.seed + runs_before * _SEED_STRIDE) % (2**63)
     return RunState(
         run_id=run_id, seed=seed, init_adapter=str(init_dir), init_version=init_version,
         cursor=snap.cursor, n_train=snap.n_train, n_heldout=snap.n_heldout,
-        created_at=daemon.clock(), manual=daemon.manual is not None,
+        created_at=ctx.clock(), manual=ctx.wishes.manual is not None,
         training_hash=training_hash(cfg.training))

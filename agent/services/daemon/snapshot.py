@@ -18,9 +18,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.config.atomic import atomic_write_text
-from agent.io.store import InteractionStore
+from agent.io.atomic import atomic_write_text
 from agent.io.store_records import is_heldout
+from agent.services.daemon.ports import ExampleStore
 
 TRAIN_FILE = "train.jsonl"
 HELDOUT_FILE = "heldout.jsonl"
@@ -45,14 +45,14 @@ class Snapshot:
     cursor: int
 
 
-def count_new_examples(store: InteractionStore, cursor: int) -> tuple[int, int]:
+def count_new_examples(store: ExampleStore, cursor: int) -> tuple[int, int]:
     """Usable examples changed after ``cursor`` (all splits), and the store's cursor now."""
     examples, new_cursor = store.examples_since(cursor, split="all", limit=1_000_000)
     return len(examples), new_cursor
 
 
 def snapshot_examples(
-    store: InteractionStore, directory: Path, *, heldout_share: float, max_examples: int,
+    store: ExampleStore, directory: Path, *, heldout_share: float, max_examples: int,
     max_heldout: int,
 ) -> Snapshot:
     """Write ``train.jsonl`` and ``heldout.jsonl`` under ``directory`` (atomically).

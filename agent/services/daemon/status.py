@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.core.status import AgentState, AgentStatus, write_status
+from agent.core.status import AgentState, AgentStatus
+from agent.io.status_file import write_status
 from agent.io.systemd import Notifier
 
 # Modules the daemon must never import (they belong to the trainer and evaluator children);

@@ -85,14 +85,18 @@ class Generator:
     """Runs one request at a time on the program (the caller serialises)."""
 
     def __init__(self, program: InferProgramLike, codec: TextCodec,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter,
+                 context_cap: int | None = None) -> None:
         self.program = program
         self.codec = codec
         self._clock = clock
+        self._context_cap = context_cap
 
     @property
     def max_context(self) -> int:
-        return int(self.program.max_context)
+        """Prompt + generated tokens: the program's KV cache, or less if capped by config."""
+        exported = int(self.program.max_context)
+        return exported if self._context_cap is None else min(exported, self._context_cap)
 
     def generate(
         self,

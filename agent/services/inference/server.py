@@ -26,7 +26,7 @@ import queue
 import socketserver
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
@@ -43,12 +43,38 @@ from agent.services.inference.protocol import (
     timings,
 )
 from agent.services.inference.sampling import SamplingParams
+from agent.services.inference.settings import ServeConfig
 from agent.services.inference.worker import Job, JobDone
 
 if TYPE_CHECKING:
-    from agent.services.inference.service import InferenceService
+    from agent.io.store import InteractionStore
+    from agent.services.inference.generation import Generator, TextCodec
+    from agent.services.inference.hotswap import AdapterSlot
+    from agent.services.inference.worker import GenerationWorker
 
 log = logging.getLogger(__name__)
+
+
+class ServedApp(Protocol):
+    """What a request handler needs of the service (``InferenceService`` is one).
+
+    Typed here, so this module does not import the service that builds it (no import circle).
+    """
+
+    config: ServeConfig
+    model_name: str
+    bundle_id: str
+    started_at: int
+    last_request_at: float | None
+    slot: AdapterSlot
+    store: InteractionStore | None
+    codec: TextCodec
+    generator: Generator
+    worker: GenerationWorker
+
+    def health(self) -> dict[str, Any]: ...
+
+    def retry_after_s(self) -> int: ...
 
 
 class HttpError(Exception):
@@ -61,13 +87,13 @@ class HttpError(Exception):
 
 
 class Handler(BaseHTTPRequestHandler):
-    """One HTTP request; ``self.server.app`` is the :class:`InferenceService`."""
+    """One HTTP request; ``self.server.app`` is the service (a :class:`ServedApp`)."""
 
     server_version = "mobizo-agent"
     protocol_version = "HTTP/1.0"  # one request per connection: simple and stream-friendly
 
     @property
-    def app(self) -> InferenceService:
+    def app(self) -> ServedApp:
         return self.server.app  # type: ignore[attr-defined,no-any-return]
 
     # --- plumbing -------------------------------------------------------------------------

@@ -15,45 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from agent.core.bundle import read_manifest
 from agent.io.adapter_fs import AdapterValidator
+from agent.io.bundle_files import read_manifest
 from agent.io.registry import AdapterRegistry
-from agent.io.store import InteractionStore, StoreConfig
+from agent.io.store import InteractionStore
 from agent.services.inference.generation import Generator, InferProgramLike, TextCodec
 from agent.services.inference.hotswap import AdapterSlot, PointerWatcher, PostSwitchHook
 from agent.services.inference.server import Handler, TcpServer, UnixServer
+from agent.services.inference.settings import ServeConfig
 from agent.services.inference.worker import GenerationWorker
 
 log = logging.getLogger(__name__)
-
-
-class ServeConfig(BaseModel):
-    """Settings of ``mobizo-agent serve``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    listen: str | None = Field(default="127.0.0.1:8780", description="HOST:PORT, or None")
-    unix_socket: Path | None = Field(default=None, description="also listen on this socket")
-    threads: int | None = Field(default=None, ge=1, le=256, description="runtime CPU threads")
-    max_queue: int = Field(default=16, ge=1, le=10_000, description="waiting requests; then 503")
-    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="larger bodies get 413")
-    max_prompt_chars: int = Field(default=200_000, ge=1, description="larger prompts get 413")
-    default_max_tokens: int = Field(default=128, ge=1, description="when a request names none")
-    request_timeout_s: float = Field(default=600, gt=0, description="wait for one generation")
-    commit_ack_timeout_s: float = Field(
-        default=2.0, ge=0, description="wait this long for the row to commit before answering")
-    watch_interval_s: float = Field(default=0.25, gt=0, le=60,
-                                    description="poll period of the active-adapter pointer")
-    gil_switch_interval_s: float = Field(
-        default=0.001, gt=0, le=0.1, description="Python thread switch interval in the service")
-    adapters_kept: int = Field(default=5, ge=1, description="registry retention")
-    post_switch_command: list[str] | None = Field(
-        default=None, description="run after each adapter switch (env MOBIZO_ADAPTER_*)")
-    post_switch_url: str | None = Field(
-        default=None, description="POST {version, path, lora_name, lora_path} here after a switch")
-    store: StoreConfig = Field(default_factory=StoreConfig)
 
 
 class InferenceService:
@@ -89,7 +61,8 @@ class InferenceService:
         self.program = factory(self.bundle_dir, self.config.threads)
         tok = self.manifest.tokenizer
         self.codec = TextCodec.from_dir(self.bundle_dir / tok.path, [tok.eos_token_id])
-        self.generator = Generator(self.program, self.codec)
+        self.generator = Generator(self.program, self.codec,
+                                   context_cap=self.config.max_context)
         self.store: InteractionStore | None = (
             InteractionStore.in_state_dir(self.state_dir, self.config.store)
             if self.config.store.capture else None)

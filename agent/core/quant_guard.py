@@ -1,4 +1,4 @@
-"""How small ε may be for a bundle's quantized base (issue 8), without importing the exporter.
+"""How small ε may be for a bundle's quantized base (issue 8); pure, for trainer and exporter.
 
 Dynamic activation quantization (8da8w, 8da4w) adds noise to every loss that does not cancel
 in L⁺ − L⁻; with ε below ~1e-2 the projected gradients g_i = (L⁺ − L⁻)/(2ε) are dominated by it

@@ -1,0 +1,118 @@
+"""What each program of a bundle is lowered from: its methods, built from one decoder.
+
+``train.pte`` holds one method per static (S, b) shape plus the ``head_loss`` method;
+``infer.pte`` holds ``prefill`` and ``decode`` over one shared KV cache. A ``--bench-forward``
+bundle adds two benchmark-only programs beside them (see ``BENCH_FORWARD_PROGRAM``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agent.core.bundle import BundleManifest
+from exporter.lower import lower_methods
+from exporter.model import (
+    Decoder,
+    HeadLoss,
+    InferStep,
+    KVCache,
+    LossMethod,
+    TrainForward,
+    TrainMethod,
+)
+from exporter.options import ExportOptions
+
+log = logging.getLogger(__name__)
+
+# name -> (module, example_args[, dynamic_shapes]), as exporter.lower.lower_methods takes them
+Methods = dict[str, tuple[Any, ...]]
+
+# Benchmark-only programs of a --bench-forward bundle, apart from train.pte so that train.pte is
+# exactly a product bundle's: the runtime sizes one shared activation arena per program to its
+# largest method, so a method kept beside bigger ones would be measured with their arena.
+BENCH_FORWARD_PROGRAM = "bench_forward.pte"  # the t_fwd forwards over max(slices)·b rows
+BENCH_INFER_PROGRAM = "bench_infer.pte"  # the S = 1 method alone: inference memory of b rows
+
+
+def train_method_name(slices: int, batch: int) -> str:
+    return f"train_s{slices}_b{batch}"
+
+
+def forward_method_name(rows: int) -> str:
+    """Bench-only plain forward over ``rows`` sequences with no LoRA (merged-weights speed)."""
+    return f"forward_n{rows}"
+
+
+def adapter_forward_method_name(rows: int) -> str:
+    """Bench-only forward over ``rows`` sequences with one adapter for all of them, unmerged:
+    the inference program's way of running an adapter (its B is a runtime input)."""
+    return f"forward_adapter_n{rows}"
+
+
+def _forward(core: Decoder, opts: ExportOptions, slices: int, batch: int,
+             lora: bool = True) -> TrainForward:
+    return TrainForward(core, slices=slices, batch=batch, max_length=opts.max_length,
+                        max_targets=opts.target_window(), loss_chunk=opts.loss_chunk, lora=lora)
+
+
+def train_methods(core: Decoder, opts: ExportOptions, manifest: BundleManifest,
+                  shapes: list[tuple[int, int]]) -> Methods:
+    """One method per (S, b) in ``shapes``, then the head-and-loss method (dynamic rows)."""
+    p = manifest.lora.num_params
+    methods: Methods = {}
+    for s, b in shapes:
+        m = TrainMethod(_forward(core, opts, s, b))
+        methods[train_method_name(s, b)] = (m, m.example_args(p))
+    head = HeadLoss(core)
+    rows = torch.export.Dim("rows", min=1, max=opts.head_rows)
+    methods[manifest.train.head_method] = (head, head.example_args(opts.head_rows),
+                                           ({0: rows}, {0: rows}))
+    return methods
+
+
+def bench_forward_methods(core: Decoder, opts: ExportOptions, num_params: int) -> Methods:
+    """The benchmark's plain and one-adapter forwards over max(slices)·max(batch) rows."""
+    rows = max(opts.slices) * max(opts.batch)
+    bench: Methods = {}
+    for name, fwd in ((forward_method_name(rows), _forward(core, opts, rows, 1, lora=False)),
+                      (adapter_forward_method_name(rows), _forward(core, opts, 1, rows))):
+        m = LossMethod(fwd)
+        bench[name] = (m, m.example_args(num_params))
+    return bench
+
+
+def infer_methods(core: Decoder, opts: ExportOptions, manifest: BundleManifest) -> Methods:
+    """``prefill`` (a chunk of tokens) and ``decode`` (one token) over one KV cache."""
+    shape, p = manifest.model, manifest.lora.num_params
+    cache = KVCache(shape.num_layers, opts.max_context, shape.num_kv_heads, shape.head_dim)
+    infer: Methods = {}
+    for name, chunk in (("prefill", opts.prefill_chunk), ("decode", 1)):
+        infer[name] = (
+            InferStep(core, cache, chunk=chunk, max_context=opts.max_context),
+            (torch.zeros(1, chunk, dtype=torch.long), torch.tensor([0]), torch.tensor([0]),
+             torch.zeros(1, p)),
+        )
+    return infer
+
+
+def lower_programs(core: Decoder, opts: ExportOptions, manifest: BundleManifest,
+                   staging: Path) -> None:
+    """Lower every program of ``manifest`` into ``staging`` (train, bench, then infer)."""
+    methods = train_methods(core, opts, manifest, opts.train_shapes())
+    log.info("lowering train program: %s", ", ".join(methods))
+    lower_methods(methods, staging / manifest.train.program, backend=opts.backend)
+    if opts.bench_forward:
+        bench = bench_forward_methods(core, opts, manifest.lora.num_params)
+        log.info("lowering benchmark forwards: %s", ", ".join(bench))
+        lower_methods(bench, staging / BENCH_FORWARD_PROGRAM, backend=opts.backend)
+        lower_methods(train_methods(core, opts, manifest, [(1, b) for b in opts.batch]),
+                      staging / BENCH_INFER_PROGRAM, backend=opts.backend)
+    if manifest.infer is not None:
+        infer = infer_methods(core, opts, manifest)
+        log.info("lowering infer program: prefill (chunk %d), decode", opts.prefill_chunk)
+        lower_methods(infer, staging / manifest.infer.program, backend=opts.backend,
+                      share_mutable_buffers=True)
