@@ -26,6 +26,7 @@ from agent.config import LoadedConfig, load_config, reload_config
 from agent.config.quantize_check import warn_if_scheme_differs
 from agent.errors import AdapterError, BundleError, ConfigError
 from agent.io.control_socket import ControlServer
+from agent.io.disk import DiskFaults, is_disk_fault_at
 from agent.io.http import Client
 from agent.io.registry import AdapterRegistry
 from agent.io.store import InteractionStore
@@ -38,6 +39,9 @@ from agent.services.daemon.loop import Daemon, Ports
 from agent.services.daemon.run_context import ChildLauncher
 
 log = logging.getLogger(__name__)
+
+#: Seconds between attempts to start a fleet link whose files could not be opened.
+FLEET_RETRY_S = 30.0
 
 
 @dataclass
@@ -136,9 +140,12 @@ class App:
             raise ConfigError(f"paths.state_dir {state_dir} cannot be created ({exc}); set it "
                               "to a writable directory or pass --state-dir") from exc
         self.registry = self._open_registry(loaded)
-        self.store = InteractionStore(cfg.store_path)
+        # one set of disk faults: the store's writer reports into what the status shows
+        faults = DiskFaults(self.clock)
+        self.store = InteractionStore(cfg.store_path, faults=faults)
         self._started.append(("store", self.store.close))
-        service = Client.from_url(cfg.service.inference_url, timeout=cfg.service.request_timeout_s)
+        service = Client.from_url(cfg.service.inference_url, timeout=cfg.service.request_timeout_s,
+                                  token_file=cfg.inference.token_path(cfg.paths.state_dir))
         store = self.store
 
         def last_request() -> float | None:
@@ -164,6 +171,7 @@ class App:
             launcher=ChildLauncher(systemd_run=systemd_run),
             watchdog_interval=watchdog_interval(), debug=self.debug, reload_fn=self._reload,
             reconfigure=self._reconfigure, on_state_change=self._state_changed,
+            faults=faults,
         )
         return self.daemon
 
@@ -211,7 +219,8 @@ class App:
             self.registry.keep = max(1, cfg.adapters.versions_kept)
         if "service" in changed:
             ports = Ports(sensors=ports.sensors, service=Client.from_url(
-                cfg.service.inference_url, timeout=cfg.service.request_timeout_s))
+                cfg.service.inference_url, timeout=cfg.service.request_timeout_s,
+                token_file=cfg.inference.token_path(cfg.paths.state_dir)))
         if "mqtt" in changed:
             self._stop_fleet()
             self._start_fleet()
@@ -243,6 +252,32 @@ class App:
         self.fleet.start()  # connects in the background; never blocks READY
         log.info("fleet link started for device %s", device_id)
 
+    def _start_fleet_or_retry(self) -> None:
+        """Start the fleet link; if its files cannot be opened (a full or read-only card),
+        run without it and retry in the background: exiting here would crash-loop the unit."""
+        try:
+            self._start_fleet()
+        except Exception as exc:
+            assert self.loaded is not None and self.daemon is not None
+            where = self.loaded.config.paths.state_dir / "fleet"
+            if not is_disk_fault_at(exc, where):
+                raise  # a broken [mqtt] section stops the daemon, as before
+            message = self.daemon.faults.report("fleet", where, exc)  # shown in the status
+            log.error("fleet link not started: %s; retrying every %.0f s", message,
+                      FLEET_RETRY_S)
+            threading.Thread(target=self._retry_fleet, name="fleet-retry", daemon=True).start()
+
+    def _retry_fleet(self) -> None:
+        while not self.stop_event.wait(FLEET_RETRY_S):
+            try:
+                self._start_fleet()
+            except Exception as exc:  # noqa: BLE001 - keep trying
+                log.debug("fleet link still cannot start: %s", exc)
+                continue
+            assert self.daemon is not None
+            self.daemon.faults.clear("fleet")
+            return
+
     def _stop_fleet(self) -> None:
         if self.fleet is not None:
             try:
@@ -258,11 +293,19 @@ class App:
         cfg = self.loaded.config
         self.control = control_server(daemon.command_table(), daemon.commands,
                                       cfg.paths.state_dir)
-        self.control.start()
-        self._started.append(("control", self.control.stop))
+        try:
+            self.control.start()
+            self._started.append(("control", self.control.stop))
+        except OSError as exc:
+            if not is_disk_fault_at(exc, cfg.paths.state_dir):
+                raise
+            # a read-only card: no socket can be made there; run on (STATUS= and the fleet
+            # still report), rather than exit into a crash loop
+            log.error("no control socket: %s",
+                      daemon.faults.report("control", cfg.paths.state_dir, exc))
         # READY now: config valid, store and registry open; the network comes later.
         self.notifier.ready(daemon.status.headline())
-        self._start_fleet()
+        self._start_fleet_or_retry()
         self._started.append(("fleet", self._stop_fleet))
         log.info("mobizo-agent running (pid %d, state %s)", os.getpid(), cfg.paths.state_dir)
         try:

@@ -62,15 +62,21 @@ def _printable(text: str, width: int = 40) -> str:
 class Http:
     """A tiny JSON client for the local service: the real HTTP server, no mocks."""
 
-    def __init__(self, port: int, timeout: float = 120.0) -> None:
+    def __init__(self, port: int, timeout: float = 120.0, token_file: Path | None = None) -> None:
         self.port = port
         self.timeout = timeout
+        self.token_file = token_file  # the service's bearer token, made at its start
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
         try:
+            from agent.io.token_file import read_token
+
             payload = None if body is None else json.dumps(body)
-            headers = {"Content-Type": "application/json"} if payload else {}
+            headers = {"Content-Type": "application/json"}
+            token = read_token(self.token_file) if self.token_file is not None else None
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
             conn.request(method, path, body=payload, headers=headers)
             resp = conn.getresponse()
             raw = resp.read()
@@ -220,7 +226,7 @@ def run_demo(args: argparse.Namespace) -> int:
              "--listen", f"127.0.0.1:{port}"],
             stdout=(logs / "serve.log").open("wb"), stderr=subprocess.STDOUT, env=env)
         procs.append(("service", serve))
-        client = Http(port)
+        client = Http(port, token_file=state_dir / "inference.token")
         client.wait_healthy(120, serve)
         first_version = _active_version(client)
         console.say("service", f"ready, serving adapter {first_version or 'initial (bundle)'}")

@@ -1,13 +1,22 @@
-"""Writing the non-program parts of a bundle: adapter (PEFT layout), tokenizer, manifest."""
+"""Writing the non-program parts of a bundle: adapter (PEFT layout), tokenizer, manifest,
+and the checkpoint's generation_config.json (kept as it was, beside the manifest, which
+carries what serving reads of it)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
 
-from agent.core.bundle import ADAPTER_DIR, MANIFEST_NAME, TOKENIZER_DIR, BundleManifest
+from agent.core.bundle import (
+    ADAPTER_DIR,
+    GENERATION_CONFIG,
+    MANIFEST_NAME,
+    TOKENIZER_DIR,
+    BundleManifest,
+)
 from agent.core.lora_layout import LoraLayout
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -45,6 +54,14 @@ def write_tokenizer(bundle: Path, tokenizer) -> Path:  # noqa: ANN001 - a HF tok
     out = Path(bundle) / TOKENIZER_DIR
     tokenizer.save_pretrained(out)
     return out
+
+
+def write_generation_config(bundle: Path, checkpoint_dir: Path) -> Path | None:
+    """Copy the checkpoint's ``generation_config.json`` into the bundle, if it has one."""
+    src = Path(checkpoint_dir) / GENERATION_CONFIG
+    if not src.is_file():
+        return None
+    return Path(shutil.copyfile(src, Path(bundle) / GENERATION_CONFIG))
 
 
 def write_manifest(bundle: Path, manifest: BundleManifest) -> Path:

@@ -30,8 +30,14 @@ from agent.core.bundle import (
 from agent.core.lora_layout import LoraLayout
 from agent.errors import ExportError
 from exporter import bundle_writer
-from exporter.checkpoint import Checkpoint, inspect_checkpoint, load_model, load_tokenizer
-from exporter.families import model_shape
+from exporter.checkpoint import (
+    Checkpoint,
+    inspect_checkpoint,
+    load_generation_config,
+    load_model,
+    load_tokenizer,
+)
+from exporter.families import check_config, model_shape
 from exporter.lora_init import a_sha256, init_lora_a
 from exporter.options import MAX_LENGTH, MIN_LENGTH, ExportOptions
 from exporter.probe import PROBE_ATOL, probe_against_transformers, probe_mask
@@ -150,10 +156,12 @@ def _export_into(ckpt: Checkpoint, staging: Path, opts: ExportOptions, source: s
     """Build, lower, write and probe one bundle into the empty ``staging`` directory."""
     from exporter.model import Decoder
 
+    check_config(_hf_config(ckpt))  # refuse what the decoder does not implement, unloaded
     hf = load_model(ckpt)
     shape = model_shape(hf.config, sum(p.numel() for p in hf.parameters()))
     _check_limits(opts, shape.max_position_embeddings)
     tok = load_tokenizer(ckpt, shape.vocab_size)
+    generation = load_generation_config(ckpt, shape.vocab_size)
     try:
         layers = opts.lora_layer_indices(shape.num_layers)
     except ValueError as exc:
@@ -166,6 +174,7 @@ def _export_into(ckpt: Checkpoint, staging: Path, opts: ExportOptions, source: s
     manifest = draft.model_copy(update={"lora": draft.lora.model_copy(update={
         "num_params": layout.num_params, "a_sha256": a_sha256(layout, lora_a)})})
     lora_layout_of(manifest)  # consistency check: consumers rebuild the same layout
+    manifest = manifest.model_copy(update={"generation": generation})
 
     core = Decoder(hf, layout, lora_a)
     quantize_base(core, opts.quantize)  # base linears only; no-op for 'none'
@@ -173,12 +182,25 @@ def _export_into(ckpt: Checkpoint, staging: Path, opts: ExportOptions, source: s
 
     bundle_writer.write_adapter(staging, layout, lora_a)
     bundle_writer.write_tokenizer(staging, tok)
+    bundle_writer.write_generation_config(staging, ckpt.path)
     bundle_writer.write_manifest(staging, manifest)
     if opts.quantize == "none":
         probe_against_transformers(staging, manifest, hf, layout, lora_a)
     else:  # the reference is the eager model quantized the same way
         probe_quantized(staging, manifest, core, layout)
     return manifest
+
+
+def _hf_config(ckpt: Checkpoint) -> Any:
+    """transformers' config object of the checkpoint (normalized: rope parameters, layer
+    types), without loading the weights."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(ckpt.path)
+    except Exception as exc:  # transformers raises many types; name the file and the fix
+        raise ExportError(f"transformers cannot read {ckpt.path / 'config.json'} ({exc}); "
+                          "check it against the checkpoint's original") from exc
 
 
 def _draft_manifest(opts: ExportOptions, shape: ModelShape, tok: Any, layers: tuple[int, ...],

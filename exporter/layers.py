@@ -17,29 +17,55 @@ MP-LoRA (arXiv 2409.15520 §3.2), per LoRA'd linear with S slices of b sequences
 ``scale·A`` is a frozen constant (a packed matmul for XNNPACK); ``Bᵀ_s`` is sliced with static
 offsets from the flat ``lora_b`` [S, P] program input (agent/core/lora_layout.py) and used only
 through ``bmm`` (an fp32 ``mm`` whose weight is an input is not delegated).
+
+Family switches (exporter/families.py) the blocks honour: q/k RMSNorm per head (Qwen3, Gemma
+3), ``(1 + w)`` norms, four norms per block and a GELU-tanh MLP (Gemma 3), sliding-window
+layers (a per-layer mask and rope table, chosen by exporter/model.py).
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 from torch import Tensor, nn
+
+from exporter.families import activation_of, family_for
 
 NEG_INF = -1e30  # additive mask value; finite so an all-masked row cannot produce NaN
 
 
 class RMSNorm(nn.Module):
-    """``x / sqrt(mean(x²) + eps) · w`` with the mean as a matmul by a constant 1/d column."""
+    """``x / sqrt(mean(x²) + eps) · (offset + w)`` with the mean as a matmul by a constant
+    1/d column (``offset`` 1 is Gemma's ``(1 + w)``, folded into the stored weight)."""
 
-    def __init__(self, weight: Tensor, eps: float) -> None:
+    def __init__(self, weight: Tensor, eps: float, offset: float = 0.0) -> None:
         super().__init__()
         d = weight.shape[0]
-        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+        w = weight.detach().to(torch.float32) + offset
+        self.weight = nn.Parameter(w.clone(), requires_grad=False)
         self.register_buffer("inv_d", torch.full((d, 1), 1.0 / d), persistent=False)
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
         var = torch.matmul(x * x, self.inv_d)
         return x * torch.rsqrt(var + self.eps) * self.weight
+
+
+def gelu_tanh(x: Tensor) -> Tensor:
+    """GELU, tanh approximation (transformers' ``gelu_pytorch_tanh``), spelt out: XNNPACK's
+    gelu is the exact erf form and ignores ``approximate="tanh"``, so ``F.gelu`` would lower
+    to a different function."""
+    inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * (x * x * x))
+    return 0.5 * x * (1.0 + torch.tanh(inner))
+
+
+def silu(x: Tensor) -> Tensor:
+    return torch.nn.functional.silu(x)
+
+
+ACTIVATION_FNS = {"silu": silu, "gelu_pytorch_tanh": gelu_tanh}
 
 
 def rotate_half_matrix(head_dim: int) -> Tensor:
@@ -102,14 +128,37 @@ class LoraLinear(nn.Module):
 
 
 class Block(nn.Module):
-    """One decoder block (pre-norm attention + SwiGLU MLP)."""
+    """One decoder block: pre-norm attention + gated MLP, with the family's switches.
 
-    def __init__(self, hf_layer: nn.Module, cfg: ModelDims, loras: dict[str, tuple]) -> None:
+    Llama/Qwen: ``h += o_proj(attn(norm(h)))``; ``h += mlp(post_norm(h))``. Gemma 3's four
+    norms (``sandwich``): ``h += post_attn_norm(o_proj(attn(norm(h))))``;
+    ``h += post_ff_norm(mlp(pre_ff_norm(h)))``. With ``qk_norm``, q and k are RMS-normed per
+    head before RoPE.
+    """
+
+    def __init__(self, hf_layer: Any, cfg: ModelDims, loras: dict[str, tuple],
+                 index: int = 0) -> None:
         super().__init__()
         attn, mlp = hf_layer.self_attn, hf_layer.mlp
         self.dims = cfg
-        self.input_norm = RMSNorm(hf_layer.input_layernorm.weight, cfg.eps)
-        self.post_norm = RMSNorm(hf_layer.post_attention_layernorm.weight, cfg.eps)
+        off = cfg.norm_offset
+        self.input_norm = RMSNorm(hf_layer.input_layernorm.weight, cfg.eps, off)
+        # Llama's post_attention_layernorm is the MLP's input norm; Gemma's is the norm of
+        # the attention output (its MLP input norm is pre_feedforward_layernorm)
+        self.post_norm = RMSNorm(hf_layer.post_attention_layernorm.weight, cfg.eps, off)
+        self.sandwich = cfg.sandwich_norms
+        if self.sandwich:
+            self.pre_ff_norm = RMSNorm(hf_layer.pre_feedforward_layernorm.weight, cfg.eps, off)
+            self.post_ff_norm = RMSNorm(hf_layer.post_feedforward_layernorm.weight, cfg.eps,
+                                        off)
+        self.qk_norm = cfg.qk_norm
+        if self.qk_norm:
+            self.q_norm = RMSNorm(attn.q_norm.weight, cfg.eps, off)
+            self.k_norm = RMSNorm(attn.k_norm.weight, cfg.eps, off)
+        self.act = ACTIVATION_FNS[cfg.activation]
+        # which attention this layer runs: a sliding window or global, and its rope table
+        self.layer_type = cfg.layer_types[index]
+        self.sliding = self.layer_type == "sliding_attention"
 
         def wrap(name: str, lin: nn.Linear) -> LoraLinear:
             a, off, rank = loras.get(name, (None, 0, 1))
@@ -137,24 +186,51 @@ class Block(nn.Module):
         q = self.q_proj(x, lora_b, slices, shared_input).reshape(n, t, d.heads, d.head_dim)
         k = self.k_proj(x, lora_b, slices, shared_input).reshape(n, t, d.kv_heads, d.head_dim)
         v = self.v_proj(x, lora_b, slices, shared_input).reshape(n, t, d.kv_heads, d.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         return self.rope(q, cos, sin, rot), self.rope(k, cos, sin, rot), v
+
+    def attn_out(self, o: Tensor, lora_b: Tensor | None, slices: int) -> Tensor:
+        """The attention branch's output projection (and Gemma's norm of it): [N, T, d]."""
+        o = self.o_proj(o, lora_b, slices)
+        return self.post_norm(o) if self.sandwich else o
+
+    def ffn(self, h: Tensor, lora_b: Tensor | None, slices: int) -> Tensor:
+        """The MLP branch from the residual stream: what is added to it."""
+        if self.sandwich:
+            return self.post_ff_norm(self.mlp(self.pre_ff_norm(h), lora_b, slices))
+        return self.mlp(self.post_norm(h), lora_b, slices)
 
     def mlp(self, x: Tensor, lora_b: Tensor | None, slices: int) -> Tensor:
         g = self.gate_proj(x, lora_b, slices)
         u = self.up_proj(x, lora_b, slices)
-        return self.down_proj(torch.nn.functional.silu(g) * u, lora_b, slices)
+        return self.down_proj(self.act(g) * u, lora_b, slices)
 
 
 class ModelDims:
-    """The few numbers the blocks need (plain attributes: torch.export treats them as constants)."""
+    """The few numbers and switches the blocks need (plain attributes: torch.export treats
+    them as constants), from a transformers config and its family row."""
 
-    def __init__(self, cfg) -> None:  # noqa: ANN001 - a transformers config
+    def __init__(self, cfg: Any) -> None:
+        fam = family_for(cfg.model_type)
         self.hidden = int(cfg.hidden_size)
         self.heads = int(cfg.num_attention_heads)
         self.kv_heads = int(getattr(cfg, "num_key_value_heads", None) or self.heads)
         self.head_dim = int(getattr(cfg, "head_dim", None) or self.hidden // self.heads)
         self.eps = float(cfg.rms_norm_eps)
         self.vocab = int(cfg.vocab_size)
+        self.norm_offset = fam.norm_offset
+        self.qk_norm, self.sandwich_norms = fam.qk_norm, fam.sandwich_norms
+        self.activation = activation_of(cfg)
+        # Gemma scales queries by query_pre_attn_scalar^-1/2 instead of head_dim^-1/2
+        scalar = getattr(cfg, "query_pre_attn_scalar", None) or self.head_dim
+        self.attn_scale = float(scalar) ** -0.5
+        self.embed_scale = math.sqrt(self.hidden) if fam.embed_scale else None
+        self.final_softcap = getattr(cfg, "final_logit_softcapping", None)
+        layers = int(cfg.num_hidden_layers)
+        self.layer_types = tuple(getattr(cfg, "layer_types", None) or
+                                 ("full_attention",) * layers)[:layers]
+        self.window = int(getattr(cfg, "sliding_window", None) or 0)
 
     @property
     def groups(self) -> int:

@@ -4,33 +4,66 @@ One method per static shape (DESIGN §3: dynamic batch dimensions broke XNNPACK 
 into 165 partitions; static shapes gave 2). All methods of a program are lowered together, so
 XNNPACK's named data store keeps one copy of each weight in the file (constants are keyed by
 content hash) no matter how many methods use it.
+
+A weight that two ops share across the delegate boundary (a tied embedding: the ``embedding``
+lookup runs outside XNNPACK, the LM head inside) would be stored twice: once as the program's
+constant, once packed into the delegate. ``runtime_weights`` names such parameters; their
+fp32 linears get a partition of their own that takes the weight as a run-time input (XNNPACK
+packs it per call), so the program keeps the one copy the lookup reads. That is worth it
+where a call scores many rows (train.pte's ``head_loss``), not for one decoded token
+(exporter/model.py).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 log = logging.getLogger(__name__)
 
 
-def _partitioners(backend: str) -> list:
+def _partitioners(backend: str, runtime_weights: Sequence[str] = ()) -> list:
     if backend == "portable":
         return []
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
-    return [XnnpackPartitioner()]
+    if not runtime_weights:
+        return [XnnpackPartitioner()]
+    shared = tuple(runtime_weights)
+
+    from executorch.backends.xnnpack.partition.config.gemm_configs import LinearConfig
+
+    class RuntimeWeightLinear(LinearConfig):
+        """Only fp32 linears whose weight is one of ``shared`` (by parameter name)."""
+
+        def check_constraints(self, node: torch.fx.Node, ep: Any) -> bool:
+            weight = node.args[1] if len(node.args) > 1 else None
+            name = ep.graph_signature.inputs_to_parameters.get(getattr(weight, "name", ""), "")
+            if not any(name == n or name.endswith("." + n) for n in shared):
+                return False
+            return bool(super().check_constraints(node, ep))
+
+    # first: those linears, weight left out of the partition (an input at run time); then
+    # everything else as usual
+    return [XnnpackPartitioner(configs=[RuntimeWeightLinear],
+                               force_non_static_weights_for_f32_linear=True),
+            XnnpackPartitioner()]
 
 
 def lower_methods(methods: Mapping[str, tuple], out: Path, *, backend: str,
-                  share_mutable_buffers: bool = False) -> dict[str, int]:
+                  share_mutable_buffers: bool = False,
+                  runtime_weights: Sequence[str] = ()) -> dict[str, int]:
     """Export each ``name -> (module, example_args[, dynamic_shapes])`` and write one ``.pte``.
 
     Methods are static unless given ``dynamic_shapes`` (torch.export's argument): only the
     head-loss method is dynamic, in its row count, which XNNPACK's linear and softmax take.
+
+    ``runtime_weights``: parameter names (or dotted suffixes) whose fp32 linears read the
+    weight at run time (see the module docstring).
 
     Returns the number of delegate calls per method (a regression guard: a delegation break
     shows up as a jump from ~1-2 to dozens).
@@ -43,7 +76,8 @@ def lower_methods(methods: Mapping[str, tuple], out: Path, *, backend: str,
         with torch.no_grad():
             eps[name] = torch.export.export(module.eval(), args, strict=False,
                                             dynamic_shapes=dynamic[0] if dynamic else None)
-    edge = to_edge_transform_and_lower(eps, partitioner=_partitioners(backend))
+    edge = to_edge_transform_and_lower(eps, partitioner=_partitioners(backend,
+                                                                       runtime_weights))
     delegates = {}
     for name in methods:
         gm = edge.exported_program(name).graph_module

@@ -1,4 +1,5 @@
-"""An export-friendly Llama/Qwen2 decoder with MP-LoRA, built from a transformers model.
+"""An export-friendly decoder (every family of exporter/families.py) with MP-LoRA, built
+from a transformers model.
 
 The weights come from transformers' own model (``AutoModelForCausalLM`` on the checkpoint);
 this module only re-expresses the forward pass in ops that XNNPACK delegates with static
@@ -20,11 +21,21 @@ Rows are slice-major: row ``s·b + j`` is sequence j evaluated with slice s. Wit
 the last k layers, the frozen prefix runs once on the b sequences ("prefix sharing", DESIGN §3).
 The first LoRA'd block (block 0 with LoRA everywhere) still reads those b shared rows, so its
 frozen q/k/v projections run once too; the rows fork into S slices inside that block.
+
+Tied input/output embeddings (``tie_word_embeddings``) stay one tensor: the LM head's weight
+is the embedding parameter itself, and exporter/lower.py feeds it to the head's XNNPACK
+partition at run time instead of packing a second copy into the delegate, so ``train.pte``
+stores it once (its ``head_loss`` calls score many rows, which amortize the per-call packing).
+``infer.pte`` keeps a packed copy of the head (:attr:`Decoder.packed_head`): a run-time weight
+is repacked on every call, which made decoding 3.7x slower (52 vs 14 ms/token, vocab 32000 x
+512, 2 layers), and saves no memory there (the packing workspace is as big as the matrix).
+Sliding-window layers (Gemma 3) get their own additive mask and rope table.
 """
 
 from __future__ import annotations
 
-import math
+import inspect
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -55,7 +66,7 @@ class Decoder(nn.Module):
 
     def __init__(self, hf_model: nn.Module, layout: LoraLayout, lora_a: dict[str, Tensor]) -> None:
         """Args:
-            hf_model: a transformers LlamaForCausalLM / Qwen2ForCausalLM (float32).
+            hf_model: a transformers *ForCausalLM of a supported family (float32).
             layout: which linears carry LoRA and where their Bᵀ sits in ``lora_b``.
             lora_a: PEFT ``lora_A.weight`` tensors [r, in], keyed by PEFT key (unscaled).
         """
@@ -63,29 +74,77 @@ class Decoder(nn.Module):
         cfg = hf_model.config
         self.dims = dims = ModelDims(cfg)
         inner = hf_model.model
-        self.embed = nn.Parameter(
-            inner.embed_tokens.weight.detach().to(torch.float32).clone(), requires_grad=False
-        )
+        hf_embed = inner.embed_tokens.weight
+        self.embed = nn.Parameter(hf_embed.detach().to(torch.float32).clone(),
+                                  requires_grad=False)
         per_layer: dict[int, dict[str, tuple]] = {}
         for e in layout:
             a = lora_a[e.peft_a_key].to(torch.float32) * layout.scaling
             per_layer.setdefault(e.layer, {})[e.target] = (a, e.offset, e.rank)
         self.blocks = nn.ModuleList(
-            Block(layer, dims, per_layer.get(i, {})) for i, layer in enumerate(inner.layers)
+            Block(layer, dims, per_layer.get(i, {}), i) for i, layer in enumerate(inner.layers)
         )
         self.first_lora = min(per_layer) if per_layer else len(self.blocks)
-        self.norm = RMSNorm(inner.norm.weight, dims.eps)
-        self.lm_head = frozen_linear(hf_model.get_output_embeddings())
+        self.norm = RMSNorm(inner.norm.weight, dims.eps, dims.norm_offset)
+        head = hf_model.get_output_embeddings()
+        if head.weight.data_ptr() == hf_embed.data_ptr() and head.bias is None:  # tied
+            self.lm_head = nn.Linear(dims.hidden, dims.vocab, bias=False, device="meta")
+            self.lm_head.weight = self.embed  # the same parameter: one tensor, stored once
+            self.packed_head = frozen_linear(head)  # infer.pte's (see the module docstring)
+        else:
+            self.lm_head = frozen_linear(head)
         self.register_buffer("rot", rotate_half_matrix(dims.head_dim), persistent=False)
         self._rotary = inner.rotary_emb  # transformers' own: cos/sin tables for any rope type
-        self.scale = 1.0 / math.sqrt(dims.head_dim)
+        self.scale = dims.attn_scale
+        # the layer types in a fixed order: index i names the i-th rope table / mask
+        self.layer_kinds = tuple(sorted(set(dims.layer_types)))
 
-    def rope_tables(self, length: int) -> tuple[Tensor, Tensor]:
-        """cos, sin [length, hd] for positions 0..length-1, from transformers' rotary module."""
+    @property
+    def tied_head(self) -> bool:
+        """Whether the LM head's weight is the embedding (false once the head is quantized)."""
+        return getattr(self.lm_head, "weight", None) is self.embed
+
+    def runtime_weights(self) -> tuple[str, ...]:
+        """Parameter names whose linears take the weight at run time (exporter/lower.py)."""
+        return ("embed", "lm_head.weight") if self.tied_head else ()
+
+    def embed_tokens(self, tokens: Tensor) -> Tensor:
+        """Token embeddings [..., d] (times sqrt(d) in Gemma)."""
+        h = torch.nn.functional.embedding(tokens, self.embed)
+        return h if self.dims.embed_scale is None else h * self.dims.embed_scale
+
+    def logits(self, hidden: Tensor, packed: bool = False) -> Tensor:
+        """The LM head, soft-capped as ``c·tanh(z/c)`` where the config sets
+        ``final_logit_softcapping`` (Gemma). ``packed``: a tied head reads its own copy of
+        the weight (the infer program's, see the module docstring)."""
+        head = self.packed_head if packed and self.tied_head else self.lm_head
+        z = head(hidden)
+        c = self.dims.final_softcap
+        return z if c is None else torch.tanh(z / c) * c
+
+    def rope_tables(self, length: int) -> dict[str, tuple[Tensor, Tensor]]:
+        """Per layer type: cos, sin [length, hd] for positions 0..length-1, from
+        transformers' rotary module (Gemma 3's takes the layer type: local layers have
+        their own base)."""
         pos = torch.arange(length).unsqueeze(0)
+        x = self.embed[:1].unsqueeze(0)
+        per_type = "layer_type" in inspect.signature(self._rotary.forward).parameters
+        out = {}
         with torch.no_grad():
-            cos, sin = self._rotary(self.embed[:1].unsqueeze(0), pos)
-        return cos[0].to(torch.float32).clone(), sin[0].to(torch.float32).clone()
+            for kind in self.layer_kinds:
+                cos, sin = self._rotary(x, pos, kind) if per_type else self._rotary(x, pos)
+                out[kind] = (cos[0].to(torch.float32).clone(), sin[0].to(torch.float32).clone())
+        return out
+
+    def register_rope(self, owner: nn.Module, length: int, shape: tuple[int, ...]) -> None:
+        """Register ``cos_i``/``sin_i`` buffers (viewed as ``shape``) on ``owner``, one pair
+        per layer kind (``self.layer_kinds[i]``)."""
+        for i, (cos, sin) in enumerate(self.rope_tables(length).values()):
+            owner.register_buffer(f"cos_{i}", cos.reshape(shape), persistent=False)
+            owner.register_buffer(f"sin_{i}", sin.reshape(shape), persistent=False)
+
+    def kind_of(self, blk: Block) -> int:
+        return self.layer_kinds.index(blk.layer_type)
 
 
 class TrainForward(nn.Module):
@@ -112,12 +171,15 @@ class TrainForward(nn.Module):
         self.slices, self.batch, self.length = slices, batch, max_length
         self.max_targets = min(max_targets or max_length - 1, max_length - 1)
         self.lora = lora
-        cos, sin = core.rope_tables(max_length)
-        self.register_buffer("cos", cos[:, None, :], persistent=False)  # [T, 1, hd]
-        self.register_buffer("sin", sin[:, None, :], persistent=False)
+        core.register_rope(self, max_length, (max_length, 1, -1))  # cos_i, sin_i [T, 1, hd]
+        g = core.dims.groups
         causal = torch.full((max_length, max_length), NEG_INF).triu(1)
         # tiled for the query heads that share a kv head (see attention())
-        self.register_buffer("causal", causal.repeat(core.dims.groups, 1), persistent=False)
+        self.register_buffer("causal", causal.repeat(g, 1), persistent=False)
+        if any(blk.sliding for blk in core.blocks):  # q attends to q-W+1..q (transformers')
+            dist = torch.arange(max_length)[:, None] - torch.arange(max_length)[None, :]
+            local = torch.where((dist >= 0) & (dist < core.dims.window), 0.0, NEG_INF)
+            self.register_buffer("window_mask", local.repeat(g, 1), persistent=False)
         # first flat index of each of the S·b rows in the [S·b·T, d] hidden states
         row_start = torch.arange(slices * batch, dtype=torch.long)[:, None] * max_length
         self.register_buffer("row_start", row_start, persistent=False)
@@ -127,7 +189,7 @@ class TrainForward(nn.Module):
         """Hidden states after the last block, before the final norm: [S·b, T, d]."""
         core, d = self.core, self.core.dims
         s = self.slices
-        h = torch.nn.functional.embedding(tokens, core.embed)  # [b, T, d]
+        h = core.embed_tokens(tokens)  # [b, T, d]
         repeated = False
         share = self.lora  # prefix sharing only when slices differ by their LoRA
         if not share:
@@ -138,17 +200,19 @@ class TrainForward(nn.Module):
             # once on them (LoraLinear's shared_input), and the rows fork into S slices there.
             fork = not repeated and i >= core.first_lora and lora_b is not None
             lb = lora_b if ((repeated or fork) and self.lora) else None
+            ns = s if lb is not None else 1
+            kind = core.kind_of(blk)
             x = blk.input_norm(h)
-            q, k, v = blk.qkv(x, lb, s if lb is not None else 1, self.cos, self.sin, core.rot,
-                              shared_input=fork)
-            o = attention(q, k, v, self.causal, core.scale, d.groups)
-            o = blk.o_proj(o, lb, s if lb is not None else 1)
+            q, k, v = blk.qkv(x, lb, ns, getattr(self, f"cos_{kind}"),
+                              getattr(self, f"sin_{kind}"), core.rot, shared_input=fork)
+            mask = self.window_mask if blk.sliding else self.causal
+            o = blk.attn_out(attention(q, k, v, mask, core.scale, d.groups), lb, ns)
             if fork:  # the shared residual broadcast over the slices (a repeat splits XNNPACK)
                 h = (o.reshape(s, -1, d.hidden) + h.reshape(1, -1, d.hidden)).reshape(o.shape)
                 repeated = True
             else:
                 h = h + o
-            h = h + blk.mlp(blk.post_norm(h), lb, s if lb is not None else 1)
+            h = h + blk.ffn(h, lb, ns)
         if not repeated:
             h = h.repeat(s, 1, 1)
         return h
@@ -179,7 +243,7 @@ class TrainForward(nn.Module):
         nll_parts = []
         for start in range(0, k, self.loss_chunk):  # static loop: bounded logits memory
             stop = min(start + self.loss_chunk, k)
-            nll_parts.append(target_nll(self.core.lm_head, h[:, start:stop],
+            nll_parts.append(target_nll(self.core.logits, h[:, start:stop],
                                         targets[:, start:stop]))
         nll = torch.cat(nll_parts, dim=1) if len(nll_parts) > 1 else nll_parts[0]
         weight = target_weight.reshape(1, b * k)
@@ -210,12 +274,13 @@ class TrainMethod(nn.Module):
                 torch.zeros(f.slices, num_params))
 
 
-def target_nll(lm_head: nn.Module, hidden: Tensor, targets: Tensor) -> Tensor:
-    """−log p(target) under the LM head: hidden [..., d], targets [...] → [...].
+def target_nll(head: Callable[[Tensor], Tensor], hidden: Tensor, targets: Tensor) -> Tensor:
+    """−log p(target) under the LM head (``Decoder.logits``): hidden [..., d], targets [...]
+    → [...].
 
     Softmax → gather → log, as XNNPACK has no log_softmax; the clamp keeps an underflowed
     probability finite."""
-    probs = torch.softmax(lm_head(hidden), dim=-1)
+    probs = torch.softmax(head(hidden), dim=-1)
     p = torch.gather(probs, -1, targets.unsqueeze(-1)).squeeze(-1)
     return -torch.log(p.clamp_min(1e-30))
 
@@ -229,7 +294,7 @@ class HeadLoss(nn.Module):
         self.core = core
 
     def forward(self, hidden: Tensor, targets: Tensor) -> Tensor:
-        return target_nll(self.core.lm_head, hidden, targets)
+        return target_nll(self.core.logits, hidden, targets)
 
     def example_args(self, rows: int) -> tuple[Tensor, Tensor]:
         return (torch.zeros(rows, self.core.dims.hidden), torch.zeros(rows, dtype=torch.long))
@@ -283,9 +348,8 @@ class InferStep(nn.Module):
         super().__init__()
         self.core, self.cache = core, cache
         self.chunk, self.max_context = chunk, max_context
-        cos, sin = core.rope_tables(max_context)
-        self.register_buffer("cos", cos, persistent=False)  # [ctx, hd]
-        self.register_buffer("sin", sin, persistent=False)
+        core.register_rope(self, max_context, (max_context, -1))  # cos_i, sin_i [ctx, hd]
+        self.sliding = any(blk.sliding for blk in core.blocks)
         self.register_buffer("ctx_pos", torch.arange(max_context), persistent=False)
         # chunk positions repeated for the query heads that share a kv head (see attention())
         self.register_buffer("chunk_pos", torch.arange(chunk), persistent=False)
@@ -295,20 +359,27 @@ class InferStep(nn.Module):
     def forward(self, tokens: Tensor, start_pos: Tensor, last: Tensor, lora_b: Tensor) -> Tensor:
         core, d = self.core, self.core.dims
         pos = start_pos + self.chunk_pos  # [C]
-        cos = torch.index_select(self.cos, 0, pos)[:, None, :]  # [C, 1, hd]
-        sin = torch.index_select(self.sin, 0, pos)[:, None, :]
+        rope = [(torch.index_select(getattr(self, f"cos_{i}"), 0, pos)[:, None, :],  # [C,1,hd]
+                 torch.index_select(getattr(self, f"sin_{i}"), 0, pos)[:, None, :])
+                for i in range(len(core.layer_kinds))]
         pos_grouped = start_pos + self.chunk_pos_grouped  # [groups·C]
-        mask = torch.where(self.ctx_pos[None, :] <= pos_grouped[:, None], 0.0, NEG_INF)
-        h = torch.nn.functional.embedding(tokens, core.embed)  # [1, C, d]
+        seen = self.ctx_pos[None, :] <= pos_grouped[:, None]
+        mask = torch.where(seen, 0.0, NEG_INF)
+        if self.sliding:  # and within the window: q attends to q-W+1..q (transformers')
+            near = self.ctx_pos[None, :] > pos_grouped[:, None] - d.window
+            window_mask = torch.where(seen & near, 0.0, NEG_INF)
+        h = core.embed_tokens(tokens)  # [1, C, d]
         for i, blk in enumerate(core.blocks):
             lb = lora_b if blk.has_lora else None
+            cos, sin = rope[core.kind_of(blk)]
             x = blk.input_norm(h)
             q, k, v = blk.qkv(x, lb, 1, cos, sin, core.rot)
             k_cache, v_cache = self.cache.layer(i)
             k_cache.index_copy_(1, pos, k)
             v_cache.index_copy_(1, pos, v)
-            o = attention(q, k_cache, v_cache, mask, core.scale, d.groups)
-            h = h + blk.o_proj(o, lb, 1)
-            h = h + blk.mlp(blk.post_norm(h), lb, 1)
+            o = attention(q, k_cache, v_cache, window_mask if blk.sliding else mask,
+                          core.scale, d.groups)
+            h = h + blk.attn_out(o, lb, 1)
+            h = h + blk.ffn(h, lb, 1)
         h = torch.index_select(h, 1, last)  # [1, 1, d]
-        return core.lm_head(core.norm(h)).reshape(1, d.vocab)
+        return core.logits(core.norm(h), packed=True).reshape(1, d.vocab)

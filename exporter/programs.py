@@ -8,6 +8,7 @@ bundle adds two benchmark-only programs beside them (see ``BENCH_FORWARD_PROGRAM
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -102,17 +103,20 @@ def infer_methods(core: Decoder, opts: ExportOptions, manifest: BundleManifest) 
 def lower_programs(core: Decoder, opts: ExportOptions, manifest: BundleManifest,
                    staging: Path) -> None:
     """Lower every program of ``manifest`` into ``staging`` (train, bench, then infer)."""
+    # a tied embedding is the LM head's weight: stored once in train.pte (exporter/lower.py)
+    lower = partial(lower_methods, backend=opts.backend, runtime_weights=core.runtime_weights())
     methods = train_methods(core, opts, manifest, opts.train_shapes())
     log.info("lowering train program: %s", ", ".join(methods))
-    lower_methods(methods, staging / manifest.train.program, backend=opts.backend)
+    lower(methods, staging / manifest.train.program)
     if opts.bench_forward:
         bench = bench_forward_methods(core, opts, manifest.lora.num_params)
         log.info("lowering benchmark forwards: %s", ", ".join(bench))
-        lower_methods(bench, staging / BENCH_FORWARD_PROGRAM, backend=opts.backend)
-        lower_methods(train_methods(core, opts, manifest, [(1, b) for b in opts.batch]),
-                      staging / BENCH_INFER_PROGRAM, backend=opts.backend)
+        lower(bench, staging / BENCH_FORWARD_PROGRAM)
+        lower(train_methods(core, opts, manifest, [(1, b) for b in opts.batch]),
+              staging / BENCH_INFER_PROGRAM)
     if manifest.infer is not None:
         infer = infer_methods(core, opts, manifest)
         log.info("lowering infer program: prefill (chunk %d), decode", opts.prefill_chunk)
+        # no run-time weights: a tied head is packed once here, not per token (model.py)
         lower_methods(infer, staging / manifest.infer.program, backend=opts.backend,
                       share_mutable_buffers=True)

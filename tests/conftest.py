@@ -83,6 +83,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
         for fam in FAMILIES:
             family_bundle_path(cache_dir, fam.name)
+    if "real_bundle" in wanted:  # tests/bench/test_learn_bundle.py
+        from tests.real_bundles import CASES, real_bundle_path
+
+        for case in CASES:
+            try:
+                real_bundle_path(cache_dir, case)
+            except pytest.skip.Exception:  # no npm or registry: those tests skip themselves
+                break
 
 
 @pytest.fixture(scope="session")

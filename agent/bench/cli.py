@@ -23,6 +23,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "kernels": ("agent.bench.kernels", "per-scheme speed of the base linears on this CPU"),
     "daemon": ("agent.bench.daemon", "agent daemon footprint and time to the first ZO step"),
     "fleet": ("agent.bench.fleet", "fleet link: commands/s, round-trip p50/p99, idle CPU and RSS"),
+    "fleet-learn": ("agent.bench.fleet_learn",
+                    "fleet learning on Flower: seeds + scalars vs local vs centralized P-RGE"),
 }
 
 

@@ -105,7 +105,7 @@ def run(bundle: Path, *, prompt_tokens: int = 64, gen_tokens: int = 64, repeats:
     svc.start()
     try:
         assert svc.address is not None
-        client = Client(*svc.address)
+        client = Client(*svc.address, token=svc.token)
         assert client.post("/v1/admin/reload-adapter").json["version"] == versions[0]
         prompt_ids, prompt = _bench_prompt(svc, prompt_tokens)
         req = {"prompt": prompt, "max_tokens": gen_tokens, "temperature": 0, "ignore_eos": True}
@@ -142,7 +142,7 @@ def _bench_prompt(svc: Any, prompt_tokens: int) -> tuple[list[int], str]:
     """A prompt of exactly ``prompt_tokens`` tokens: its ids and its text."""
     base_ids = svc.codec.encode_prompt("The quick brown fox jumps over the lazy dog. " * 64)
     prompt_ids = base_ids[:prompt_tokens]
-    prompt = svc.codec.tok.decode(prompt_ids)
+    prompt = svc.codec.decode(prompt_ids)  # without a BOS the tokenizer adds back itself
     if svc.codec.encode_prompt(prompt) != prompt_ids:
         raise RuntimeError("the benchmark prompt does not round-trip through the tokenizer")
     return prompt_ids, prompt

@@ -43,7 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from agent.app import App, AppOptions
     from agent.config import default_config_path
+    from agent.io.coredump import disable_core_dumps
 
+    # The daemon reads the user's text: never dump it (LimitCORE=0 too; the trainer and the
+    # evaluator inherit the limit). It stays ptrace-readable by its own user, so tools and
+    # tests can still check what it maps (/proc/PID/maps).
+    disable_core_dumps(dumpable=True)
     path = args.config
     if path is None:
         candidate = default_config_path()

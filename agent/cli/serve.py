@@ -29,8 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="holds interactions.sqlite3 and adapters/ (default: paths.state_dir)")
     parser.add_argument("--listen", default=None,
                         help="HOST:PORT to listen on ('' for none; default from "
-                        "service.inference_url); keep it on loopback")
-    parser.add_argument("--unix", type=Path, default=None, help="also listen on this socket")
+                        "service.inference_url); off loopback only with the token required")
+    parser.add_argument("--unix", type=Path, default=None,
+                        help="also listen on this socket (mode 0660: its group needs no token)")
+    parser.add_argument("--token-file", type=Path, default=None,
+                        help="the API token TCP clients send as 'Authorization: Bearer' "
+                        "(default: [inference] token_file, else <state dir>/inference.token; "
+                        "made with mode 0600 if missing)")
     parser.add_argument("--threads", type=int, default=None, help="runtime CPU threads")
     parser.add_argument("--max-queue", type=int, default=None, help="waiting requests before 503")
     parser.add_argument("--max-tokens", type=int, default=None,
@@ -64,22 +69,29 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Path, Path, ServeConfi
         store = StoreConfig(
             capture=inf.capture and not args.no_capture, max_total_bytes=int(mb * 1024 * 1024),
             retention_days=args.retention_days or inf.retention_days)
-    config = serve_config(
-        cfg, threads=args.threads, max_queue=args.max_queue, default_max_tokens=args.max_tokens,
-        watch_interval_s=args.watch_interval, post_switch_url=args.post_switch_url,
-        post_switch_command=shlex.split(args.post_switch_command)
-        if args.post_switch_command else None, store=store)
-    if args.listen is not None:  # '' = no TCP listener
-        config = config.model_copy(update={"listen": args.listen or None})
-    if args.unix is not None:
-        config = config.model_copy(update={"unix_socket": args.unix})
+    from pydantic import ValidationError
+
+    from agent.errors import ConfigError
+
+    try:  # --listen '' = no TCP listener
+        config = serve_config(
+            cfg, listen=args.listen, unix_socket=args.unix, threads=args.threads,
+            max_queue=args.max_queue, default_max_tokens=args.max_tokens,
+            watch_interval_s=args.watch_interval, post_switch_url=args.post_switch_url,
+            token_file=args.token_file, post_switch_command=shlex.split(
+                args.post_switch_command) if args.post_switch_command else None, store=store)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(str(e["msg"]).removeprefix("Value error, ")
+                                    for e in exc.errors())) from exc
     return (args.bundle or cfg.bundle_dir, args.state_dir or cfg.paths.state_dir, config)
 
 
 def main(args: argparse.Namespace) -> int:
-    from agent.io.systemd import Notifier
+    from agent.io.coredump import disable_core_dumps
+    from agent.io.systemd import Notifier, WatchdogPinger, watchdog_interval
     from agent.services.inference.service import InferenceService
 
+    disable_core_dumps()  # prompts and replies are in memory: never dump them
     bundle, state_dir, config = settings_from_args(args)
     service = InferenceService(bundle, state_dir, config)
     stop = threading.Event()
@@ -94,7 +106,12 @@ def main(args: argparse.Namespace) -> int:
     # missing (install does not build it on boards), and is a no-op outside systemd.
     notifier = Notifier()
     notifier.ready(f"serving adapter {service.health()['adapter']['version']}")
-    stop.wait()
+    # WatchdogSec=: ping only while the service's threads live (a dead generation or
+    # accept thread stops the pings, and systemd restarts the unit)
+    pinger = WatchdogPinger(notifier, watchdog_interval())
+    while not stop.wait(min((pinger.interval or 10.0) / 2, 5.0)):
+        if service.alive():
+            pinger.tick()
     notifier.stopping()
     service.stop()
     notifier.close()

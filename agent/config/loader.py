@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agent.config.fleet_policy import local_only_problems, loosened_problems
 from agent.config.override_file import read_overrides
 from agent.config.problems import ConfigValidationError, problems_from_validation_error
 from agent.config.profiles import Profile, default_profiles_dir, load_profile
@@ -49,6 +50,8 @@ class LoadedConfig:
         profile: the board profile applied, if any.
         overrides: the runtime overrides applied (nested dict).
         warnings: problems that did not stop loading (e.g. a rejected override file).
+        dropped_overrides: why saved runtime overrides were not replayed at boot (empty when
+            they were, or there were none): the fleet link reports it.
     """
 
     config: AgentConfig
@@ -59,6 +62,7 @@ class LoadedConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     declared_sources: dict[str, str] | None = None
+    dropped_overrides: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.declared_sources is None:
@@ -219,16 +223,35 @@ def load_config(
         overrides_path = declared.paths.overrides_file
     if overrides_path is not None:
         try:
-            persisted = read_overrides(Path(overrides_path))
-            if persisted:
-                loaded = with_overrides(loaded, persisted, replace=True)
+            loaded = _replay(loaded, read_overrides(Path(overrides_path)))
         except ConfigError as exc:
-            loaded.warnings.append(
-                f"ignored runtime overrides in {overrides_path}: {exc}"
-            )
+            # Boot without them rather than crash-loop on a bad saved override.
+            loaded.warnings.append(f"ignored runtime overrides in {overrides_path}: {exc}")
+            loaded.dropped_overrides.append(f"saved overrides not replayed at boot: {exc}")
     if overrides:
         loaded = with_overrides(loaded, overrides)
     return loaded
+
+
+def _replay(loaded: LoadedConfig, persisted: Mapping[str, Any]) -> LoadedConfig:
+    """``loaded`` with the saved (fleet) overrides, held to the fleet policy as when they came.
+
+    Raises:
+        ConfigError: a key is local-only, a guard is looser than the local config (an older
+            agent may have saved it, or the local config was tightened since), or the schema
+            refuses them.
+    """
+    nested = drop_none(nest_dotted(persisted))
+    if not nested:
+        return loaded
+    problems = local_only_problems(nested)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    new = with_overrides(loaded, nested, replace=True)
+    problems = loosened_problems(loaded.declared, new.config, nested)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return new
 
 
 def with_overrides(
@@ -241,7 +264,7 @@ def with_overrides(
     """
     nested = nest_dotted(changes)
     merged = nested if replace else deep_merge(loaded.overrides, nested)
-    merged = _drop_none(merged)
+    merged = drop_none(merged)
     base = loaded.declared.model_dump(mode="python")
     values = deep_merge(base, merged)
     config = validate(values, origin="runtime override", locate=lambda _p: "override")
@@ -255,17 +278,18 @@ def with_overrides(
     return LoadedConfig(
         config=config, declared=loaded.declared, sources=sources, file=loaded.file,
         profile=loaded.profile, overrides=merged, warnings=list(loaded.warnings),
-        declared_sources=declared_sources,
+        declared_sources=declared_sources, dropped_overrides=list(loaded.dropped_overrides),
     )
 
 
-def _drop_none(values: Mapping[str, Any]) -> dict[str, Any]:
+def drop_none(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` without ``None`` leaves (and without tables left empty by that)."""
     out: dict[str, Any] = {}
     for key, value in values.items():
         if value is None:
             continue
         if isinstance(value, Mapping):
-            inner = _drop_none(value)
+            inner = drop_none(value)
             if inner:
                 out[key] = inner
         else:
@@ -279,7 +303,7 @@ def apply_overrides(config: AgentConfig, overrides: Mapping[str, Any]) -> AgentC
     Raises:
         ConfigValidationError: the result is invalid; every problem is listed.
     """
-    values = deep_merge(config.model_dump(mode="python"), _drop_none(nest_dotted(overrides)))
+    values = deep_merge(config.model_dump(mode="python"), drop_none(nest_dotted(overrides)))
     return validate(values, origin="runtime override", locate=lambda _p: "override")
 
 

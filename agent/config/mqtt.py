@@ -11,9 +11,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.errors import ConfigError
+from agent.io.mqtt_guard import is_loopback_host
 
 _NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 
@@ -125,7 +126,7 @@ class MqttConfig(BaseModel):
     max_packet_bytes: int = Field(
         default=1024 * 1024,
         ge=1024,
-        le=256 * 1024 * 1024,
+        le=268_435_455,  # the largest MQTT packet (a variable byte integer's range)
         description="MQTT 5 Maximum Packet Size announced to the broker (it drops larger ones)",
     )
     inbox_max: int = Field(
@@ -133,6 +134,30 @@ class MqttConfig(BaseModel):
         ge=10,
         le=1_000_000,
         description="messages waiting for the worker; beyond this new ones are dropped and logged",
+    )
+    inbox_max_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=64 * 1024,
+        le=1 << 30,
+        description="payload bytes waiting for the worker; beyond this new messages are dropped",
+    )
+    inbound_rate_per_s: float = Field(
+        default=20.0,
+        gt=0,
+        le=100_000,
+        description="messages per second accepted on any one topic (sustained); more are dropped",
+    )
+    inbound_burst: int = Field(
+        default=100,
+        ge=1,
+        le=1_000_000,
+        description="messages one topic may send at once before inbound_rate_per_s applies",
+    )
+    max_json_depth: int = Field(
+        default=32,
+        ge=4,
+        le=1000,
+        description="deeper JSON nesting in a command or desired config is refused unparsed",
     )
     job_timeout_s: float = Field(
         default=6 * 3600.0,
@@ -150,6 +175,30 @@ class MqttConfig(BaseModel):
             raise ValueError(
                 f"mqtt.reconnect_max_s ({self.reconnect_max_s}) must be >= "
                 f"reconnect_min_s ({self.reconnect_min_s})"
+            )
+        return self
+
+    @field_validator("device_id")
+    @classmethod
+    def _not_reserved(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith("_"):
+            raise ValueError("a device id must not start with '_' (the controllers' namespace)")
+        return value
+
+    @model_validator(mode="after")
+    def _password_only_over_tls(self) -> MqttConfig:
+        # A password in clear text is readable by anyone on the path; on loopback there is
+        # no path. The transport refuses it again at connect time (a password handed in).
+        if (
+            self.enabled
+            and self.password_file is not None
+            and not self.tls.enabled
+            and not is_loopback_host(self.host)
+        ):
+            raise ValueError(
+                f"mqtt.password_file is set but mqtt.tls.enabled is false and the broker "
+                f"{self.host!r} is not on loopback: the password would cross the network in "
+                "clear text; enable [mqtt.tls] or use a broker on 127.0.0.1"
             )
         return self
 

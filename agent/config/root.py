@@ -13,6 +13,7 @@ from agent.config.constraints import ConstraintsConfig
 from agent.config.daemon import DaemonConfig
 from agent.config.data import DataConfig
 from agent.config.device import DeviceConfig
+from agent.config.federated import FederatedConfig
 from agent.config.logging_config import LoggingConfig
 from agent.config.mqtt import MqttConfig
 from agent.config.paths import PathsConfig
@@ -45,6 +46,9 @@ class AgentConfig(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="log level, journal")
     paths: PathsConfig = Field(default_factory=PathsConfig, description="state directory")
     daemon: DaemonConfig = Field(default_factory=DaemonConfig, description="daemon timeouts")
+    federated: FederatedConfig = Field(
+        default_factory=FederatedConfig, description="fleet learning on Flower (opt-in)"
+    )
 
     # Resolved locations: a section leaves them empty to mean "under the state directory".
     @property

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 from agent.config.base import Section
 
 DEFAULT_INFERENCE_URL = "http://127.0.0.1:8780"
+TOKEN_FILE_NAME = "inference.token"  # in the state dir unless [inference] token_file says
 
 # mobizo-export --quantize schemes (agent.core.bundle.QuantScheme), plus "any": no expectation.
 ExpectedScheme = Literal["any", "none", "8da8w", "8da4w"]
@@ -83,3 +84,47 @@ class InferenceConfig(Section):
     retention_days: float = Field(
         default=90.0, gt=0, le=36_500, description="stored interactions older than this go"
     )
+    # --- the local API's trust boundary (docs/security.md, "Local API") ---------------------
+    require_token: bool = Field(
+        default=True, description="TCP clients must send 'Authorization: Bearer <token>'; "
+        "false is allowed on a loopback address only (the unix socket never needs it)"
+    )
+    token_file: Path | None = Field(
+        default=None, strict=False,
+        description="the API token (mode 0600; install writes it, the service makes it at "
+        f"first start if missing); default <paths.state_dir>/{TOKEN_FILE_NAME}",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list, max_length=64,
+        description="Host header names accepted besides loopback ones and the listen address",
+    )
+    handler_threads: int = Field(
+        default=16, ge=1, le=256, description="threads answering POSTs; more get 503 at once"
+    )
+    max_connections: int = Field(
+        default=128, ge=4, le=4096, description="connections waiting for their request; "
+        "above it the one that waited longest is dropped",
+    )
+    read_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="a request, then its body, must arrive this soon"
+    )
+    write_timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="longest wait for a client to take a write"
+    )
+    max_body_bytes: int = Field(
+        default=1 << 20, ge=1024, le=64 << 20, description="larger request bodies get 413"
+    )
+    max_stop_strings: int = Field(default=8, ge=0, le=64, description="stop strings per request")
+    max_stop_chars: int = Field(
+        default=256, ge=1, le=4096, description="characters of one stop string"
+    )
+    max_correction_chars: int = Field(
+        default=32_768, ge=1, le=1 << 20, description="longer corrections get 413"
+    )
+    corrections_per_minute: int = Field(
+        default=60, ge=1, le=100_000, description="corrections accepted per minute; then 429"
+    )
+
+    def token_path(self, state_dir: Path) -> Path:
+        """Where the API token is: ``token_file``, or its default in ``state_dir``."""
+        return self.token_file if self.token_file is not None else state_dir / TOKEN_FILE_NAME

@@ -6,6 +6,7 @@
     mobizo-fleet ... status DEVICE
     mobizo-fleet ... cmd DEVICE NAME [k=v ... | JSON]     exit 0 ok, 1 failed, 3 no answer
     mobizo-fleet ... config DEVICE FILE                   desired overrides (JSON or TOML)
+    mobizo-fleet ... config reset DEVICE [FILE]           restart the version sequence
     mobizo-fleet ... watch [--count N] [--duration S]     live table; Ctrl-C ends it
 
 It talks to the same broker settings as the agent (TLS and credentials included).
@@ -26,6 +27,7 @@ from typing import Any
 from agent.config.mqtt import MqttConfig
 from agent.controller.client import BrokerOptions, DeviceView, FleetClient, FleetError
 from agent.core.commands import COMMANDS
+from agent.core.fleet_documents import MAX_CONFIG_VERSION
 from agent.errors import MobizoError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
@@ -171,18 +173,44 @@ def cmd_cmd(args: argparse.Namespace) -> int:
     return code
 
 
-def cmd_config(args: argparse.Namespace) -> int:
-    path = Path(args.file)
+def _read_overrides(file: str | None) -> dict[str, Any] | None:
+    if file is None:
+        return {}
+    path = Path(file)
     try:
         text = path.read_text(encoding="utf-8")
         doc = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (OSError, ValueError) as exc:
         print(f"cannot read {path}: {exc}; give a JSON or .toml file", file=sys.stderr)
+        return None
+    if not isinstance(doc, dict):
+        print(f"{path}: the overrides must be an object (a table)", file=sys.stderr)
+        return None
+    return doc
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    # `config reset DEVICE [FILE]`: a document marked "reset" is taken whatever version the
+    # device has applied, and its version (default 0) starts the sequence again.
+    reset = args.device == "reset"
+    if reset:
+        if args.file is None:
+            print("usage: mobizo-fleet config reset DEVICE [FILE]", file=sys.stderr)
+            return EXIT_USAGE
+        args.device, args.file = args.file, args.extra
+    elif args.file is None or args.extra is not None:
+        print("usage: mobizo-fleet config DEVICE FILE", file=sys.stderr)
+        return EXIT_USAGE
+    doc = _read_overrides(args.file)
+    if doc is None:
         return EXIT_USAGE
     with FleetClient(_options(args)) as fc:
         dev = fc.topics.device(args.device)
         version = args.version
-        if version is None:
+        if version is None and reset:
+            version = 0
+            fc.subscribe(dev.config_reported)
+        elif version is None:
             # Next version after whatever the broker holds (desired or reported).
             fc.subscribe(dev.config_desired, dev.config_reported)
             seen = 0
@@ -192,16 +220,16 @@ def cmd_config(args: argparse.Namespace) -> int:
                 except ValueError:
                     continue
                 for key in ("version", "rejected_version"):
-                    if isinstance(body.get(key), int):
+                    # A version the device refuses (>= 2**53) never counts: reset instead.
+                    if isinstance(body.get(key), int) and body[key] < MAX_CONFIG_VERSION:
                         seen = max(seen, body[key])
             version = seen + 1
         else:
             fc.subscribe(dev.config_reported)
-        fc.publish(
-            dev.config_desired,
-            json.dumps({"version": version, "config": doc}).encode(),
-            retain=True,
-        )
+        desired: dict[str, Any] = {"version": version, "config": doc}
+        if reset:
+            desired["reset"] = True
+        fc.publish(dev.config_desired, json.dumps(desired).encode(), retain=True)
         if args.no_wait:
             print(json.dumps({"version": version, "published": True}))
             return EXIT_OK
@@ -289,9 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="send even an unknown command name")
     p.set_defaults(func=cmd_cmd)
 
-    p = sub.add_parser("config", help="publish desired config overrides (retained, versioned)")
-    p.add_argument("device")
-    p.add_argument("file", help="JSON or .toml file with the overrides")
+    p = sub.add_parser(
+        "config",
+        help="publish desired config overrides (retained, versioned); `config reset DEVICE "
+        "[FILE]` restarts the device's version sequence (from --version, default 0)",
+    )
+    p.add_argument("device", help="the device, or `reset`")
+    p.add_argument("file", nargs="?", help="JSON or .toml file with the overrides")
+    p.add_argument("extra", nargs="?", help=argparse.SUPPRESS)
     p.add_argument("--version", type=int, help="default: one more than the broker holds")
     p.add_argument("--wait", type=float, default=0.5, help="seconds to read the current version")
     p.add_argument("--timeout", type=float, default=15.0, help="wait this long for the report")

@@ -119,9 +119,15 @@ class LocalBroker:
     """One mosquitto process; ``start()``, ``restart()``, ``stop()``."""
 
     def __init__(
-        self, workdir: Path, *, tls: TlsFiles | None = None, users: dict[str, str] | None = None
+        self,
+        workdir: Path,
+        *,
+        tls: TlsFiles | None = None,
+        users: dict[str, str] | None = None,
+        acl_file: Path | None = None,
     ) -> None:
-        """Prepare a broker in ``workdir``; ``users`` turns on password authentication."""
+        """Prepare a broker in ``workdir``; ``users`` turns on password authentication and
+        ``acl_file`` topic access control (e.g. ``docs/mosquitto/acl.example``)."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.host = "127.0.0.1"
@@ -129,6 +135,7 @@ class LocalBroker:
         self.tls = tls
         self.tls_port = free_port() if tls else None
         self.users = users
+        self.acl_file = acl_file
         self.proc: subprocess.Popen[bytes] | None = None
         self.config_path = workdir / "mosquitto.conf"
         self._write_config()
@@ -160,6 +167,8 @@ class LocalBroker:
                     capture_output=True,
                 )
             lines.append(f"password_file {passwd}")
+        if self.acl_file is not None:
+            lines.append(f"acl_file {self.acl_file}")
         if self.tls is not None:
             lines += [
                 f"listener {self.tls_port} {self.host}",

@@ -188,6 +188,9 @@ class SimDevice:
         atomic_write_text(self.state_dir / "overrides.json", json.dumps(self.overrides))
         return ApplyResult(applied_version=version)
 
+    def boot_problems(self) -> list[str]:
+        return []
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agent.controller.simulator",

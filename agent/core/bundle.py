@@ -33,6 +33,7 @@ INFER_PROGRAM = "infer.pte"
 HEAD_METHOD = "head_loss"
 ADAPTER_DIR = "adapter"
 TOKENIZER_DIR = "tokenizer"
+GENERATION_CONFIG = "generation_config.json"  # the checkpoint's, copied when it has one
 
 Backend = Literal["xnnpack", "portable"]
 QuantScheme = Literal["none", "8da8w", "8da4w"]
@@ -113,6 +114,17 @@ class TokenizerSpec(_Strict):
     has_chat_template: bool = False
 
 
+class GenerationSpec(_Strict):
+    """What serving takes from the checkpoint's generation_config.json: every id that ends a
+    reply, and the sampling defaults of a request that sets none (None: the service's own)."""
+
+    eos_token_ids: tuple[int, ...] = Field(
+        default=(), description="ids that end generation, besides the tokenizer's EOS")
+    temperature: float | None = Field(default=None, ge=0, description="0 is greedy")
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0, description="0: no top-k cut")
+
+
 class BaseCheckpoint(_Strict):
     source: str = Field(description="checkpoint directory or preset name it was exported from")
     sha256: str = Field(description="hash over the checkpoint's weight files")
@@ -134,6 +146,9 @@ class BundleManifest(_Strict):
     infer: InferProgramSpec | None = Field(
         description="null for a train-only bundle (benchmarks): it cannot serve")
     tokenizer: TokenizerSpec
+    generation: GenerationSpec = Field(
+        default_factory=GenerationSpec,
+        description="from generation_config.json; empty when the checkpoint has none")
     backend: Backend = "xnnpack"
     quantize: QuantScheme = "none"
     versions: dict[str, str] = Field(default_factory=dict)

@@ -47,6 +47,7 @@ from agent.core.command_wire import (
     TrainNowOutput,
 )
 from agent.core.fleet_documents import StateDocument, WireIn
+from agent.core.json_depth import json_depth_exceeds
 from agent.core.topics import valid_id, valid_publish_topic
 from agent.errors import MobizoError
 
@@ -198,7 +199,7 @@ def _salvage(payload: bytes) -> tuple[str | None, str | None]:
 
 
 def parse_command(
-    name: str, payload: bytes, *, now: float, max_payload_bytes: int
+    name: str, payload: bytes, *, now: float, max_payload_bytes: int, max_depth: int = 32
 ) -> ParsedCommand | ParseError:
     """Turn a command message into a typed request, or say why it cannot be one.
 
@@ -207,12 +208,15 @@ def parse_command(
         payload: the raw message body (empty means ``{}``).
         now: wall-clock time (epoch seconds) to judge ``expires_at`` against.
         max_payload_bytes: larger payloads are refused without being parsed.
+        max_depth: deeper JSON nesting is refused without being parsed (no RecursionError).
     """
     if len(payload) > max_payload_bytes:
         return ParseError(
             "payload_too_large",
             f"payload is {len(payload)} bytes; the limit is {max_payload_bytes}",
         )
+    if json_depth_exceeds(payload, max_depth):
+        return ParseError("bad_request", f"JSON nests deeper than {max_depth} levels; not parsed")
     rid, reply = _salvage(payload)
     try:
         request = CommandRequest.model_validate_json(payload or b"{}")

@@ -10,9 +10,16 @@ The daemon implements :class:`StateSource` and :class:`DesiredConfigSink` for th
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# Versions travel as JSON numbers: above 2**53 a controller in JavaScript cannot even tell two
+# of them apart, and one huge version would make every later, normal one stale for good.
+MAX_CONFIG_VERSION = 2**53 - 1
+# The retained state's reason is a short human line, never a log line or user text.
+MAX_REASON_CHARS = 160
 
 
 class WireIn(BaseModel):
@@ -79,8 +86,16 @@ class Availability(WireOut):
 
 
 class DesiredConfig(WireIn):
-    version: int = Field(ge=0, description="monotonic; versions <= the applied one are ignored")
+    version: int = Field(
+        ge=0, le=MAX_CONFIG_VERSION,
+        description="monotonic; versions < the applied one are reported stale, == is a no-op",
+    )
     config: dict[str, Any] = Field(description="runtime overrides, same shape as the TOML file")
+    reset: bool = Field(
+        default=False,
+        description="accept this version whatever the applied one is (`mobizo-fleet config "
+        "reset`): the sequence restarts from it",
+    )
 
 
 class ReportedConfig(WireOut):
@@ -88,6 +103,9 @@ class ReportedConfig(WireOut):
     status: Literal["applied", "rejected"]
     rejected_version: int | None = None
     errors: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(
+        default_factory=list, description="applied, but e.g. not saved for the next boot"
+    )
     ts: float | None = None
 
 
@@ -96,6 +114,7 @@ class ApplyResult(WireOut):
 
     applied_version: int | None = None
     errors: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -116,6 +135,25 @@ class Telemetry(WireOut):
     resources: dict[str, float] = Field(default_factory=dict)
 
 
+# A child's log line quoted into a reason ("trainer exited 1: <line>") and quoted text.
+_CHILD_DETAIL = re.compile(r"\b(trainer|evaluation) ([^:()]{1,60}): [^()]*")
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def fleet_reason(reason: str, limit: int = MAX_REASON_CHARS) -> str:
+    """``reason`` as the retained state may carry it: one line, bounded, no quoted text and
+    no child log line (those can hold user text; the full reason stays in the local log).
+
+    Args:
+        reason: the daemon's human reason line.
+        limit: the most characters kept.
+    """
+    line = reason.splitlines()[0] if reason else ""
+    line = _CHILD_DETAIL.sub(r"\1 \2 (details in the device log)", line)
+    line = _QUOTED.sub("'…'", line)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 # --- protocols the daemon implements ----------------------------------------------------
 
 
@@ -129,3 +167,7 @@ class DesiredConfigSink(Protocol):
     """Validates and applies desired overrides (persisted by the config layer)."""
 
     def apply(self, version: int, document: dict[str, Any]) -> ApplyResult: ...
+
+    def boot_problems(self) -> list[str]:
+        """Why the overrides saved before this boot were not replayed (empty: they were)."""
+        ...

@@ -11,6 +11,11 @@ Layout (``<prefix>`` = ``mobizo/v1/<fleet>/<device-id>``)::
     <prefix>/cmd-result/<request>    replies for clients without an MQTT 5 response topic
     <prefix>/jobs/<job-id>           job progress, retained
 
+Controllers receive replies under ``mobizo/v1/<fleet>/_controllers/<client-id>/...``; a device
+id never starts with ``_``, so that namespace is no device's prefix. A device publishes replies
+only there or under its own ``cmd-result/`` (:meth:`DeviceTopics.reply_allowed`): a request
+cannot make it publish on another device's topics.
+
 The ``v1`` segment versions the topic tree itself so a later layout can live beside this one.
 """
 
@@ -22,6 +27,8 @@ from dataclasses import dataclass
 ROOT = "mobizo"
 TREE_VERSION = "v1"
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# Segments starting with "_" are reserved (the controllers' namespace), never a device id.
+CONTROLLERS = "_controllers"
 # Request and job ids appear in topics: keep them to a safe alphabet (no wildcards, no slashes).
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
@@ -66,6 +73,11 @@ class DeviceTopics:
                 raise ValueError(
                     f"{what} {value!r} is not usable in MQTT topics: use 1-64 of A-Z a-z 0-9 _ . -"
                 )
+        if device_id.startswith("_"):
+            raise ValueError(
+                f"device id {device_id!r} starts with '_', which is reserved for the "
+                f"controllers' namespace ({CONTROLLERS})"
+            )
         return cls(fleet, device_id)
 
     @property
@@ -108,6 +120,23 @@ class DeviceTopics:
         return f"{self.prefix}/jobs/{job_id}"
 
     @property
+    def controllers_prefix(self) -> str:
+        """Where controllers receive replies: ``mobizo/v1/<fleet>/_controllers/``."""
+        return f"{ROOT}/{TREE_VERSION}/{self.fleet}/{CONTROLLERS}/"
+
+    def reply_allowed(self, topic: str) -> bool:
+        """True when this device may publish a command reply on ``topic``: the controller
+        reply namespace of its fleet, or its own ``cmd-result/``. Nothing else (another
+        device's ``cmd/``, a state topic, a topic of another fleet) is ever a reply route."""
+        if not valid_publish_topic(topic):
+            return False
+        for head in (self.controllers_prefix, f"{self.prefix}/cmd-result/"):
+            rest = topic[len(head) :] if topic.startswith(head) else ""
+            if rest and all(valid_id(part) for part in rest.split("/")):
+                return True
+        return False
+
+    @property
     def subscriptions(self) -> tuple[str, ...]:
         """Everything the device subscribes to on each connect (only its own topics)."""
         return (self.cmd_filter, self.config_desired, self.available)
@@ -148,7 +177,7 @@ class FleetTopics:
 
     def controller_reply(self, client_id: str) -> str:
         """Response topic of one controller client (outside every device's own topics)."""
-        return f"{ROOT}/{TREE_VERSION}/{self.fleet}/_controllers/{client_id}/reply"
+        return f"{ROOT}/{TREE_VERSION}/{self.fleet}/{CONTROLLERS}/{client_id}/reply"
 
     def device(self, device_id: str) -> DeviceTopics:
         return DeviceTopics.for_device(self.fleet, device_id)

@@ -13,9 +13,10 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from agent.errors import MobizoError
-from agent.io.atomic import atomic_copy, atomic_write_bytes
+from agent.io.atomic import atomic_copy, atomic_write_with
 
 
 class DeployError(MobizoError):
@@ -36,12 +37,14 @@ class EnsureDir:
 
 @dataclass(frozen=True)
 class WriteFile:
-    """Write a file atomically (temp + fsync + rename + directory fsync)."""
+    """Write a file atomically (temp + fsync + rename + directory fsync); chown when ``owner``
+    is given (the file is never readable by anyone else in between)."""
 
     path: Path
     data: bytes
     mode: int = 0o644
     why: str = ""
+    owner: tuple[int, int] | None = None
 
     def describe(self) -> str:
         return f"write  {self.path}" + (f"  ({self.why})" if self.why else "")
@@ -158,7 +161,12 @@ def _apply_one(action: Action, run: Runner) -> None:
         if action.owner is not None:
             os.chown(action.path, *action.owner)
     elif isinstance(action, WriteFile):
-        atomic_write_bytes(action.path, action.data, mode=action.mode)
+        data = action.data
+
+        def write(fh: IO[bytes]) -> None:
+            fh.write(data)
+
+        atomic_write_with(action.path, write, mode=action.mode, owner=action.owner)
     elif isinstance(action, CopyFile):
         atomic_copy(action.src, action.path, mode=action.mode, owner=action.owner)
     elif isinstance(action, RemovePath):

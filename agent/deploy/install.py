@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from agent.config.service import TOKEN_FILE_NAME
 from agent.deploy.actions import (
     CopyFile,
     DeployError,
@@ -45,6 +46,7 @@ from agent.deploy.layout import (
 )
 from agent.deploy.render import decide_config, render_board_dropins, render_config, render_unit
 from agent.io.bundle_files import read_manifest
+from agent.io.token_file import new_token
 
 NotifyReload = Literal["auto", "yes", "no"]
 NOTIFY_RELOAD_MIN_SYSTEMD = 253  # Type=notify-reload appeared in systemd 253
@@ -214,9 +216,10 @@ def _plan_state(steps: _Steps, opts: InstallOptions, layout: Layout,
     """Directories (as tmpfiles.d says; owned by the service user once it exists), bundle."""
     steps.ensure_dir(layout.config_dir, 0o755)
     steps.ensure_dir(layout.credentials_dir, 0o700)
-    steps.ensure_dir(layout.state_dir, 0o750, owner)
+    steps.ensure_dir(layout.state_dir, 0o700, owner)  # the user's text: owner only
     for sub in STATE_SUBDIRS:
-        steps.ensure_dir(layout.state_dir / sub, 0o750, owner)
+        steps.ensure_dir(layout.state_dir / sub, 0o700, owner)
+    _plan_token(steps.plan, layout, owner)
     if opts.bundle is not None:
         _plan_bundle(steps.plan, Path(opts.bundle), layout.state_dir / "bundle", owner)
     elif not (layout.state_dir / "bundle" / "manifest.json").exists():
@@ -224,6 +227,19 @@ def _plan_state(steps: _Steps, opts: InstallOptions, layout: Layout,
             f"no model bundle at {STATE_DIR}/bundle yet: mobizo-inference.service cannot start "
             "without one; rerun with --bundle DIR (a `mobizo-export` output)"
         )
+
+
+def _plan_token(plan: Plan, layout: Layout, owner: tuple[int, int] | None) -> None:
+    """The local API's bearer token: 0600, owned by the service user; never replaced."""
+    path = layout.state_dir / TOKEN_FILE_NAME
+    if path.exists():
+        return
+    if owner is None:  # no service user yet: a root-owned token would lock the service out
+        plan.notes.append(f"the inference service makes its API token {STATE_DIR}/"
+                          f"{TOKEN_FILE_NAME} (mode 0600) at its first start")
+        return
+    plan.add(WriteFile(path, (new_token() + "\n").encode("ascii"), 0o600,
+                       "bearer token of the local inference API", owner))
 
 
 def _plan_system(plan: Plan, layout: Layout, host: HostFacts, live: bool) -> None:

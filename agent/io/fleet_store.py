@@ -2,16 +2,29 @@
 
 Kept apart from the spool because these rows must survive power loss (synchronous=FULL) and
 are tiny, whereas the spool is bulk telemetry written often.
+
+:meth:`FleetStore.next_session_seq` runs on the MQTT network thread (the Last Will of every
+connect attempt), where an exception would end the thread and the link with it, for good. So
+it never raises: a locked, full or read-only ``fleet.db`` gives the next sequence from memory,
+the failure is logged and kept in :attr:`FleetStore.error`, and the sequence is written the next
+time the file takes writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sqlite3
 import threading
 from pathlib import Path
 
 from agent.core.jobs import Job, JobStatus
+
+log = logging.getLogger(__name__)
+
+#: How long a statement waits for another connection's lock (a reconnect must not hang on it).
+BUSY_TIMEOUT_S = 2.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -31,12 +44,17 @@ CREATE TABLE IF NOT EXISTS meta (
 class FleetStore:
     """Jobs and small key/value facts of the link. Thread-safe."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+        self.path = Path(path)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._last_seq = 0  # the last sequence given out (persisted or not)
+        self.error: str | None = None  # the last write failure, until a write succeeds again
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
+                                   timeout=busy_timeout_s)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._last_seq = int(self.get("session_seq") or 0)
 
     def close(self) -> None:
         with self._lock:
@@ -53,16 +71,44 @@ class FleetStore:
             self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def next_session_seq(self) -> int:
-        """Increment and return the persisted session sequence (Sparkplug bdSeq)."""
+        """Increment and return the persisted session sequence (Sparkplug bdSeq).
+
+        Never raises (see the module docstring): when ``fleet.db`` cannot be written, the
+        sequence still goes up, in memory, and is persisted by a later call.
+        """
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                seq = self._persist_next_seq()
+            except sqlite3.Error as exc:
+                seq = self._last_seq + 1
+                self._failed("session sequence", exc)
+            else:
+                self.error = None
+            self._last_seq = seq
+        return seq
+
+    def _persist_next_seq(self) -> int:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
             row = self._db.execute("SELECT value FROM meta WHERE key = 'session_seq'").fetchone()
-            seq = (int(row[0]) + 1) if row else 1
+            # a sequence given out from memory while the file was locked is never reused
+            seq = max(int(row[0]) if row else 0, self._last_seq) + 1
             self._db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('session_seq', ?)", (str(seq),)
             )
             self._db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise
         return seq
+
+    def _failed(self, what: str, exc: sqlite3.Error) -> None:
+        """Log a write failure once per distinct reason, and keep it for the status."""
+        message = f"fleet store {self.path}: cannot write the {what} ({exc})"
+        if message != self.error:
+            log.error("%s; continuing from memory, retried at the next write", message)
+        self.error = message
 
     # -- jobs ----------------------------------------------------------------------------
     def insert_job(self, job: Job) -> Job | None:

@@ -1,7 +1,9 @@
 """A small HTTP client for the inference service, over TCP or its unix socket (stdlib only).
 
 The daemon uses it to read ``/health`` (user idle) and to ask for an adapter reload after a
-publish; the benchmark and the tests use it as a real client.
+publish; the benchmark and the tests use it as a real client. Over TCP it sends the service's
+bearer token (given, or read from the token file at each request, so a token made by the
+service after this client was built is picked up); over the unix socket it sends none.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from agent.io.token_file import TokenFileError, read_token
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -53,11 +57,27 @@ class Client:
         host, port: TCP address; ignored when ``unix`` is given.
         unix: path of the service's unix socket.
         timeout: seconds per request.
+        token: the bearer token to send over TCP.
+        token_file: where to read the token from when ``token`` is None (a missing file:
+            no token sent, the service answers 401).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, unix: Path | None = None,
-                 timeout: float = 120) -> None:
+                 timeout: float = 120, token: str | None = None,
+                 token_file: Path | None = None) -> None:
         self.host, self.port, self.unix, self.timeout = host, port, unix, timeout
+        self.token, self.token_file = token, token_file
+
+    def _auth(self) -> dict[str, str]:
+        if self.unix is not None:
+            return {}
+        token = self.token
+        if token is None and self.token_file is not None:
+            try:
+                token = read_token(self.token_file)
+            except TokenFileError:  # unusable file: no token, the service says 401
+                token = None
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def _conn(self) -> http.client.HTTPConnection:
         if self.unix is not None:
@@ -71,7 +91,8 @@ class Client:
             data = raw if raw is not None else (
                 json.dumps(body).encode() if body is not None else None)
             conn.request(method, path, body=data,
-                         headers={"Content-Type": "application/json", **(headers or {})})
+                         headers={"Content-Type": "application/json", **self._auth(),
+                                  **(headers or {})})
             resp = conn.getresponse()
             return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()},
                          resp.read().decode())
@@ -92,14 +113,21 @@ class Client:
                          {"messages": [{"role": "user", "content": content}], **kw})
 
     @classmethod
-    def from_url(cls, url: str, timeout: float = 120) -> Client:
-        """``http://HOST:PORT`` or ``unix:///PATH`` (agent config ``service.inference_url``)."""
+    def from_url(cls, url: str, timeout: float = 120, token_file: Path | None = None) -> Client:
+        """``http://HOST:PORT`` or ``unix:///PATH`` (agent config ``service.inference_url``).
+
+        Args:
+            url: where the service is.
+            timeout: seconds per request.
+            token_file: the API token file (``[inference] token_file``), read per request.
+        """
         from urllib.parse import urlsplit
 
         parts = urlsplit(url)
         if parts.scheme == "unix":
             return cls(unix=Path(parts.path), timeout=timeout)
-        return cls(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
+        return cls(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout,
+                   token_file=token_file)
 
     def reload_adapter(self) -> Reply:
         return self.post("/v1/admin/reload-adapter")

@@ -8,13 +8,18 @@ block and never raise; the fleet link's worker thread does the real work.
 
 "Connected" is set only when the CONNACK reason code is a success (unlike code that trusts
 on_connect blindly).
+
+Inbound messages are bounded before they become events (:mod:`agent.io.mqtt_guard`): a payload
+over ``max_payload_bytes`` is dropped unread (the event keeps only its size, so the link can
+still answer it), each topic is rate-limited, and the events queue may be bounded in bytes.
+A password is never sent in clear text to a broker that is not on loopback. The client set-up
+helpers live in :mod:`agent.io.mqtt_client` (re-exported here).
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import socket
 import ssl
 import threading
 import time
@@ -24,11 +29,24 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.core.backoff import Backoff
+from agent.io.mqtt_client import (
+    ClientTls,
+    disable_nagle,
+    network_thread_writes,
+    new_client,
+    use_tls,
+)
+from agent.io.mqtt_guard import TopicRateLimiter, is_loopback_host
+
+__all__ = [
+    "ClientTls", "Connected", "Disconnected", "Event", "Inbound", "MqttTransport",
+    "SubscribeOptions", "TransportSettings", "Will", "disable_nagle", "new_client", "use_tls",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +70,9 @@ class TransportSettings:
     reconnect_jitter: float = 0.5
     max_packet_bytes: int | None = None
     connect_timeout_s: float = 5.0
+    max_payload_bytes: int | None = None  # larger inbound payloads are dropped unread
+    rate_per_s: float | None = None  # per-topic inbound rate limit (None: off)
+    rate_burst: int = 100
 
 
 @dataclass(frozen=True)
@@ -86,6 +107,7 @@ class Inbound:
     correlation_data: bytes | None
     expiry_s: int | None  # remaining MQTT 5 message expiry interval, as delivered
     received_at: float  # monotonic
+    oversize: int = 0  # the size of a payload dropped unread for its size (payload is b"")
 
 
 Event = Connected | Disconnected | Inbound
@@ -96,98 +118,6 @@ def _properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
 
 
-def disable_nagle(client: paho.Client, userdata: Any, sock: Any) -> None:
-    """Disable Nagle: small request/reply packets would otherwise wait on delayed ACKs
-    (~40 ms per hop, measured as a 90 ms round trip through mosquitto)."""
-    try:
-        raw = getattr(sock, "_sock", sock)  # paho wraps TLS/WebSocket sockets
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):
-        pass
-
-
-@dataclass(frozen=True)
-class ClientTls:
-    """TLS files for :func:`new_client` (see :func:`use_tls`)."""
-
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    insecure: bool = False
-
-
-def new_client(
-    client_id: str,
-    *,
-    v5: bool,
-    username: str | None = None,
-    password: str | None = None,
-    tls: ClientTls | None = None,
-    **options: Any,
-) -> paho.Client:
-    """A paho client (callback API 2) with protocol, credentials, TLS and TCP_NODELAY set.
-
-    The device's link and the controller's client both start here; each then sets its own
-    callbacks.
-
-    Args:
-        client_id: the MQTT client id.
-        v5: MQTT 5 (else 3.1.1).
-        username: broker user, if any (``password`` goes with it).
-        password: broker password.
-        tls: connect over TLS with these files; None for plain TCP.
-        **options: passed on to ``paho.Client`` (``clean_session``, ``reconnect_on_failure``).
-    """
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=paho.MQTTv5 if v5 else paho.MQTTv311, **options)
-    if username is not None:
-        client.username_pw_set(username, password)
-    if tls is not None:
-        use_tls(client, ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file,
-                insecure=tls.insecure)
-    client.on_socket_open = disable_nagle
-    return client
-
-
-def use_tls(
-    client: paho.Client,
-    *,
-    ca_file: Path | None,
-    cert_file: Path | None,
-    key_file: Path | None,
-    insecure: bool,
-) -> None:
-    """Make ``client`` connect over TLS and verify the broker's certificate.
-
-    Args:
-        client: the paho client, before it connects.
-        ca_file: the CA bundle to verify the broker with (None: the system's CAs).
-        cert_file: the client certificate to present (mutual TLS), if any.
-        key_file: its private key.
-        insecure: skip only the hostname check (the chain is still verified).
-    """
-    client.tls_set(
-        ca_certs=str(ca_file) if ca_file else None,
-        certfile=str(cert_file) if cert_file else None,
-        keyfile=str(key_file) if key_file else None,
-        cert_reqs=ssl.CERT_REQUIRED,
-        tls_version=ssl.PROTOCOL_TLS_CLIENT,
-    )
-    client.tls_insecure_set(insecure)
-
-
-def network_thread_writes(client: paho.Client, userdata: Any, sock: Any) -> None:
-    """Registered as paho's ``on_socket_register_write``: nothing to do, and that is the point.
-
-    With no such hook, paho's ``publish()`` writes to the socket at once from the calling thread
-    (the link's worker, the job runner) while the network thread reads and writes the same
-    socket. An SSL object is not thread-safe: under load the broker saw corrupt TLS records
-    ("decryption failed or bad record mac") and dropped the link; plain TCP could interleave
-    partial writes. With the hook, ``publish()`` only queues the packet and wakes the network
-    thread's ``select()`` (paho's socketpair), which writes it: all socket I/O on one thread.
-    """
-
-
 class MqttTransport:
     """One broker connection with reconnects; events go to ``events``."""
 
@@ -196,7 +126,7 @@ class MqttTransport:
         settings: TransportSettings,
         events: queue.Queue[Any],
         *,
-        subscriptions: Sequence[tuple[str, int]],
+        subscriptions: Sequence[tuple[str, int | SubscribeOptions]],
         will: Callable[[], Will] | None = None,
         backoff: Backoff | None = None,
     ) -> None:
@@ -205,7 +135,7 @@ class MqttTransport:
         Args:
             settings: where and how to connect.
             events: queue receiving :data:`Event` items; when full, messages are dropped (logged).
-            subscriptions: ``(filter, qos)`` pairs renewed on every connect.
+            subscriptions: ``(filter, qos or MQTT 5 options)`` pairs renewed on every connect.
             will: called before each connect attempt for the Last Will to register.
             backoff: reconnect delays; default from ``settings``.
         """
@@ -221,7 +151,14 @@ class MqttTransport:
         self._thread: threading.Thread | None = None
         self.v5 = settings.protocol == "5"
         self.dropped = 0
+        self.dropped_oversize = 0
         self.connects = 0
+        self.rate = (
+            TopicRateLimiter(settings.rate_per_s, settings.rate_burst)
+            if settings.rate_per_s
+            else None
+        )
+        self._last_drop_log = 0.0
         self._client = self._build_client()
 
     # -- construction ---------------------------------------------------------------------
@@ -244,7 +181,14 @@ class MqttTransport:
             self._events.put_nowait(event)
         except queue.Full:
             self.dropped += 1
-            log.warning("fleet link inbox full; dropped %s", type(event).__name__)
+            self._log_drop("fleet link inbox full; dropped %s", type(event).__name__)
+
+    def _log_drop(self, fmt: str, *args: object) -> None:
+        # A flood must not become a flood of log lines (journal, SD card): one a second.
+        now = time.monotonic()
+        if now - self._last_drop_log >= 1.0:
+            self._last_drop_log = now
+            log.warning(fmt + " (%d dropped so far)", *args, self.dropped)
 
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
@@ -256,12 +200,19 @@ class MqttTransport:
             # Renew subscriptions before anything else so no command published after our
             # birth can be missed (subscribe only queues a packet: it does not block).
             if self._subscriptions:
-                client.subscribe(self._subscriptions)
+                client.subscribe(self._subscribe_list())
             self._connected.set()
             self.connects += 1
             self._put(Connected(bool(getattr(flags, "session_present", False)), time.monotonic()))
         except Exception:  # noqa: BLE001 - a callback must never raise into paho
             log.exception("on_connect failed")
+
+    def _subscribe_list(self) -> list[tuple[str, SubscribeOptions]] | list[tuple[str, int]]:
+        # paho takes one kind per call: options (MQTT 5) or plain QoS numbers (3.1.1).
+        if self.v5:
+            return [(t, o if isinstance(o, SubscribeOptions) else SubscribeOptions(qos=o))
+                    for t, o in self._subscriptions]
+        return [(t, o if isinstance(o, int) else o.QoS) for t, o in self._subscriptions]
 
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
@@ -276,12 +227,22 @@ class MqttTransport:
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         try:
+            if self.rate is not None and not self.rate.allow(msg.topic):
+                self.dropped += 1
+                self._log_drop("inbound rate limit on %s; message dropped", msg.topic)
+                return
+            size = len(msg.payload)
+            limit = self.settings.max_payload_bytes
+            oversize = size if limit is not None and size > limit else 0
+            if oversize:
+                # Dropped unread (never copied, never parsed); the event keeps its size.
+                self.dropped_oversize += 1
             props = getattr(msg, "properties", None)
             corr = getattr(props, "CorrelationData", None) if props is not None else None
             self._put(
                 Inbound(
                     topic=msg.topic,
-                    payload=bytes(msg.payload),
+                    payload=b"" if oversize else bytes(msg.payload),
                     qos=msg.qos,
                     retain=bool(msg.retain),
                     response_topic=getattr(props, "ResponseTopic", None)
@@ -292,6 +253,7 @@ class MqttTransport:
                     if props is not None
                     else None,
                     received_at=time.monotonic(),
+                    oversize=oversize,
                 )
             )
         except Exception:  # noqa: BLE001
@@ -306,9 +268,18 @@ class MqttTransport:
 
     def _connect_once(self) -> bool:
         s = self.settings
+        if s.password is not None and not s.tls and not is_loopback_host(s.host):
+            log.error(
+                "not connecting to %s:%s: a password over plain TCP to a broker that is not on "
+                "loopback would cross the network in clear text; enable TLS", s.host, s.port)
+            return False
         if self._will is not None:
-            will = self._will()
-            self._client.will_set(will.topic, will.payload, will.qos, will.retain)
+            try:
+                will = self._will()
+            except Exception:  # noqa: BLE001 - connect with the previous will rather than die
+                log.exception("preparing the last will failed; connecting with the previous one")
+            else:
+                self._client.will_set(will.topic, will.payload, will.qos, will.retain)
         props = None
         if self.v5 and s.max_packet_bytes:
             props = _properties(PacketTypes.CONNECT)
@@ -327,24 +298,32 @@ class MqttTransport:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            if self._connect_once():
-                started = time.monotonic()
-                while not self._stop.is_set():
-                    # publish() from other threads wakes select() through paho's socketpair,
-                    # so a long timeout costs no latency, only stop() reaction time.
-                    rc = self._client.loop(timeout=0.5)
-                    if rc != paho.MQTT_ERR_SUCCESS:
-                        break
-                if self._stop.is_set():
-                    break
-                self._on_disconnect(self._client, None, None, "connection lost", None)
-                # A connection that lived a while resets the backoff; one that drops at once
-                # (refused, kicked) keeps growing it.
-                if time.monotonic() - started > 10.0:
-                    self._backoff.reset()
+            try:
+                self._connect_and_serve()
+            except Exception:  # noqa: BLE001 - the network thread must never die
+                log.exception("fleet network thread: unexpected error; reconnecting")
             delay = self._backoff.next_delay()
             log.debug("reconnecting in %.2f s", delay)
             self._stop.wait(delay)
+
+    def _connect_and_serve(self) -> None:
+        """One connection: connect, serve it until it drops or stop() is called."""
+        if not self._connect_once():
+            return
+        started = time.monotonic()
+        while not self._stop.is_set():
+            # publish() from other threads wakes select() through paho's socketpair,
+            # so a long timeout costs no latency, only stop() reaction time.
+            rc = self._client.loop(timeout=0.5)
+            if rc != paho.MQTT_ERR_SUCCESS:
+                break
+        if self._stop.is_set():
+            return
+        self._on_disconnect(self._client, None, None, "connection lost", None)
+        # A connection that lived a while resets the backoff; one that drops at once
+        # (refused, kicked) keeps growing it.
+        if time.monotonic() - started > 10.0:
+            self._backoff.reset()
 
     # -- used by the link (any thread) ----------------------------------------------------
     @property

@@ -23,7 +23,7 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -230,14 +230,19 @@ class AdapterRegistry:
         base.mkdir(parents=True, exist_ok=True)
         tmp = base / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
-        for name in (WEIGHTS_NAME, CONFIG_NAME):
-            src = Path(adapter_dir) / name
-            if src.exists():
-                shutil.copyfile(src, tmp / name)
-                fsync_path(tmp / name)
-        write_synced(tmp / MANIFEST_NAME, manifest.model_dump_json(indent=2).encode())
-        self._hook("staged")
-        final = replace_dir(tmp, base / version)  # a new version: nothing is replaced
+        try:
+            for name in (WEIGHTS_NAME, CONFIG_NAME):
+                src = Path(adapter_dir) / name
+                if src.exists():
+                    shutil.copyfile(src, tmp / name)
+                    fsync_path(tmp / name)
+            write_synced(tmp / MANIFEST_NAME, manifest.model_dump_json(indent=2).encode())
+            self._hook("staged")
+            final = replace_dir(tmp, base / version)  # a new version: nothing is replaced
+        except OSError:
+            # a full or read-only disk: give the space of the half-staged copy back now
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         self._hook("renamed")
         return final
 
@@ -334,6 +339,30 @@ class AdapterRegistry:
         atomic_write_text(self.pointer_path, data.model_dump_json(),
                           before_replace=lambda: self._hook("pointer-written"))
         self._hook("switched")
+
+    def forget(self, versions: Collection[str], *, activate: str) -> None:
+        """Delete stored versions (published or rejected) for good.
+
+        If the active version is among them, ``activate`` (a version kept, or the initial
+        one) becomes active first, so the pointer never names a deleted directory; the
+        deleted versions leave the rollback history too.
+        """
+        gone = set(versions)
+        with self._locked():
+            pointer = self.pointer()
+            if pointer is not None and pointer.version in gone:
+                self._switch(activate)
+                pointer = self.pointer()
+            if pointer is not None and gone & set(pointer.history):
+                kept = [v for v in pointer.history if v not in gone] or [pointer.version]
+                atomic_write_text(self.pointer_path, pointer.model_copy(
+                    update={"history": kept}).model_dump_json())
+            for version in sorted(gone):
+                for base in (self.root, self.root / REJECTED_DIR):
+                    if is_version(version) and (base / version).is_dir():
+                        shutil.rmtree(base / version, ignore_errors=True)
+        if gone:
+            log.info("deleted adapters %s", ", ".join(sorted(gone)))
 
     def _prune(self, also_keep: str = "") -> None:
         pointer = self.pointer()

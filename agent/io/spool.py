@@ -5,16 +5,24 @@ matters) and telemetry messages (kept in order, bounded by total bytes and by ag
 go first). On reconnect the link publishes the state first, then drains telemetry in order,
 deleting rows only after they were handed to the broker, so a crash mid-drain repeats a few
 messages rather than losing them (at-least-once).
+
+A write that fails (a full or read-only disk, a locked file) never raises into the fleet
+link: the new message is dropped and counted (what was spooled before stays), the reason is
+logged once and kept in :attr:`Spool.error`, and the next write tries again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS telemetry (
@@ -71,15 +79,33 @@ class Spool:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self.dropped = 0  # entries evicted by the bounds since open (for telemetry of its own)
+        self.failed_writes = 0  # writes refused by the disk since open (the entry is dropped)
+        self.error: str | None = None  # the last write failure, until a write succeeds again
+        self.path = Path(path)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Hold the lock for one write; a failed write is logged and counted, never raised."""
+        with self._lock:
+            try:
+                yield
+            except sqlite3.Error as exc:
+                self.failed_writes += 1
+                message = f"spool {self.path}: cannot write {what} ({exc})"
+                if message != self.error:
+                    log.error("%s; dropped, the next write tries again", message)
+                self.error = message
+                return
+            self.error = None
+
     # -- state ----------------------------------------------------------------------------
     def put_state(self, topic: str, payload: bytes) -> None:
         """Remember ``payload`` as the state to publish first on reconnect (replaces any)."""
-        with self._lock:
+        with self._writing("the state"):
             self._db.execute(
                 "INSERT OR REPLACE INTO latest_state (k, ts, topic, payload) VALUES (0, ?, ?, ?)",
                 (self._clock(), topic, payload),
@@ -92,14 +118,14 @@ class Spool:
 
     def clear_state(self, ts: float) -> None:
         """Forget the spooled state if it is still the one stamped ``ts``."""
-        with self._lock:
+        with self._writing("the state"):
             self._db.execute("DELETE FROM latest_state WHERE ts = ?", (ts,))
 
     # -- telemetry ------------------------------------------------------------------------
     def append(self, topic: str, payload: bytes) -> None:
         """Add a telemetry message, then evict by age and size."""
         size = len(topic.encode()) + len(payload)
-        with self._lock:
+        with self._writing("telemetry"):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute(
@@ -109,7 +135,8 @@ class Spool:
                 self._evict()
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
                 raise
 
     def _evict(self) -> None:
@@ -133,11 +160,12 @@ class Spool:
 
     def peek(self, limit: int) -> list[SpoolEntry]:
         """Up to ``limit`` oldest telemetry entries still within the age bound, in order."""
-        with self._lock:
+        with self._writing("the age bound"):
             cur = self._db.execute(
                 "DELETE FROM telemetry WHERE ts < ?", (self._clock() - self._max_age_s,)
             )
             self.dropped += max(cur.rowcount, 0)
+        with self._lock:
             rows = self._db.execute(
                 "SELECT id, ts, topic, payload FROM telemetry ORDER BY id LIMIT ?", (limit,)
             ).fetchall()
@@ -145,7 +173,7 @@ class Spool:
 
     def ack(self, up_to_id: int) -> None:
         """Delete every telemetry entry with id <= ``up_to_id`` (it reached the broker)."""
-        with self._lock:
+        with self._writing("the drain position"):
             self._db.execute("DELETE FROM telemetry WHERE id <= ?", (up_to_id,))
 
     def stats(self) -> tuple[int, int]:

@@ -7,14 +7,16 @@ This module is the store's public face: its ``[store]`` config, writes handed to
 thread, and the read API. The parts: :mod:`agent.io.store_records` (what a row is),
 :mod:`agent.io.store_schema` (tables and migrations), :mod:`agent.io.store_writer` (the one
 batching writer thread; :meth:`InteractionStore.record` never blocks and returns a
-:class:`~agent.io.store_writer.Ticket`) and :mod:`agent.io.store_retention` (size cap,
-retention, purge). The database runs in WAL mode with ``synchronous=NORMAL`` (shared/DESIGN.md
-§5). Pure stdlib + pydantic (no torch): the daemon imports it.
+:class:`~agent.io.store_writer.Ticket`), :mod:`agent.io.store_retention` (size cap,
+retention) and :mod:`agent.io.store_purge` (purge in batches, incremental vacuum). The
+database runs in WAL mode with ``synchronous=NORMAL`` (shared/DESIGN.md §5). Pure stdlib +
+pydantic (no torch): the daemon imports it.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -23,7 +25,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.io import store_retention as retention
+from agent.io import store_purge
+from agent.io.disk import DiskFaults, is_disk_fault_at
 from agent.io.store_records import (
     FEEDBACK_VALUE,
     Example,
@@ -74,6 +77,7 @@ class InteractionStore:
         path: the database file (``state_dir/interactions.sqlite3``).
         config: caps, retention and flush interval.
         clock: seconds since the epoch; injected so tests can age rows.
+        faults: where a write that failed on a full or read-only disk is reported.
     """
 
     def __init__(
@@ -82,13 +86,24 @@ class InteractionStore:
         config: StoreConfig | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        faults: DiskFaults | None = None,
     ) -> None:
         self.path = Path(path)
+        self._clock = clock
         self.config = config or StoreConfig()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._read = connect(self.path)
-        migrate(self._read)
+        self.faults = faults if faults is not None else DiskFaults(clock)
+        self._read: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
+        try:
+            self._read = _open(self.path)
+        except sqlite3.Error as exc:
+            if not is_disk_fault_at(exc, self.path):
+                raise
+            # A full card cannot even create the WAL index: start anyway (a daemon that
+            # exits here crash-loops); reads raise until the file opens, writes are refused.
+            log.error("interaction store: %s; opened when there is room",
+                      self.faults.report("store", self.path, exc))
         self.dropped_oversize = 0
         self._closed = False
         self._writer = StoreWriter(
@@ -98,6 +113,7 @@ class InteractionStore:
             max_total_bytes=self.config.max_total_bytes,
             retention_days=self.config.retention_days,
             clock=clock,
+            faults=self.faults,
         )
 
     @classmethod
@@ -142,12 +158,18 @@ class InteractionStore:
     def evicted(self) -> int:
         return self._writer.evicted
 
+    @property
+    def write_error(self) -> str | None:
+        """Why writes fail now (a full or read-only disk), or None while they succeed."""
+        return self._writer.faults.get("store")
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._writer.close()
-        self._read.close()
+        if self._read is not None:
+            self._read.close()
 
     def __enter__(self) -> InteractionStore:
         return self
@@ -157,9 +179,18 @@ class InteractionStore:
 
     # --- reads ----------------------------------------------------------------------------
 
+    def _conn(self) -> sqlite3.Connection:
+        """The read connection, opened now if the disk did not let it open before (under
+        ``_read_lock``); raises the sqlite3 error while it still cannot."""
+        if self._read is None:
+            self._read = _open(self.path)
+            log.info("interaction store %s opened", self.path)
+            self.faults.clear("store")
+        return self._read
+
     def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._read_lock:
-            return self._read.execute(sql, tuple(args)).fetchall()
+            return self._conn().execute(sql, tuple(args)).fetchall()
 
     def exists(self, interaction_id: str) -> bool:
         if self._writer.is_pending(interaction_id):
@@ -173,7 +204,7 @@ class InteractionStore:
 
     def _rows(self, where: str = "", args: Iterable[Any] = ()) -> list[dict[str, Any]]:
         with self._read_lock:
-            cur = self._read.execute(f"SELECT * FROM interactions {where}", tuple(args))
+            cur = self._conn().execute(f"SELECT * FROM interactions {where}", tuple(args))
             names = [d[0] for d in cur.description]
             out = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
         return [decode_row(row) for row in out]
@@ -237,10 +268,23 @@ class InteractionStore:
     # --- maintenance ----------------------------------------------------------------------
 
     def purge(self, before: float | None = None) -> int:
-        """Delete every row (or those created before ``before``); returns rows deleted."""
+        """Delete every row (or those created before ``before``); returns rows deleted.
+
+        Runs in short batches on its own connection (:mod:`agent.io.store_purge`): reads and
+        the writer thread go on meanwhile, so a purge of a large store never stops serving.
+        """
         self.flush()
+        return store_purge.purge(self.path, before, clock=self._clock).rows
+
+    def purges_after(self, purge_id: int) -> tuple[int, int | None]:
+        """``(newest purge id, lowest insertion seq purged since purge_id)``; None: none."""
         with self._read_lock:
-            return retention.purge(self._read, before)
+            return store_purge.purges_after(self._conn(), purge_id)
+
+    def last_seq(self) -> int:
+        """The highest insertion seq ever given (every row stored so far has seq <= it)."""
+        row = self._query("SELECT seq FROM sqlite_sequence WHERE name = 'interactions'")
+        return int(row[0][0]) if row else 0
 
     def import_rows(self, rows: Iterable[dict[str, Any]]) -> tuple[int, int]:
         """Insert trainer-format dicts (prompt/response/feedback/correction/messages).
@@ -260,3 +304,14 @@ class InteractionStore:
             imported += 1
         self.flush(timeout=120)
         return imported, skipped
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """A migrated connection to the store at ``path``."""
+    conn = connect(path)
+    try:
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn

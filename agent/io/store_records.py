@@ -62,7 +62,9 @@ class Example:
         if self.messages is not None:
             turns = [*self.messages, {"role": "assistant", "content": self.target}]
             return {"id": self.id, "messages": turns}
-        return {"id": self.id, "prompt": self.prompt or "", "response": self.target}
+        # "kind": the trainer prompts a completion raw, as /v1/completions served it
+        return {"id": self.id, "kind": "completion", "prompt": self.prompt or "",
+                "response": self.target}
 
 
 def new_interaction_id() -> str:
@@ -142,6 +144,7 @@ def row_to_json(row: dict[str, Any]) -> dict[str, Any]:
     if row["messages"] is not None:
         out["messages"] = [*row["messages"], {"role": "assistant", "content": row["response"]}]
     else:
+        out["kind"] = "completion"  # prompted raw, not as a user turn (agent/training/data.py)
         out["prompt"] = row["prompt"] or ""
         out["response"] = row["response"]
     for key in ("feedback", "correction", "adapter_version"):

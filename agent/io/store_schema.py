@@ -43,7 +43,20 @@ CREATE INDEX interactions_change ON interactions(change_seq);
 CREATE INDEX interactions_input ON interactions(input_sha);
 """
 
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
+# v3: a log of purges, one row per deleted batch (committed with it), with the insertion
+# ``seq`` range it deleted: the daemon compares it with the range each run and each adapter
+# was trained on, and removes what was trained on purged rows (agent/io/store_purge.py).
+_SCHEMA_V3 = """
+CREATE TABLE purges (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    rows INTEGER NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL
+);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -64,8 +77,16 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """A connection in WAL mode, autocommit (transactions are explicit), shareable by threads."""
+    """A connection in WAL mode, autocommit (transactions are explicit), shareable by threads.
+
+    A new file is created with ``auto_vacuum=INCREMENTAL`` (it only takes effect before the
+    first table exists), so a purge can hand pages back in small steps instead of one
+    VACUUM that locks the file; ``secure_delete`` overwrites deleted content on every
+    connection, so purged or evicted text does not linger in free pages.
+    """
     conn = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
+    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    conn.execute("PRAGMA secure_delete=ON")
     conn.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode: a commit survives a process kill (it is in the WAL file); only
     # an OS crash can lose the last batch. FULL would fsync every batch on the SD card.

@@ -5,10 +5,16 @@ batch instead of one per request, for SD-card wear; shared/DESIGN.md §5). Queue
 blocks: above ``max_pending`` a write is dropped and counted. Each write has a
 :class:`Ticket` whose ``wait`` returns once the row is committed, so a caller that waits before
 answering knows that an interaction the user has seen survives ``kill -9``.
+
+A batch that cannot be committed (a full or read-only disk, a locked file) is rolled back
+whole: what was committed before stays, its tickets say "not stored" (so the service answers
+503 instead of "recorded"), the fault goes to :class:`~agent.io.disk.DiskFaults`, and the next
+batch tries again, so writes resume by themselves once space returns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -19,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.io import store_retention as retention
-from agent.io.store_schema import connect
+from agent.io.disk import DiskFaults, is_disk_fault
+from agent.io.store_schema import connect, migrate
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +37,16 @@ class Ticket:
     def __init__(self, accepted: bool = True) -> None:
         self._event = threading.Event()
         self.accepted = accepted
+        self.error: str | None = None  # why a write that was queued was not committed
         if not accepted:
             self._event.set()
 
     def _done(self) -> None:
+        self._event.set()
+
+    def _fail(self, error: str) -> None:
+        self.error = error
+        self.accepted = False
         self._event.set()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -55,6 +68,8 @@ class StoreWriter:
         max_total_bytes: the oldest rows are evicted above this.
         retention_days: rows older than this are deleted (checked about once a minute).
         clock: seconds since the epoch (row ages, ``feedback_at``).
+        faults: where a disk fault of the store is reported (and cleared after a commit).
+        clock_synced: whether the wall clock can be trusted for ages (retention waits for it).
     """
 
     def __init__(
@@ -66,8 +81,13 @@ class StoreWriter:
         max_total_bytes: int,
         retention_days: float,
         clock: Callable[[], float],
+        faults: DiskFaults | None = None,
+        clock_synced: retention.ClockSynced = retention.clock_synced,
     ) -> None:
         self.path = path
+        self.clock_synced = clock_synced
+        self.faults = faults if faults is not None else DiskFaults(clock)
+        self.failed_writes = 0  # writes rolled back by a failed batch (counted, never raised)
         self.flush_interval_s = flush_interval_s
         self.max_pending = max_pending
         self.max_total_bytes = max_total_bytes
@@ -114,47 +134,87 @@ class StoreWriter:
         self._thread.join(timeout=30)
 
     def _loop(self) -> None:
-        conn = connect(self.path)
-        total = retention.total_bytes(conn)
+        conn: sqlite3.Connection | None = None
+        total = 0
         last_retention = 0.0
         stop = False
         while not stop:
-            first = self._queue.get()
-            batch: list[_Op] = []
-            if first is None:
-                stop = True
-            else:
-                batch.append(first)
-                deadline = time.monotonic() + self.flush_interval_s
-                while True:
-                    left = deadline - time.monotonic()
-                    try:
-                        op = self._queue.get(timeout=max(left, 0)) if left > 0 else \
-                            self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if op is None:
-                        stop = True
-                        break
-                    batch.append(op)
+            batch, stop = self._next_batch()
             if not batch:
                 continue
+            error: str | None = None
             try:
+                if conn is None:  # at start, or the disk did not let it open before
+                    conn = self._open()
+                    total = retention.total_bytes(conn)
                 total = self._commit(conn, batch, total)
-                now = self._clock()
-                if now - last_retention > 60:
-                    total -= retention.delete_before(conn, now - self.retention_days * 86400)
-                    last_retention = now
-            except sqlite3.Error:
-                log.exception("interaction store write failed; %d writes lost", len(batch))
+            except sqlite3.Error as exc:
+                error = self._failed(exc, len(batch))
             finally:
                 for _, _, ticket in batch:
-                    ticket._done()
+                    if error is None:
+                        ticket._done()
+                    else:
+                        ticket._fail(error)
                 with self._pending_lock:
                     for kind, payload, _ in batch:
                         if kind == "insert":
                             self._pending_ids.discard(payload["id"])
-        conn.close()
+            if error is None and conn is not None:
+                self.faults.clear("store")
+                now = self._clock()
+                if abs(now - last_retention) > 60:  # a clock set back must not stall it
+                    last_retention = now
+                    try:
+                        total -= retention.age_out(conn, now, self.retention_days * 86400,
+                                                   self.clock_synced)
+                    except sqlite3.Error as exc:  # retried in a minute; rows stay meanwhile
+                        log.warning("interaction store retention failed: %s", exc)
+        if conn is not None:
+            conn.close()
+
+    def _open(self) -> sqlite3.Connection:
+        conn = connect(self.path)
+        try:
+            migrate(conn)  # a no-op unless the store could not be opened at start
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _failed(self, exc: sqlite3.Error, writes: int) -> str:
+        """Report a batch that was rolled back; the reason its tickets carry."""
+        self.failed_writes += writes
+        if is_disk_fault(exc):
+            had = self.faults.get("store")
+            message = self.faults.report("store", self.path, exc)
+            if had != message:
+                log.error("interaction store: %s; %d writes not stored", message, writes)
+            return message
+        log.error("interaction store write failed (%s); %d writes not stored", exc, writes)
+        return f"interaction store write failed: {exc}"
+
+    def _next_batch(self) -> tuple[list[_Op], bool]:
+        """The writes of the next batch (waiting for the first), and whether to stop after."""
+        stop = False
+        first = self._queue.get()
+        batch: list[_Op] = []
+        if first is None:
+            return batch, True
+        batch.append(first)
+        deadline = time.monotonic() + self.flush_interval_s
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                op = self._queue.get(timeout=max(left, 0)) if left > 0 else \
+                    self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if op is None:
+                stop = True
+                break
+            batch.append(op)
+        return batch, stop
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Op], total: int) -> int:
         conn.execute("BEGIN IMMEDIATE")
@@ -183,6 +243,8 @@ class StoreWriter:
                 total -= freed
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite may have rolled back already (SQLITE_FULL does): keep the first error
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
             raise
         return total

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -279,19 +280,28 @@ class SysfsSensors:
         )
 
 
-def idle_since(last_request: Callable[[], float | None], clock: Callable[[], float]) -> IdleSource:
+def idle_since(last_request: Callable[[], float | None], clock: Callable[[], float],
+               monotonic: Callable[[], float] = time.monotonic) -> IdleSource:
     """An :data:`IdleSource` from a "time of the last request" getter and a clock.
+
+    The wall clock places each new last-request time once, when it is first seen (the daemon
+    polls every tick, so that is a moment after the request); from then on the idle time
+    grows on ``monotonic``, so an NTP step or a clock set back neither fakes nor hides idleness.
 
     Args:
         last_request: returns the wall-clock time of the user's last request, or None if
             there has been none (→ ``math.inf``). May raise when the service is unreachable.
         clock: the same clock as ``last_request`` uses (e.g. ``time.time``).
+        monotonic: the clock durations are counted with.
     """
+    seen: list[float] = []  # [last request (wall), when it became idle (monotonic)]
 
     def idle() -> float | None:
         last = last_request()
         if last is None:
             return math.inf
-        return max(0.0, clock() - last)
+        if not seen or seen[0] != last:
+            seen[:] = [last, monotonic() - max(0.0, clock() - last)]
+        return max(0.0, monotonic() - seen[1])
 
     return idle

@@ -23,6 +23,7 @@ import numpy as np
 
 from agent.errors import TrainingError
 from agent.io.atomic import atomic_write_bytes
+from agent.io.disk import describe, is_disk_fault
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,13 @@ def _sha(arr: np.ndarray) -> str:
 
 
 def save_checkpoint(directory: Path, state: CheckpointState, lora_b: np.ndarray) -> Path:
-    """Write a checkpoint atomically, keeping the last good one as the previous generation."""
+    """Write a checkpoint atomically, keeping the last good one as the previous generation.
+
+    Raises:
+        TrainingError: the disk is full or read-only (the checkpoints already there are
+            untouched, and the temp file is gone).
+        OSError: any other write failure.
+    """
     from safetensors.numpy import save
 
     directory = Path(directory)
@@ -65,9 +72,15 @@ def save_checkpoint(directory: Path, state: CheckpointState, lora_b: np.ndarray)
     meta = {"format": str(CHECKPOINT_FORMAT), "state": json.dumps(asdict(state)),
             "lora_b_sha256": _sha(flat)}
     blob = save({"lora_b": flat}, metadata=meta)
-    # owner only: B is derived from the user's data
-    return atomic_write_bytes(directory / CURRENT, blob, mode=0o600,
-                              keep_previous=directory / PREVIOUS)
+    try:
+        # owner only: B is derived from the user's data
+        return atomic_write_bytes(directory / CURRENT, blob, mode=0o600,
+                                  keep_previous=directory / PREVIOUS)
+    except OSError as exc:
+        if not is_disk_fault(exc):
+            raise
+        raise TrainingError(f"checkpoint of step {state.step} not written: "
+                            f"{describe(directory, exc)}; the last checkpoint is kept") from exc
 
 
 def _read(path: Path) -> Checkpoint:

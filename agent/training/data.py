@@ -1,11 +1,14 @@
 """Interaction data for ZO training: JSON Lines → tokenized, masked, split, batched examples.
 
-One line is one interaction, in either form::
+One line is one interaction, in one of these forms::
 
     {"prompt": "...", "response": "...", "feedback": "up"|"down", "correction": "..."}
     {"messages": [{"role": "user", "content": "..."}, ..., {"role": "assistant", ...}],
      "feedback": ..., "correction": ...}
+    {"kind": "completion", "prompt": "...", "response": "...", ...}
 
+The first is one user turn; the last a raw completion, as the store exports served
+``/v1/completions``. Token ids come from agent/core/prompt_format.py, the service's format.
 The target is ``correction`` when present, else the response (the last assistant message).
 A ``"down"`` without a correction has no good target and is dropped. The loss covers the
 response tokens only (``mask[t] = 1`` where token t is a target; column 0 is never one).
@@ -33,13 +36,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from agent.core.prompt_format import Message, PromptError, PromptFormat, Tokenizer, conversation
 from agent.errors import DataError
-from agent.training.tokenize import Message, Tokenizer, prompt_ids, response_ids
 
 log = logging.getLogger(__name__)
 
 _MAX_LINE_WARNINGS = 20
-_ROLES = frozenset({"system", "user", "assistant", "tool"})
+_KINDS = ("chat", "completion")
 
 
 class MalformedLine(ValueError):
@@ -48,16 +51,20 @@ class MalformedLine(ValueError):
 
 @dataclass(frozen=True)
 class Interaction:
-    """A parsed line: the conversation before the reply, and the reply to learn."""
+    """A parsed line: the conversation (or raw completion prompt) and the reply to learn."""
 
     line_no: int
     messages: tuple[Message, ...]
     target: str
+    completion: str | None = None  # a raw completion prompt; then ``messages`` is empty
 
     @property
     def id(self) -> str:
         """Content hash: the identity used for de-duplication and the held-out split."""
-        key = json.dumps([list(map(list, self.messages)), self.target], ensure_ascii=False)
+        if self.completion is not None:
+            key = json.dumps(["completion", self.completion, self.target], ensure_ascii=False)
+        else:
+            key = json.dumps([list(map(list, self.messages)), self.target], ensure_ascii=False)
         return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
@@ -139,32 +146,39 @@ def parse_interaction(obj: Any, line_no: int) -> Interaction | None:
     if feedback not in (None, "up", "down"):
         raise MalformedLine(f"'feedback' must be \"up\" or \"down\", got {feedback!r}")
     correction = _text(obj, "correction", required=False)
+    kind = obj.get("kind", "chat")
+    if kind not in _KINDS:
+        raise MalformedLine(f"'kind' must be \"chat\" or \"completion\", got {kind!r}")
+    completion = None
     if "messages" in obj:
-        msgs = obj["messages"]
-        if not isinstance(msgs, list) or not msgs:
-            raise MalformedLine("'messages' must be a non-empty list")
-        parsed: list[Message] = []
-        for k, m in enumerate(msgs):
-            if not (isinstance(m, dict) and isinstance(m.get("role"), str)
-                    and isinstance(m.get("content"), str)):
-                raise MalformedLine(f"messages[{k}] needs string 'role' and 'content'")
-            if m["role"] not in _ROLES:
-                raise MalformedLine(f"messages[{k}] has unknown role {m['role']!r}")
-            parsed.append((m["role"], m["content"]))
-        if parsed[-1][0] != "assistant":
-            raise MalformedLine("the last message must be the assistant's reply")
-        context, response = tuple(parsed[:-1]), parsed[-1][1]
-        if not context:
-            raise MalformedLine("'messages' has a reply but no prompt before it")
+        if kind == "completion":
+            raise MalformedLine("a completion has a 'prompt', not 'messages'")
+        context, response = _conversation(obj["messages"])
     else:
-        prompt = _text(obj, "prompt", required=True)
+        prompt = _text(obj, "prompt", required=True) or ""
         response = _text(obj, "response", required=correction is None) or ""
-        context = (("user", prompt or ""),)
+        context = (("user", prompt),) if kind == "chat" else ()
+        completion = prompt if kind == "completion" else None
     if correction is not None:
-        return Interaction(line_no, context, correction)
+        return Interaction(line_no, context, correction, completion)
     if feedback == "down":
         return None
-    return Interaction(line_no, context, response)
+    return Interaction(line_no, context, response, completion)
+
+
+def _conversation(msgs: Any) -> tuple[tuple[Message, ...], str]:
+    """A ``messages`` list → (the turns before the reply, the reply)."""
+    if not isinstance(msgs, list) or not msgs:
+        raise MalformedLine("'messages' must be a non-empty list")
+    try:
+        parsed = conversation(msgs)
+    except PromptError as exc:
+        raise MalformedLine(str(exc)) from exc
+    if parsed[-1][0] != "assistant":
+        raise MalformedLine("the last message must be the assistant's reply")
+    if len(parsed) < 2:
+        raise MalformedLine("'messages' has a reply but no prompt before it")
+    return parsed[:-1], parsed[-1][1]
 
 
 def read_interactions(lines: Iterable[str], stats: DataStats) -> list[Interaction]:
@@ -257,14 +271,17 @@ def build_dataset(
     seen: set[str] = set()
     examples: list[Example] = []
     bos = getattr(tokenizer, "bos_token_id", None)
+    fmt = PromptFormat(tokenizer)
     for it in interactions:
         ex_id = it.id
         if ex_id in seen:
             stats.duplicates += 1
             continue
         seen.add(ex_id)
-        packed = pack(prompt_ids(tokenizer, it.messages), response_ids(tokenizer, it.target),
-                      max_length, pad_id, bos)
+        ids = _token_ids(fmt, it, stats)
+        if ids is None:
+            continue
+        packed = pack(*ids, max_length, pad_id, bos)
         if packed is None:
             stats.dropped_empty += 1
             log.warning("line %d has no response tokens within %d tokens; dropped",
@@ -276,6 +293,22 @@ def build_dataset(
     train, held = split_heldout(examples, heldout_share)
     stats.train, stats.heldout = len(train), len(held)
     return Dataset(tuple(train), tuple(held), stats, max_length)
+
+
+def _token_ids(fmt: PromptFormat, it: Interaction,
+               stats: DataStats) -> tuple[list[int], list[int]] | None:
+    """(prompt, response) ids as the service prompts; None (counted) if the template refuses."""
+    try:
+        if it.completion is not None:
+            return fmt.completion_ids(it.completion), fmt.response_ids(it.target,
+                                                                       completion=True)
+        return fmt.chat_ids(it.messages), fmt.response_ids(it.target)
+    except PromptError as exc:
+        stats.malformed += 1
+        stats.malformed_lines.append(it.line_no)
+        if stats.malformed <= _MAX_LINE_WARNINGS:
+            log.warning("skipping line %d: %s", it.line_no, exc)
+        return None
 
 
 def load_dataset(

@@ -49,3 +49,37 @@ def test_systemd_version_parsing() -> None:
     assert parse_systemd_version("systemd 252 (252.39-1~deb12u2)\n+PAM +AUDIT") == 252
     assert parse_systemd_version("systemd 256.7 (256.7-1)") == 256
     assert parse_systemd_version("") is None
+
+
+def test_live_install_writes_the_api_token_0600_for_the_service_user() -> None:
+    from agent.deploy.actions import WriteFile
+
+    facts = HostFacts(systemd_running=True, systemd_version=252, arch="aarch64",
+                      service_ids=(990, 990))
+    plan, layout = plan_install(InstallOptions(source=SOURCE, board="dev", venv=False), facts)
+    token_path = layout.state_dir / "inference.token"
+    if token_path.exists():  # a machine with mobizo-agent installed: never replaced
+        assert not [a for a in plan.actions if getattr(a, "path", None) == token_path]
+        return
+    (token,) = [a for a in plan.actions if isinstance(a, WriteFile) and a.path == token_path]
+    assert token.mode == 0o600 and token.owner == (990, 990)
+    assert len(token.data.strip()) >= 32
+    assert token.data.decode() not in "\n".join(plan.describe())  # never printed
+    # no service user yet: the service makes the token at its first start, not root
+    plan, _ = plan_install(InstallOptions(source=SOURCE, board="dev", venv=False),
+                           host(running=True))
+    assert not [a for a in plan.actions if getattr(a, "path", None) == token_path]
+    assert any("inference.token" in note for note in plan.notes)
+
+
+def test_a_secret_is_written_0600_with_its_owner(tmp_path: Path) -> None:
+    import os
+
+    from agent.deploy.actions import WriteFile, apply
+
+    path = tmp_path / "state" / "inference.token"
+    owner = (os.getuid(), os.getgid())
+    apply([WriteFile(path, b"secret-token-value-0123456789\n", 0o600, "token", owner)],
+          log=lambda _: None)
+    st = path.stat()
+    assert st.st_mode & 0o777 == 0o600 and (st.st_uid, st.st_gid) == owner

@@ -71,3 +71,53 @@ def test_units_agree_with_the_contracts() -> None:
                      r"--config /etc/mobizo-agent/agent\.toml ", inference, re.M)
     # Off on purpose (torch's oneDNN JIT needs W^X exceptions): see systemd/README.md.
     assert not re.search(r"^MemoryDenyWriteExecute=", agent + inference, re.M)
+
+
+def _setting(unit: str, key: str) -> list[str]:
+    text = (SYSTEMD_DIR / unit).read_text()
+    return re.findall(rf"^{key}=(.*)$", text, re.M)
+
+
+@pytest.mark.parametrize("unit", ["mobizo-agent.service", "mobizo-inference.service"])
+def test_no_core_dumps_and_owner_only_files(unit: str) -> None:
+    """Issue 17: the user's text never lands in a core dump or a group-readable file."""
+    assert _setting(unit, "LimitCORE") == ["0"]
+    assert _setting(unit, "UMask") == ["0077"]
+    assert _setting(unit, "StateDirectoryMode") == ["0700"]
+    # the runtime directories are shared with the group on purpose (the sockets)
+    assert _setting(unit, "RuntimeDirectoryMode") == ["0750"]
+
+
+def test_both_services_have_a_watchdog() -> None:
+    """The inference service pings from its main thread while its threads live."""
+    for unit in ("mobizo-agent.service", "mobizo-inference.service"):
+        (value,) = _setting(unit, "WatchdogSec")
+        assert 10 <= int(value) <= 300, (unit, value)
+
+
+def test_tmpfiles_state_directories_are_owner_only() -> None:
+    text = (SYSTEMD_DIR / "tmpfiles.d" / "mobizo-agent.conf").read_text()
+    rows = [line.split() for line in text.splitlines() if line.startswith("d ")]
+    modes = {row[1]: row[2] for row in rows}
+    assert {path: mode for path, mode in modes.items()
+            if path.startswith("/var/lib/mobizo-agent")} == dict.fromkeys(
+        ["/var/lib/mobizo-agent", "/var/lib/mobizo-agent/bundles",
+         "/var/lib/mobizo-agent/adapters", "/var/lib/mobizo-agent/tmp"], "0700")
+    assert modes["/run/mobizo"] == "0750"
+
+
+def test_the_default_launch_mode_caps_the_trainer_by_the_agent_units_cgroup() -> None:
+    """Fork mode (no systemd-run scope: the default for the unprivileged daemon): the burst
+    is a child in mobizo-agent.service's cgroup, so that unit's MemoryMax= is the kernel's
+    cap on daemon + trainer; the trainer (oom_score_adj 1000) is the OOM victim and the
+    unit survives it (OOMPolicy=continue)."""
+    from agent.deploy.board import DAEMON_BASE_MB, BoardCaps
+    from agent.deploy.render import render_board_dropins
+
+    assert _setting("mobizo-agent.service", "MemoryMax") == ["2G"]
+    assert _setting("mobizo-agent.service", "OOMPolicy") == ["continue"]
+    assert int(_setting("mobizo-agent.service", "OOMScoreAdjust")[0]) < 1000
+    caps = BoardCaps(profile="pi5", trainer_memory_mb=1536, inference_memory_mb=2048,
+                     trainer_nice=19)
+    dropin = render_board_dropins(caps)["mobizo-agent.service"]
+    assert f"MemoryMax={DAEMON_BASE_MB + 1536}M" in dropin

@@ -1,4 +1,5 @@
-"""Fixtures of the exporter tests: tiny quantized bundles, exported once per source version.
+"""Fixtures of the exporter tests: tiny family and quantized bundles, exported once per
+source version.
 
 Quantized exports lower slowly on a busy 2-core machine, so they are cached like the starter
 bundle (tests/conftest.py: ``cached_bundle``); exporter/quantize.py is part of the cache name
@@ -11,6 +12,8 @@ import hashlib
 from pathlib import Path
 
 import pytest
+
+from tests.exporter.tiny import FAMILY_CASES, family_bundle_path
 
 QUANT_OPTIONS = dict(slices=(1, 2), batch=(1,), max_length=16, max_context=32, prefill_chunk=8,
                      rank=4, alpha=8.0, seed=0)
@@ -67,6 +70,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             quant_bundle_path(cache_dir, scheme)
     if "windowed_bundle" in wanted:
         windowed_bundle_path(cache_dir)
+    if "family_bundle" in wanted:  # every case, not only the family rows tests/conftest.py does
+        for case in FAMILY_CASES:
+            family_bundle_path(cache_dir, case)
+
+
+@pytest.fixture(scope="session", params=list(FAMILY_CASES))
+def family_bundle(request: pytest.FixtureRequest, bundle_cache_dir: Path) -> tuple[str, Path]:
+    """``(case, bundle)`` for every case of tests/exporter/tiny.py ``FAMILY_CASES``."""
+    return request.param, family_bundle_path(bundle_cache_dir, request.param)
 
 
 @pytest.fixture(scope="session")

@@ -50,7 +50,8 @@ def test_unsupported_family(tiny_llama, tmp_path):
     cfg = json.loads((ckpt / "config.json").read_text())
     cfg["model_type"] = "gpt2"
     (ckpt / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ExportError, match="'gpt2' is not a supported family.*llama.*qwen2"):
+    with pytest.raises(ExportError, match="'gpt2' is not a supported family.*llama.*qwen2.*"
+                                          "qwen3.*gemma3_text"):
         export_bundle(ckpt, tmp_path / "out", FAST)
 
 
@@ -106,4 +107,40 @@ def test_failure_during_export_leaves_old_bundle_intact(tiny_llama, tmp_path):
     with pytest.raises(ExportError):
         export_bundle(tiny_llama, out, FAST.model_copy(update={"max_length": 4}), force=True)
     assert (out / "manifest.json").read_text() == "{}"
+    _no_leftovers(tmp_path)
+
+
+def _with_config(src: Path, dst: Path, **fields) -> Path:
+    ckpt = _copy(src, dst)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg.update(fields)
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    return ckpt
+
+
+@pytest.mark.parametrize("family, fields, words", [
+    ("llama", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}},
+     r"rope_parameters\.rope_type = 'dynamic'.*not supported"),
+    ("llama", {"rope_scaling": {"rope_type": "yarn", "factor": 2.0,
+                                "original_max_position_embeddings": 64}},
+     r"rope_type = 'yarn'"),
+    ("llama", {"num_local_experts": 8}, "num_local_experts = 8: mixture-of-experts"),
+    ("llama", {"hidden_act": "gelu"}, "hidden_act = 'gelu'"),
+    ("llama", {"quantization_config": {"quant_method": "gptq", "bits": 4}},
+     "quantization_config.*pre-quantized"),
+    ("qwen2", {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 0},
+     "sliding_attention.*not implemented for qwen2.*use_sliding_window=false"),
+    ("qwen3", {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 0},
+     "not implemented for qwen3"),
+    ("gemma3_text", {"attn_logit_softcapping": 50.0}, "attn_logit_softcapping = 50.0"),
+    ("gemma3_text", {"use_bidirectional_attention": True}, "use_bidirectional_attention"),
+])
+def test_unsupported_architecture_features_are_refused(tmp_path, family, fields, words):
+    """A config field that changes the maths and is not implemented is refused with the field
+    named, before anything is lowered: never exported wrong."""
+    src = make_tiny_checkpoint(family, tmp_path / "src")
+    ckpt = _with_config(src, tmp_path / "ckpt", **fields)
+    with pytest.raises(ExportError, match=words):
+        export_bundle(ckpt, tmp_path / "out", FAST)
+    assert not (tmp_path / "out").exists()
     _no_leftovers(tmp_path)

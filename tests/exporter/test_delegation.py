@@ -1,4 +1,5 @@
-"""The train methods lower to one XNNPACK partition for the trunk (plus the final norm).
+"""The train methods lower to one XNNPACK partition for the trunk (plus the final norm), and
+every family's programs keep a small, fixed number of partitions per method.
 
 Every op XNNPACK does not take splits the graph: the partitions' inputs and outputs then go
 through the ExecuTorch arena, and the op itself runs on the ~10x slower portable kernels
@@ -8,6 +9,8 @@ then five at b = 1 (a permuted tensor traced into RoPE's matmul became expand + 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from exporter.checkpoint import inspect_checkpoint, load_model
@@ -15,7 +18,7 @@ from exporter.lora_init import init_lora_a
 from exporter.lower import lower_methods
 from exporter.model import Decoder, TrainForward, TrainMethod
 from tests.exporter.test_model import _layout
-from tests.exporter.tiny import make_tiny_checkpoint
+from tests.exporter.tiny import FAMILY_CASES, make_tiny_checkpoint
 
 
 @pytest.mark.parametrize(("layers", "batch"), [([0, 1], 1), ([0, 1], 2), ([1], 2)],
@@ -28,3 +31,31 @@ def test_train_method_is_two_partitions(tmp_path, layers, batch):
     delegates = lower_methods({"train": (method, method.example_args(layout.num_params))},
                               tmp_path / "train.pte", backend="xnnpack")
     assert delegates == {"train": 2}
+
+
+def delegate_calls(program: Path) -> dict[str, int]:
+    """XNNPACK delegate calls per method of an exported ``.pte`` (read from the file)."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    prog = deserialize_pte_binary(program.read_bytes())
+    prog = getattr(prog, "program", prog)
+    return {plan.name: sum(1 for chain in plan.chains for ins in chain.instructions
+                           if type(ins.instr_args).__name__ == "DelegateCall")
+            for plan in prog.execution_plan}
+
+
+# Per method of every family's test bundle: the trunk and the final norm of a train method;
+# the head and the loss of head_loss (XNNPACK has no gather); in prefill/decode, partitions
+# around the KV-cache writes (index_put, which XNNPACK does not take). A tied head in
+# head_loss is one partition more (its weight is a run-time input, exporter/lower.py).
+DELEGATES = {"train_s1_b2": 2, "train_s3_b2": 2, "head_loss": 2, "prefill": 4, "decode": 4}
+TIED_EXTRA = {"head_loss": 1}
+
+
+@pytest.mark.runtime
+def test_family_programs_stay_delegated(family_bundle):
+    case, bundle = family_bundle
+    counts = delegate_calls(bundle / "train.pte") | delegate_calls(bundle / "infer.pte")
+    tied = FAMILY_CASES[case][1].get("tie_word_embeddings", False)
+    assert counts == {m: n + (TIED_EXTRA.get(m, 0) if tied else 0)
+                      for m, n in DELEGATES.items()}

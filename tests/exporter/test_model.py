@@ -11,10 +11,16 @@ import torch
 
 from agent.core.lora_layout import CANONICAL_TARGETS, LoraLayout
 from exporter.checkpoint import inspect_checkpoint, load_model
+from exporter.families import family_for
 from exporter.lora_init import init_lora_a
 from exporter.model import Decoder, InferStep, KVCache, RMSNorm, TrainForward, rotate_half_matrix
 from exporter.reference import hf_losses, merged_model
-from tests.exporter.tiny import make_tiny_checkpoint
+from tests.exporter.tiny import FAMILY_CASES, LLAMA3_ROPE, make_tiny_checkpoint
+
+# Every exported test case, plus rope types checked eagerly only
+EAGER_CASES = {**{case: (case, {}) for case in FAMILY_CASES},
+               "llama-linear-rope": ("llama", dict(rope_scaling={"rope_type": "linear",
+                                                                 "factor": 2.0}))}
 
 
 def _layout(hf, layers, rank=4, alpha=8.0) -> LoraLayout:
@@ -28,17 +34,63 @@ def _layout(hf, layers, rank=4, alpha=8.0) -> LoraLayout:
                             rank=rank, alpha=alpha)
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def _load(case: str, root) -> torch.nn.Module:
+    name, overrides = EAGER_CASES[case]
+    return load_model(inspect_checkpoint(make_tiny_checkpoint(name, root / "ckpt",
+                                                              **overrides)))
+
+
+@pytest.fixture(scope="module", params=list(EAGER_CASES))
 def hf(request, tmp_path_factory):
-    d = make_tiny_checkpoint(request.param, tmp_path_factory.mktemp(request.param) / "ckpt")
-    return load_model(inspect_checkpoint(d))
+    return _load(request.param, tmp_path_factory.mktemp(request.param))
 
 
 def test_rmsnorm_matches_transformers(hf):
     ref = hf.model.layers[0].input_layernorm
-    mine = RMSNorm(ref.weight, hf.config.rms_norm_eps)
+    offset = family_for(hf.config.model_type).norm_offset
+    mine = RMSNorm(ref.weight, hf.config.rms_norm_eps, offset)
     x = torch.randn(3, 5, hf.config.hidden_size)
     torch.testing.assert_close(mine(x), ref(x), atol=1e-6, rtol=1e-5)
+
+
+def test_tied_head_is_the_embedding_parameter(hf):
+    core = Decoder(hf, _layout(hf, [1]), init_lora_a(_layout(hf, [1]), 0))
+    tied = bool(hf.config.tie_word_embeddings)
+    assert core.tied_head is tied and (core.lm_head.weight is core.embed) is tied
+    assert core.runtime_weights() == (("embed", "lm_head.weight") if tied else ())
+
+
+def test_llama3_rope_scaling_changes_the_tables(tmp_path):
+    """The llama-tied case's "llama3" scaling really rescales some frequencies (so its parity
+    tests check the scaled tables), and transformers agrees on them."""
+    plain, scaled = _load("llama", tmp_path / "a"), _load("llama-tied", tmp_path / "b")
+    assert scaled.config.rope_parameters["rope_type"] == LLAMA3_ROPE["rope_type"]
+    cos_plain, _ = Decoder(plain, _layout(plain, [1]), init_lora_a(_layout(plain, [1]), 0)
+                           ).rope_tables(128)["full_attention"]
+    cos_scaled, _ = Decoder(scaled, _layout(scaled, [1]), init_lora_a(_layout(scaled, [1]), 0)
+                            ).rope_tables(128)["full_attention"]
+    assert (cos_plain - cos_scaled).abs().max() > 0.1
+
+
+def test_qwen2_biases_change_the_losses(tmp_path):
+    """The qwen2 parity tests are sensitive to the q/k/v biases: without them the decoder
+    disagrees with transformers."""
+    hf = _load("qwen2", tmp_path)
+    assert all(float(lyr.self_attn.q_proj.bias.detach().abs().max()) > 0 for lyr in hf.model.layers)
+    layout = _layout(hf, [0, 1])
+    lora_a = init_lora_a(layout, 0)
+    tokens = torch.randint(0, hf.config.vocab_size, (2, 10))
+    mask, lora_b = torch.ones(2, 10), torch.randn(1, layout.num_params) * 0.1
+    want = hf_losses(hf, layout, lora_a, tokens, mask, lora_b)
+    core = Decoder(hf, layout, lora_a)
+    with torch.no_grad():
+        got = TrainForward(core, slices=1, batch=2, max_length=10)(tokens, mask, lora_b)
+        for blk in core.blocks:
+            for lin in (blk.q_proj, blk.k_proj, blk.v_proj):
+                lin.base.bias.zero_()
+        unbiased = TrainForward(core, slices=1, batch=2, max_length=10)(tokens, mask, lora_b)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert (unbiased - want).abs().max() > 1e-3
 
 
 def test_rotate_half_matrix_matches_transformers():

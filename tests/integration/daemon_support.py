@@ -200,11 +200,12 @@ class ServiceProcess:
             raise AssertionError(f"service did not start: {line!r}\n{log_path.read_text()[-3000:]}")
         self.host, self.port = m.group(1), int(m.group(2))
         self.url = f"http://{self.host}:{self.port}"
+        self.token_file = state_dir / "inference.token"  # made by the service at its start
 
     def client(self) -> Any:
         from agent.io.http import Client
 
-        return Client(self.host, self.port, timeout=60)
+        return Client(self.host, self.port, timeout=60, token_file=self.token_file)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -1,5 +1,10 @@
-"""Bursts under pressure (slow): charger pulled mid-burst, kill -9 of the trainer and of the
+"""Bursts under pressure: charger pulled mid-burst, kill -9 of the trainer and of the
 daemon mid-publish, a corrupt checkpoint. Real processes throughout; the device tree is fake.
+
+Stopping on a constraint is bounded in time, not in steps (issue 17): the daemon notices
+within its tick and the trainer finishes at most the step in flight, so the bound is a tick
+plus one step (plus the checkpoint), whatever the machine's speed. The small form runs in the
+default suite; the long ones (resume to the same adapter, kill -9 mid-publish) are slow.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from tests.integration.daemon_support import (
     write_config,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.runtime]
+pytestmark = [pytest.mark.runtime]
+
+TICK_S = 0.2  # DaemonProcess's --tick-seconds
 
 ENDED = ("published", "rejected", "failed", "rolled_back")
 
@@ -69,6 +76,52 @@ def _reference_train(tmp: Path, bundle: Path, data: Path, run: dict[str, Any],
     return out
 
 
+def _step_seconds(state: Path) -> float:
+    """The longest step the trainer has reported so far (its metrics lines)."""
+    from agent.services.daemon.run_files import METRICS_FILE
+
+    rows = [json.loads(line) for line in (state / "run" / METRICS_FILE).read_text().splitlines()
+            if line.strip()]
+    return max(float(r["seconds"]) for r in rows if "seconds" in r)
+
+
+def _stop_bound(state: Path) -> float:
+    """A tick to notice, the step in flight, its checkpoint (about a step) and a margin for
+    a loaded machine (status write, reaping)."""
+    return TICK_S + 2 * _step_seconds(state) + 3.0
+
+
+def test_charger_pulled_stops_the_burst_within_a_tick_and_a_step(
+    tmp_path: Path, device: FakeDevice, starter_bundle: Path
+) -> None:
+    """The small form (default suite): unplug mid-burst, time the stop, nothing more."""
+    state = tmp_path / "state"
+    seed_store(state, n=24)
+    sections = base_config(tmp_path, device, starter_bundle, training={"steps_per_burst": 50})
+    cfg = write_config(tmp_path / "agent.toml", sections)
+    daemon = DaemonProcess(cfg, state, tmp_path / "daemon.log", tick=TICK_S)
+    try:
+        daemon.wait_socket()
+        seen = daemon.wait_status(
+            lambda s: s["state"] == "training" and (s.get("progress") or {}).get("step", 0) >= 1,
+            120, "a step")
+        trainer = seen["daemon"]["trainer_pid"]
+        device.plug(False)
+        t0 = time.monotonic()
+        stopped = daemon.wait_status(
+            lambda s: (s.get("last_burst") or {}).get("outcome") == "stopped", 60, "the stop")
+        took = time.monotonic() - t0
+        bound = _stop_bound(state)
+        assert took <= bound, (took, bound)
+        assert not pid_alive(trainer)
+        assert "on battery" in stopped["last_burst"]["reason"]
+        print(f"stop took {took:.2f} s (bound {bound:.2f} s)")
+        assert daemon.terminate() == 0
+    finally:
+        daemon.kill()
+
+
+@pytest.mark.slow
 def test_charger_pulled_mid_burst_stops_within_a_step_and_resumes_to_the_same_adapter(
     tmp_path: Path, device: FakeDevice, starter_bundle: Path
 ) -> None:
@@ -95,8 +148,9 @@ def test_charger_pulled_mid_burst_stops_within_a_step_and_resumes_to_the_same_ad
         assert not pid_alive(trainer)
         assert "on battery" in stopped["last_burst"]["reason"]
         steps_done = stopped["daemon"]["run"]["steps_done"]
-        # the step in flight finishes, one more may have started before SIGTERM landed
-        assert step_at_unplug <= steps_done <= step_at_unplug + 2, (step_at_unplug, steps_done)
+        assert step_at_unplug <= steps_done, (step_at_unplug, steps_done)
+        # bounded in time, not steps: on a fast machine several steps fit in one tick
+        assert took <= _stop_bound(state), (took, _stop_bound(state))
         assert (state / "checkpoints" / "checkpoint.safetensors").exists()
         assert "stopped with a checkpoint" in daemon.log() or stopped["state"] == "waiting"
         # keep the run's data for the reference run before it finishes and is removed
@@ -123,6 +177,7 @@ def test_charger_pulled_mid_burst_stops_within_a_step_and_resumes_to_the_same_ad
         daemon.kill()
 
 
+@pytest.mark.slow
 def test_sigterm_then_kill9_trainer_then_corrupt_checkpoint_then_kill9_daemon_mid_publish(
     tmp_path: Path, device: FakeDevice, starter_bundle: Path
 ) -> None:

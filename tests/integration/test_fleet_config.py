@@ -54,12 +54,13 @@ def test_valid_invalid_and_stale_desired_config(broker, fleet, link_factory, sub
         )
         assert rep["errors"] and rep["version"] == 2
 
-    # Stale: version 1 (< 2 applied) and 2 (== applied) are ignored without a report.
+    # Stale: version 1 (< 2 applied) is reported stale and not applied; 2 (== applied, the
+    # retained document redelivered on a reconnect) is a silent no-op.
     sub.drain(0.2)
-    for stale in (1, 2):
-        sub.publish(
-            t.config_desired, json.dumps({"version": stale, "config": {"lr": 9.0}}), retain=True
-        )
+    sub.publish(t.config_desired, json.dumps({"version": 1, "config": {"lr": 9.0}}), retain=True)
+    rep = sub.wait_json(t.config_reported, lambda d: d.get("rejected_version") == 1)
+    assert rep["version"] == 2 and "stale" in rep["errors"][0] and "reset" in rep["errors"][0]
+    sub.publish(t.config_desired, json.dumps({"version": 2, "config": {"lr": 9.0}}), retain=True)
     assert sub.drain(0.7) == []
     assert device.overrides == {"lr": 0.001} and _applies(device) == [2, 3]
 

@@ -12,10 +12,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.controller.simulator import SimDevice
-from agent.core.topics import DeviceTopics
+from agent.core.topics import DeviceTopics, FleetTopics
 from tests.integration.conftest import mqtt_config
 
 pytestmark = pytest.mark.broker
+
+
+def _ctl(fleet: str) -> str:
+    """A reply topic in the controllers' namespace (the only one a device answers to)."""
+    return FleetTopics(fleet).controller_reply(f"ctl-{uuid.uuid4().hex[:8]}")
 
 
 def _request(
@@ -67,7 +72,7 @@ def test_birth_and_retained_state(broker, fleet, link_factory, sub_factory):
 def test_every_command_from_plain_mqtt5_client(broker, fleet, link_factory, sub_factory):
     link, device = link_factory(mqtt_config(broker, fleet))
     t = DeviceTopics.for_device(fleet, "dev1")
-    reply = f"ctl/{uuid.uuid4().hex}/reply"
+    reply = _ctl(fleet)
     sub = sub_factory(reply, t.job("+"))
     cases = [
         ("status", {}, lambda r: r["result"]["state"] == "idle"),
@@ -111,11 +116,12 @@ def test_every_command_from_plain_mqtt5_client(broker, fleet, link_factory, sub_
 def test_mqtt311_client_gets_reply_on_request_id_topic(broker, fleet, link_factory, sub_factory):
     link, _ = link_factory(mqtt_config(broker, fleet))
     t = DeviceTopics.for_device(fleet, "dev1")
-    sub = sub_factory(t.cmd_result("r-311"), "custom/reply", protocol=paho.MQTTv311)
+    custom = _ctl(fleet)
+    sub = sub_factory(t.cmd_result("r-311"), custom, protocol=paho.MQTTv311)
     sub.publish(t.cmd("status"), json.dumps({"request_id": "r-311"}))
     assert sub.wait_json(t.cmd_result("r-311"))["request_id"] == "r-311"
-    sub.publish(t.cmd("status"), json.dumps({"request_id": "r-2", "reply_to": "custom/reply"}))
-    assert sub.wait_json("custom/reply")["request_id"] == "r-2"
+    sub.publish(t.cmd("status"), json.dumps({"request_id": "r-2", "reply_to": custom}))
+    assert sub.wait_json(custom)["request_id"] == "r-2"
 
 
 def test_link_runs_over_mqtt311_too(broker, fleet, link_factory, sub_factory):
@@ -148,7 +154,7 @@ def test_bad_input_gets_error_result_and_link_keeps_serving(
 ):
     link, _ = link_factory(mqtt_config(broker, fleet))
     t = DeviceTopics.for_device(fleet, "dev1")
-    reply = f"ctl/{uuid.uuid4().hex}"
+    reply = _ctl(fleet)
     sub = sub_factory(reply, t.job("+"))
     corr = b"\x00\x01bad"
     _request(sub, t.cmd(name), payload, reply=reply, corr=corr)
@@ -171,7 +177,7 @@ class _SlowStatus(SimDevice):
 def test_mqtt5_message_expiry_is_honoured(broker, fleet, link_factory, sub_factory):
     link, device = link_factory(mqtt_config(broker, fleet), device_cls=_SlowStatus)
     t = DeviceTopics.for_device(fleet, "dev1")
-    reply = f"ctl/{uuid.uuid4().hex}"
+    reply = _ctl(fleet)
     sub = sub_factory(reply)
     _request(sub, t.cmd("status"), {}, reply=reply, corr=b"slow")
     # Expires 1 s after delivery, while the worker is still busy with the slow status.
@@ -186,7 +192,7 @@ def test_mqtt5_message_expiry_is_honoured(broker, fleet, link_factory, sub_facto
 def test_other_devices_topics_are_ignored(broker, fleet, link_factory, sub_factory):
     link, device = link_factory(mqtt_config(broker, fleet))
     other = DeviceTopics.for_device(fleet, "dev2")
-    reply = f"ctl/{uuid.uuid4().hex}"
+    reply = _ctl(fleet)
     sub = sub_factory(reply)
     _request(sub, other.cmd("pause"), {}, reply=reply, corr=b"x")
     _request(sub, other.config_desired, {"version": 1, "config": {"lr": 0.1}})
@@ -198,7 +204,7 @@ def test_other_devices_topics_are_ignored(broker, fleet, link_factory, sub_facto
 def test_duplicate_job_id_never_runs_twice(broker, fleet, link_factory, sub_factory):
     link, device = link_factory(mqtt_config(broker, fleet))
     t = DeviceTopics.for_device(fleet, "dev1")
-    reply = f"ctl/{uuid.uuid4().hex}"
+    reply = _ctl(fleet)
     sub = sub_factory(reply, t.job("job-7"))
     body = {"request_id": "r1", "job_id": "job-7", "args": {"max_steps": 3}}
     _request(sub, t.cmd("train-now"), body, reply=reply, corr=b"1")
@@ -215,7 +221,7 @@ def test_duplicate_job_id_never_runs_twice(broker, fleet, link_factory, sub_fact
 def test_job_timeout_and_rejection_are_terminal(broker, fleet, link_factory, sub_factory):
     link, device = link_factory(mqtt_config(broker, fleet, job_timeout_s=0.5), step_s=0.2)
     t = DeviceTopics.for_device(fleet, "dev1")
-    reply = f"ctl/{uuid.uuid4().hex}"
+    reply = _ctl(fleet)
     sub = sub_factory(reply, t.job("+"))
     _request(sub, t.cmd("train-now"), {"job_id": "slow", "args": {"max_steps": 50}}, reply=reply)
     job = sub.wait_json(t.job("slow"), lambda d: d["status"] not in ("QUEUED", "IN_PROGRESS"))
@@ -227,9 +233,10 @@ def test_job_timeout_and_rejection_are_terminal(broker, fleet, link_factory, sub
 
 
 def test_burst_of_1000_commands_all_answered(broker, fleet, link_factory, sub_factory):
-    link, _ = link_factory(mqtt_config(broker, fleet))
+    # A controller sending a burst: the per-topic rate limit is set to let it through.
+    link, _ = link_factory(mqtt_config(broker, fleet, inbound_burst=1000))
     t = DeviceTopics.for_device(fleet, "dev1")
-    reply = f"ctl/{uuid.uuid4().hex}"
+    reply = _ctl(fleet)
     sub = sub_factory(reply)
     infos = []
     for i in range(1000):
@@ -266,7 +273,7 @@ def test_mosquitto_rr_round_trip_with_correlation_data(broker, fleet, link_facto
             "-t",
             t.cmd("status"),
             "-e",
-            f"rr/{fleet}",
+            FleetTopics(fleet).controller_reply("rr"),
             "-m",
             '{"request_id": "rr-1"}',
             "-W",

@@ -96,7 +96,8 @@ def test_command_burst_and_telemetry_share_one_tls_connection(
     drops the link (seen as "decryption failed or bad record mac" in its log)."""
     f = tls_files
     config = _tls_config(tls_broker, fleet, f.client_cert, f.client_key, f.ca)
-    config = config.model_copy(update={"telemetry_interval_s": 0.05})
+    # A burst from one controller: the per-topic inbound rate limit is set to let it through.
+    config = config.model_copy(update={"telemetry_interval_s": 0.05, "inbound_burst": 1000})
     link, _ = link_factory(config, start=False)
     link.start()
     stop = threading.Event()

@@ -29,7 +29,7 @@ def _start(bundle: Path, state: Path, **cfg: object) -> InferenceService:
 
 def _client(service: InferenceService) -> Client:
     assert service.address is not None
-    return Client(*service.address)
+    return Client(*service.address, token=service.token)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ def test_kill_9_loses_no_committed_interaction(starter_bundle: Path, tmp_path: P
         line = proc.stdout.readline().strip()
         assert line.startswith("serving on "), line
         host, port = line.removeprefix("serving on ").rsplit(":", 1)
-        client = Client(host, int(port), timeout=30)
+        client = Client(host, int(port), timeout=30, token_file=state / "inference.token")
         delivered: list[str] = []
         lock = threading.Lock()
 

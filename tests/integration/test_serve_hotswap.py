@@ -28,7 +28,7 @@ def test_hot_swap_under_load(starter_bundle: Path, tmp_path: Path) -> None:
                            ServeConfig(listen="127.0.0.1:0", watch_interval_s=0.05))
     svc.start()
     assert svc.address is not None
-    client = Client(*svc.address)
+    client = Client(*svc.address, token=svc.token)
     stop = threading.Event()
     results: list[tuple[float, float, int, str, str]] = []
     lock = threading.Lock()

@@ -111,7 +111,7 @@ def test_caps_evict_oldest_and_drop_oversize(tmp_path: Path) -> None:
 
 
 def test_retention_and_purge(tmp_path: Path) -> None:
-    now = [1_000_000.0]
+    now = [1_800_000_000.0]  # a synced clock: retention waits for one
     store = InteractionStore(tmp_path / "s.sqlite3", StoreConfig(retention_days=1),
                              clock=lambda: now[0])
     old = Interaction(response="old", prompt="p", created_at=now[0] - 2 * 86400)
@@ -119,6 +119,7 @@ def test_retention_and_purge(tmp_path: Path) -> None:
     store.record(old)
     store.record(new)
     store.flush()
+    store.flush()  # retention runs after a batch's tickets: the second flush waits for it
     assert store.get(old.id) is None and store.get(new.id) is not None
     assert store.purge() == 1
     assert store.counts()["interactions"] == 0

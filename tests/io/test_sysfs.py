@@ -174,11 +174,28 @@ def test_idle_source_failures_are_unknown(tree: Tree) -> None:
 
 def test_idle_since_clock() -> None:
     now = [1000.0]
+    mono = [5.0]
     last: list[float | None] = [None]
-    idle = idle_since(lambda: last[0], lambda: now[0])
+    idle = idle_since(lambda: last[0], lambda: now[0], lambda: mono[0])
     assert idle() == math.inf
     last[0] = 940.0
     assert idle() == 60.0
+
+
+def test_idle_time_ignores_wall_clock_steps() -> None:
+    """An NTP step (1970 -> now) or a clock set back neither fakes nor hides idleness."""
+    now, mono = [1_000.0], [5.0]
+    last: list[float | None] = [990.0]
+    idle = idle_since(lambda: last[0], lambda: now[0], lambda: mono[0])
+    assert idle() == 10.0
+    now[0], mono[0] = 1_800_000_000.0, 7.0  # synced: 56 years "later", 2 s really
+    assert idle() == 12.0
+    now[0], mono[0] = 500.0, 8.0  # set back before the request
+    assert idle() == 13.0
+    last[0], now[0] = 500.0, 500.0  # a new request: idle again from zero
+    assert idle() == 0.0
+    mono[0] = 9.5
+    assert idle() == 1.5
 
 
 def test_from_config(tree: Tree, tmp_path: Path) -> None:

@@ -134,3 +134,34 @@ def test_batches_are_deterministic_epoch_based(tmp_path, byte_tokenizer):
     assert tokens.shape == (4, 16) and str(tokens.dtype) == "torch.int64"
     assert mask.dtype.is_floating_point and np.all(mask.numpy()[:, 0] == 0)
     assert s1.cursor(3) == (1, 2)
+
+
+def test_completion_rows_developer_and_content_parts() -> None:
+    c = D.parse_interaction({"kind": "completion", "prompt": "Once upon", "response": " a time"},
+                            1)
+    assert c is not None and c.completion == "Once upon" and c.messages == ()
+    assert c.id != D.parse_interaction({"prompt": "Once upon", "response": " a time"}, 1).id
+    m = D.parse_interaction({"messages": [
+        {"role": "developer", "content": "terse"},
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text",
+                                                                     "text": "b"}]},
+        {"role": "assistant", "content": "ok"}]}, 1)
+    assert m is not None and m.messages == (("developer", "terse"), ("user", "a\nb"))
+    for bad in ({"kind": "poem", "prompt": "x", "response": "y"},
+                {"kind": "completion", "messages": [{"role": "user", "content": "q"},
+                                                    {"role": "assistant", "content": "a"}]},
+                {"messages": [{"role": "user", "content": [{"type": "image_url"}]},
+                              {"role": "assistant", "content": "a"}]}):
+        with pytest.raises(D.MalformedLine):
+            D.parse_interaction(bad, 1)
+
+
+def test_completion_is_prompted_raw(byte_tokenizer) -> None:
+    stats = D.DataStats()
+    lines = [json.dumps({"kind": "completion", "prompt": "abc", "response": "de"})]
+    ds = D.build_dataset(D.read_interactions(lines, stats), byte_tokenizer, max_length=16,
+                         pad_id=0, heldout_share=0.0, stats=stats)
+    (ex,) = ds.train
+    n = int(np.argmax(ex.mask))
+    assert byte_tokenizer.decode(list(ex.tokens[:n])) == "abc"  # no "user: ", no template
+    assert ex.n_targets == 3 and ex.tokens[n + 2] == byte_tokenizer.eos_token_id

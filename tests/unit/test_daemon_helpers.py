@@ -49,7 +49,7 @@ def test_burst_progress_reads_only_the_new_burst_and_records_it(tmp_path: Path) 
     path = tmp_path / "m.jsonl"
     path.write_text('{"step": 3, "loss": 9.0}\n')  # an earlier burst's line
     now = [100.0]
-    progress = BurstProgress(lambda: now[0])
+    progress = BurstProgress(lambda: now[0], lambda: now[0])  # wall clock, monotonic
     progress.watch(path)
     progress.begin(start_step=3)
     with path.open("a") as fh:

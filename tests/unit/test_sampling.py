@@ -77,3 +77,15 @@ def test_stop_scanner_releases_false_alarm_and_waits_for_utf8() -> None:
     assert scanner.feed("a Ex\ufffd") == ""
     assert scanner.feed("a Exé") == "é"
     assert scanner.finish("a Exé!") == "!"
+
+
+def test_top_k_keeps_only_the_k_likeliest() -> None:
+    logits = np.log(np.array([0.4, 0.3, 0.2, 0.1]))
+    rng = np.random.default_rng(0)
+    params = SamplingParams(temperature=1.0, top_k=2)
+    draws = [choose_token(logits, params, rng) for _ in range(4000)]
+    freq = np.bincount(draws, minlength=4) / len(draws)
+    assert freq[2] == freq[3] == 0
+    assert np.allclose(freq[:2], [0.4 / 0.7, 0.3 / 0.7], atol=0.03)
+    off = SamplingParams(temperature=1.0, top_k=0)  # 0: no cut
+    assert len({choose_token(logits, off, rng) for _ in range(400)}) == 4

@@ -10,6 +10,8 @@ from the trainer's ``--metrics`` JSON lines, tailed incrementally.
 Stopping is cooperative first: SIGTERM makes the trainer finish its step, checkpoint and exit
 with 75 (resumable); a child that does not exit within the bound is SIGKILLed — the checkpoint
 written by the last finished step (two generations, atomic) is what the next burst resumes.
+Every time here is monotonic (``clock``): a wall clock set by NTP must not stretch or cut a
+deadline. SIGKILL also ends a SIGSTOPped child, which SIGTERM cannot.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.core.train_job import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK
+from agent.core.train_job import EXIT_BAD_INPUT as EXIT_BAD_INPUT
+from agent.core.train_job import EXIT_INTERRUPTED as EXIT_INTERRUPTED
+from agent.core.train_job import EXIT_OK as EXIT_OK
 from agent.io.children.launch import LaunchPlan, TrainerLimits, build_trainer_launch
 
 log = logging.getLogger(__name__)
@@ -120,6 +124,7 @@ class ChildProcess:
     started_at: float = 0.0
     returncode: int | None = None
     term_sent_at: float | None = None
+    kill_reason: str | None = None
     plan: LaunchPlan | None = field(default=None, repr=False)
 
     def start(self) -> None:
@@ -164,9 +169,19 @@ class ChildProcess:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)
 
-    def kill(self) -> None:
-        """SIGKILL its whole process group (the child runs in its own session)."""
+    def age(self) -> float:
+        """Seconds since it was started (0 before :meth:`start`)."""
+        return self.clock() - self.started_at if self.proc is not None else 0.0
+
+    def kill(self, reason: str | None = None) -> None:
+        """SIGKILL its whole process group (the child runs in its own session).
+
+        Args:
+            reason: why, kept in :attr:`kill_reason` for the exit's description.
+        """
         if self.running and self.proc is not None:
+            if reason is not None and self.kill_reason is None:
+                self.kill_reason = reason
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):

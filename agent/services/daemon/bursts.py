@@ -3,8 +3,11 @@
 A burst trains the current run for up to ``steps_per_burst`` steps in a trainer child
 (:func:`~agent.services.daemon.children.trainer_argv`). The policy is asked again while it runs;
 when it no longer allows training (or the user pauses) the trainer gets SIGTERM, checkpoints
-and exits resumable, and is killed if it has not within ``stop_grace_s``. A finished burst
-sends the run to evaluation; a stopped one resumes from its checkpoint at the next start.
+and exits resumable, and is killed if it has not within ``stop_grace_s``. Whatever happens, a
+trainer still running ``max_seconds_per_burst + stop_grace_s`` after its start is killed (it
+stops itself at ``max_seconds_per_burst``; one that hangs or is SIGSTOPped does not). A
+finished burst sends the run to evaluation; a stopped one resumes from its checkpoint at the
+next start.
 A crashing trainer is retried after a growing pause, resuming from the last good checkpoint;
 after :data:`MAX_RUN_FAILURES` crashes in a row (or one refused input) the run is abandoned.
 """
@@ -73,7 +76,7 @@ class RunBursts:
         self.files = runs.files
         self.reporter = runs.reporter
         self.child: ChildProcess | None = None
-        self.progress = BurstProgress(ctx.clock)
+        self.progress = BurstProgress(ctx.clock, ctx.monotonic)
         self.constraints_hold_at: float | None = None
         self.first_step_latency_s: float | None = None
         # a crashing trainer must not be restarted in a tight loop
@@ -83,6 +86,10 @@ class RunBursts:
                                0.0)
         self.retry_at: float | None = None
         self.retry_reason = "waiting: last burst failed"
+        # the last burst's end on the wall clock (stored, shown) and on the monotonic clock
+        # (what the cooldown counts with, so an NTP step neither ends nor stretches it)
+        self._ended_wall: float | None = None
+        self._ended_mono = 0.0
 
     def waiting_to_retry(self) -> bool:
         """Whether the pause after a failed burst still runs (the status says how long)."""
@@ -93,6 +100,20 @@ class RunBursts:
                 return True
             self.retry_at = None
         return False
+
+    def seconds_since_end(self, last_end: float | None) -> float | None:
+        """Seconds since the last burst ended (``last_end``: its stored wall-clock time).
+
+        Counted on the monotonic clock. A burst that ended before this process started is
+        placed once by the wall clock (never in the future: a clock set back since then
+        counts from now) and counted monotonically from there.
+        """
+        if last_end is None:
+            return None
+        if self._ended_wall != last_end:
+            self._ended_wall = last_end
+            self._ended_mono = self.ctx.monotonic() - max(0.0, self.ctx.clock() - last_end)
+        return max(0.0, self.ctx.monotonic() - self._ended_mono)
 
     def constraints_hold(self, hold: bool) -> None:
         """Whether the policy allows training now; the first-step latency counts from the
@@ -154,6 +175,8 @@ class RunBursts:
             self.child = None
             self._ended(code, child)
             return
+        if self._past_deadline(child):
+            return
         if child.term_sent_at is None:
             decision = self.ctx.decide(True)
             paused = self.ctx.wishes.paused
@@ -166,6 +189,20 @@ class RunBursts:
         elif child.overdue(grace_s := self.ctx.config().daemon.stop_grace_s):
             log.warning("trainer did not checkpoint within %.0f s; killing it", grace_s)
             child.kill()
+
+    def _past_deadline(self, child: ChildProcess) -> bool:
+        """Kill a trainer past its hard deadline; whether it was killed now."""
+        cfg = self.ctx.config()
+        hard_s = cfg.training.max_seconds_per_burst + cfg.daemon.stop_grace_s
+        if child.age() <= hard_s:
+            return False
+        if child.kill_reason is None:
+            log.warning("trainer pid %s still runs %.0f s after its start; killing it",
+                        child.pid, child.age())
+            self.progress.stop_reason = "over its time limit"
+            child.kill(f"ran past its deadline (max_seconds_per_burst + stop_grace_s = "
+                       f"{hard_s:.0f} s) and was killed")
+        return True
 
     def read_metrics(self) -> None:
         """Take the trainer's new metrics lines into the run and the status."""
@@ -192,7 +229,9 @@ class RunBursts:
         runs = self.runs
         run = runs.run
         assert run is not None
-        runs.remember(last_burst_end=self.ctx.clock())
+        self._ended_wall = ended = self.ctx.clock()
+        self._ended_mono = self.ctx.monotonic()
+        runs.remember(last_burst_end=ended)
         self.constraints_hold_at = None
         if code == -signal.SIGTERM and child.term_sent_at is not None:
             # stopped before its handler was installed (still importing): nothing was lost
@@ -215,7 +254,7 @@ class RunBursts:
             runs.write_run()
             self.reporter.set("waiting", reason)
             return
-        why = describe_exit(code)
+        why = child.kill_reason or describe_exit(code)
         detail = child.last_error_line()
         reason = f"trainer {why}" + (f": {detail}" if detail else "")
         log.error("burst of run %s failed: %s", run.run_id, reason)

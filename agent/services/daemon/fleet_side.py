@@ -17,7 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agent.config import LoadedConfig, diff, replace_overrides
+from agent.config import LoadedConfig, diff
+from agent.config.overrides import OverridesRefused, fleet_overrides, save_fleet_overrides
 from agent.core.command_wire import (
     Ack,
     CommandFailed,
@@ -36,6 +37,7 @@ from agent.core.fleet_documents import (
     BurstInfo,
     ConstraintsInfo,
     StateDocument,
+    fleet_reason,
 )
 from agent.core.policy import SKIPPABLE, DeviceSnapshot
 from agent.core.status import AgentStatus
@@ -122,11 +124,13 @@ class FleetCommands:
 
     # --- DesiredConfigSink --------------------------------------------------------------------
     def apply(self, version: int, document: dict[str, Any]) -> ApplyResult:
-        """Validate and persist a desired config, then switch to it on the main loop."""
+        """Check a desired config against the fleet policy and the schema, switch to it on the
+        main loop, and only then save it: what did not apply never survives a reboot."""
         current: LoadedConfig = self.daemon.loaded
         try:
-            new = replace_overrides(current, {**document, **self.forced}, version=version,
-                                    path=current.config.paths.overrides_file)
+            new = fleet_overrides(current, document, forced=self.forced)
+        except OverridesRefused as exc:
+            return ApplyResult(errors=exc.problems)
         except MobizoError as exc:
             return ApplyResult(errors=[str(exc)])
         changed = diff(current.config, new.config)
@@ -138,7 +142,17 @@ class FleetCommands:
         cmd = self.daemon.commands.call("apply-config", switch)
         if cmd.error is not None:
             return ApplyResult(errors=[cmd.error])
+        try:
+            save_fleet_overrides(current.config.paths.overrides_file, document, version)
+        except (OSError, MobizoError) as exc:
+            # Running with it, but a reboot comes back without it: the controller must know.
+            return ApplyResult(applied_version=version,
+                               warnings=[f"applied but not saved for the next boot: {exc}"])
         return ApplyResult(applied_version=version)
+
+    def boot_problems(self) -> list[str]:
+        """Why the saved overrides were not replayed at this boot (empty: they were)."""
+        return list(self.daemon.loaded.dropped_overrides)
 
 
 def state_document(status: AgentStatus, snap: DeviceSnapshot | None,
@@ -160,7 +174,7 @@ def state_document(status: AgentStatus, snap: DeviceSnapshot | None,
             if value is not None:
                 evals[key] = value
     return StateDocument(
-        state=status.state, reason=status.reason,
+        state=status.state, reason=fleet_reason(status.reason),
         adapter=AdapterInfo(version=status.active_adapter, eval_metrics=evals),
         last_burst=None if last is None else BurstInfo(
             steps=last.steps, loss=last.train_loss_end,

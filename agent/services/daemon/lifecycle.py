@@ -25,6 +25,7 @@ from typing import Any
 
 from agent.core.eval_gate import GateResult
 from agent.core.policy import Decision
+from agent.services.daemon import purge_cleanup
 from agent.services.daemon.bursts import MAX_RUN_FAILURES, RunBursts
 from agent.services.daemon.evaluation import CandidateEval, EvalFailed
 from agent.services.daemon.publish import (
@@ -75,6 +76,61 @@ class RunLifecycle:
                  self.run.run_id, self.run.phase, self.run.steps_done)
         reap_orphan_trainer(self.run.trainer_pid, self.files.checkpoint_dir,
                             self.ctx.config().daemon.stop_grace_s)
+
+    # ------------------------------------------------------------------ purges
+    def check_purges(self) -> None:
+        """After a store purge (CLI or fleet), remove what was trained on the purged rows.
+
+        See :mod:`agent.services.daemon.purge_cleanup`: the run in progress if its snapshot
+        may hold a purged row, every leftover candidate and checkpoint, and every adapter
+        version trained on purged rows (rolling back first when one of them is active).
+        """
+        newest, first_seq = self.ctx.store.purges_after(self.memory.purge_seen)
+        if first_seq is None:
+            return
+        log.info("the store was purged (from insertion seq %d): removing what was trained "
+                 "on the purged rows", first_seq)
+        run = self.run
+        if run is not None and purge_cleanup.run_trained_on(run.data_seq, first_seq):
+            self.bursts.stop()
+            self.evaluation.stop()
+            self.finish_run(RunOutcome("failed", "its training data was purged"),
+                            advance_cursor=False)
+        self._forget_adapters(first_seq)
+        self._remove_leftovers()
+        self.seen_change_seq = None  # recount the new examples
+        self.data_short_at = None
+        self.remember(purge_seen=newest)
+
+    def _forget_adapters(self, first_seq: int) -> None:
+        registry = self.ctx.registry
+        tainted = purge_cleanup.tainted_versions(registry.list(), first_seq)
+        if not tainted:
+            return
+        pointer = registry.pointer()
+        active = pointer.version if pointer else None
+        history = list(pointer.history) if pointer else []
+        to = purge_cleanup.fallback_version(history, registry.versions(), tainted)
+        registry.forget(tainted, activate=to)
+        if active in tainted:
+            log.warning("active adapter %s was trained on purged data: now serving %s",
+                        active, to)
+            refused = self.ctx.tell_service(to)
+            if refused:
+                log.error("the inference service refused %s after the purge: %s", to, refused)
+            self.reporter.update(active_adapter=to)
+            self.ctx.state_changed()
+
+    def _remove_leftovers(self) -> None:
+        """Candidates and checkpoints that belong to no run in progress."""
+        keep = self.run.run_id if self.run is not None else None
+        if keep is None:
+            self.files.clear_checkpoints()
+        base = self.files.candidates_dir
+        if base.is_dir():
+            for path in base.iterdir():
+                if path.name != keep:
+                    self.files.remove_candidate(path.name)
 
     # ------------------------------------------------------------------ new data
     def refresh_new_examples(self) -> None:

@@ -39,6 +39,7 @@ from agent.config import AgentConfig, LoadedConfig
 from agent.core.policy import Decision, DeviceSnapshot, PolicyState, decide
 from agent.core.status import AgentStatus
 from agent.errors import AdapterError, MobizoError
+from agent.io.disk import DiskFaults, free_bytes, is_disk_fault_at, read_only
 from agent.io.systemd import Notifier, WatchdogPinger
 from agent.services.daemon.commands import CommandQueue, CommandTable, DaemonHandlers
 from agent.services.daemon.debug_hooks import DebugHooks
@@ -52,6 +53,9 @@ from agent.services.daemon.status import StatusReporter, heavy_modules_loaded, r
 from agent.services.daemon.wishes import UserWishes
 
 log = logging.getLogger(__name__)
+
+#: A run-file write that failed on a full disk is retried once at least this much is free.
+DISK_ROOM_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,9 @@ class Daemon:
         reload_fn: re-reads the config file: (fresh config, changed sections).
         reconfigure: redoes what changed sections configure; returns the new ports.
         on_state_change: told when the status changed (the fleet link republishes state).
+        faults: the disk faults every write path reports (shown in the status).
+        status_interval_s: shortest time between status writes that change only the reason
+            or the progress (SD-card wear).
     """
 
     def __init__(
@@ -108,6 +115,8 @@ class Daemon:
         reload_fn: Callable[[], tuple[LoadedConfig, set[str]]] | None = None,
         reconfigure: Reconfigure | None = None,
         on_state_change: Callable[[], None] | None = None,
+        faults: DiskFaults | None = None,
+        status_interval_s: float = 10.0,
     ) -> None:
         self.loaded = loaded
         self.registry = registry
@@ -124,8 +133,10 @@ class Daemon:
         self.wake = threading.Event()
         self.commands = CommandQueue(self.wake)
         self.reload_requested = threading.Event()
+        self.faults = faults if faults is not None else DiskFaults(clock)
         self.reporter = StatusReporter(state_dir, notifier, clock, self.active_version,
-                                       on_state_change)
+                                       on_state_change, faults=self.faults,
+                                       min_interval_s=status_interval_s)
         self.wishes = UserWishes()
         self.last_decision: Decision | None = None
         self.last_snapshot: DeviceSnapshot | None = None
@@ -149,8 +160,9 @@ class Daemon:
 
     @property
     def status(self) -> AgentStatus:
-        """The current status (read from any thread: replaced whole, never changed in place)."""
-        return self.reporter.status
+        """The current status, disk faults included (read from any thread: replaced whole,
+        never changed in place)."""
+        return self.reporter.shown()
 
     def command_table(self) -> CommandTable:
         """What the control socket accepts: the daemon's commands (+ the debug ones)."""
@@ -215,6 +227,10 @@ class Daemon:
             self.tick_errors = 0
             return True
         except Exception as exc:  # the loop must survive anything one tick does
+            if is_disk_fault_at(exc, self.config.paths.state_dir):
+                # a full or read-only disk is not a sick loop: report it, keep the watchdog fed
+                self._disk_fault(exc)
+                return True
             self.tick_errors += 1
             log.exception("main loop tick failed: %s", exc)
             with contextlib.suppress(Exception):  # reporting must not raise again
@@ -228,15 +244,44 @@ class Daemon:
 
     def _advance(self) -> None:
         runs = self.runs
+        held = self._disk_hold()
+        if held is None:  # the store may not even open while the card is full or read-only
+            runs.check_purges()
         if runs.bursts.child is not None:
             runs.bursts.follow()
         elif runs.evaluation.child is not None:
             runs.follow_eval()
         elif self.wishes.paused is not None:
             self.reporter.set("paused", self.wishes.paused)
+        elif held is not None:
+            self.reporter.set("waiting", "waiting: a run file could not be written",
+                              blocked_by=("disk",))
         else:
             runs.consider_start()
         self.reporter.publish()
+
+    def _disk_fault(self, exc: BaseException) -> None:
+        """A run file could not be written: report it; no new run starts until there is room."""
+        path = getattr(exc, "filename", None) or self.config.paths.state_dir
+        had = self.faults.get("run")
+        message = self.faults.report("run", path, exc)
+        if had != message:
+            log.error("%s (%s); training holds until there is room", message, exc)
+        with contextlib.suppress(Exception):  # reporting must not raise again
+            self.reporter.publish()
+
+    def _disk_hold(self) -> str | None:
+        """The run-file fault while the disk still has no room; cleared once it has."""
+        fault = self.faults.get("run")
+        if fault is None:
+            return None
+        state_dir = self.config.paths.state_dir
+        room = free_bytes(state_dir)
+        if read_only(state_dir) or (room is not None and room < DISK_ROOM_BYTES):
+            return fault
+        log.info("the state directory has room again; training may resume")
+        self.faults.clear("run")
+        return None
 
     # ------------------------------------------------------------------ policy
     def decide(self, training: bool) -> Decision:
@@ -255,9 +300,7 @@ class Daemon:
     def _policy_state(self, training: bool) -> PolicyState:
         runs = self.runs
         runs.refresh_new_examples()
-        since = None
-        if runs.memory.last_burst_end is not None:
-            since = max(0.0, self.clock() - runs.memory.last_burst_end)
+        since = runs.bursts.seconds_since_end(runs.memory.last_burst_end)  # monotonic
         if runs.run is not None and not training:
             # A run in progress resumes whatever new data or cooldown say.
             need = self.config.constraints.min_new_examples

@@ -8,6 +8,7 @@ fake sysfs tree without building a daemon.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,6 +48,10 @@ class ExampleStore(Protocol):
 
     def purge(self, before: float | None = None) -> int: ...
 
+    def purges_after(self, purge_id: int) -> tuple[int, int | None]: ...
+
+    def last_seq(self) -> int: ...
+
 
 class Registry(Protocol):
     """The adapter registry (:class:`agent.io.registry.AdapterRegistry`)."""
@@ -66,3 +71,9 @@ class Registry(Protocol):
                eval_result: dict[str, Any] | None = None, reason: str = "") -> str: ...
 
     def rollback(self, to: str | None = None) -> str: ...
+
+    def pointer(self) -> Any: ...
+
+    def versions(self) -> Sequence[str]: ...
+
+    def forget(self, versions: Any, *, activate: str) -> None: ...

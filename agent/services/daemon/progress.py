@@ -9,6 +9,7 @@ burst.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,16 @@ class BurstProgress:
     """The current (or last) burst: its start, its training losses, why it was stopped.
 
     Args:
-        clock: wall clock for the burst's start and end times.
+        clock: wall clock for the burst's start and end times (shown).
+        monotonic: the clock its duration (steps per second) is counted with.
     """
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float],
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
+        self.monotonic = monotonic
         self.started = 0.0  # 0: no burst started in this daemon (a run resumed at evaluation)
+        self._started_mono = 0.0
         self.start_step = 0
         self.losses: list[float] = []
         self.stop_reason = ""
@@ -40,6 +45,7 @@ class BurstProgress:
     def begin(self, start_step: int) -> None:
         """A trainer started, resuming at ``start_step``."""
         self.started = self.clock()
+        self._started_mono = self.monotonic()
         self.start_step = start_step
         self.losses = []
         self.stop_reason = ""
@@ -62,7 +68,7 @@ class BurstProgress:
         """How the burst ended, for the status (``steps_done``: the run's; None: no run)."""
         clock = self.clock
         steps = (steps_done - self.start_step) if steps_done is not None else 0
-        seconds = max(1e-9, clock() - self.started) if self.started else None
+        seconds = max(1e-9, self.monotonic() - self._started_mono) if self.started else None
         return BurstMetrics(
             started_at=self.started or clock(), ended_at=clock(),
             steps=max(0, steps), outcome=outcome, reason=reason[:500],  # type: ignore[arg-type]

@@ -106,7 +106,8 @@ def publish_or_reject(
     """
     metrics: dict[str, Any] = {
         "run_id": run.run_id, "steps": run.steps_done, "n_train": run.n_train,
-        "n_heldout": run.n_heldout, "seed": run.seed, "train_loss_end": train_loss_end}
+        "n_heldout": run.n_heldout, "seed": run.seed, "train_loss_end": train_loss_end,
+        "data_seq": run.data_seq}  # the data window: a purge removes what saw purged rows
     parent = run.init_version
     metrics["compared_with"] = compared_with
     if not gate.publish:

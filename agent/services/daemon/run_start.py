@@ -59,5 +59,5 @@ def open_run(ctx: RunContext, runs_before: int) -> RunState | NotEnoughData:
     return RunState(
         run_id=run_id, seed=seed, init_adapter=str(init_dir), init_version=init_version,
         cursor=snap.cursor, n_train=snap.n_train, n_heldout=snap.n_heldout,
-        created_at=ctx.clock(), manual=ctx.wishes.manual is not None,
+        created_at=ctx.clock(), manual=ctx.wishes.manual is not None, data_seq=snap.data_seq,
         training_hash=training_hash(cfg.training))

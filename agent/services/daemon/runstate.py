@@ -36,6 +36,9 @@ class RunState(BaseModel):
     manual: bool = False
     training_hash: str = Field(default="", description="[training] the run was started under")
     trainer_pid: int | None = Field(default=None, description="pid of the last burst's trainer")
+    data_seq: int | None = Field(
+        default=None, description="highest store insertion seq when the snapshot was taken "
+        "(every row trained on has seq <= it; None: not recorded)")
 
 
 class DaemonMemory(BaseModel):
@@ -46,6 +49,7 @@ class DaemonMemory(BaseModel):
     cursor: int = 0
     last_burst_end: float | None = None
     runs: int = 0
+    purge_seen: int = Field(default=0, ge=0, description="last store purge cleaned up after")
 
 
 

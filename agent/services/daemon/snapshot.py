@@ -36,6 +36,8 @@ class Snapshot:
         n_train: training examples written.
         n_heldout: held-out examples written.
         cursor: the store's change cursor the snapshot covers (next "new examples" start).
+        data_seq: the store's highest insertion seq after reading: every row written is <= it
+            (what a purge compares with; see agent/services/daemon/purge_cleanup.py).
     """
 
     train: Path
@@ -43,6 +45,7 @@ class Snapshot:
     n_train: int
     n_heldout: int
     cursor: int
+    data_seq: int | None = None
 
 
 def count_new_examples(store: ExampleStore, cursor: int) -> tuple[int, int]:
@@ -74,7 +77,8 @@ def snapshot_examples(
         text = "".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in rows)
         atomic_write_text(path, text, mode=0o600)  # user content: owner only
         paths.append(path)
-    return Snapshot(paths[0], paths[1], len(train), len(held), cursor)
+    # read after the examples: every row the snapshot holds has a seq <= this
+    return Snapshot(paths[0], paths[1], len(train), len(held), cursor, store.last_seq())
 
 
 def remove_snapshot(directory: Path) -> None:

@@ -6,6 +6,13 @@ to the MQTT 5 response topic, else the request's ``reply_to``, else
 ``<prefix>/cmd-result/<request_id>``. Desired config is validated and applied by the daemon's
 :class:`~agent.core.fleet_documents.DesiredConfigSink`; the outcome is retained on
 ``config/reported``. A malformed message gets an error reply, never a crash.
+
+What the fleet can never make it do (docs/security.md): run a retained command (it would run
+again at every reconnect: refused with an error reply), reply outside the controllers' reply
+namespace or its own ``cmd-result/`` (refused, not run), parse a payload over the limit (the
+transport dropped it unread) or nested deeper than ``max_json_depth``, or take a version at or
+above 2**53 (refused) or older than the applied one (reported stale; the controller may reset
+the sequence with a document marked ``reset``).
 """
 
 from __future__ import annotations
@@ -26,7 +33,14 @@ from agent.core.commands import (
     parse_command,
     run_short,
 )
-from agent.core.fleet_documents import DesiredConfig, DesiredConfigSink, ReportedConfig
+from agent.core.fleet_documents import (
+    MAX_CONFIG_VERSION,
+    ApplyResult,
+    DesiredConfig,
+    DesiredConfigSink,
+    ReportedConfig,
+)
+from agent.core.json_depth import json_depth_exceeds
 from agent.io.fleet_store import FleetStore
 from agent.io.mqtt import Inbound
 from agent.services.fleet.jobs import FleetJobs
@@ -88,6 +102,19 @@ class FleetInbound:
             log.debug("ignoring message on %s", topic)
 
     # -- desired config -------------------------------------------------------------------
+    def report_boot_problems(self) -> None:
+        """At start: if the saved overrides were not replayed, say why on ``config/reported``
+        (published on connect) and forget the applied version, so the controller's desired
+        config is judged afresh."""
+        problems = self.config_sink.boot_problems()
+        if not problems:
+            return
+        previous = self._applied_version()
+        self.store.put("config_applied_version", "")
+        report = ReportedConfig(version=None, status="rejected", rejected_version=previous,
+                                errors=problems, ts=self.clock())
+        self.store.put("config_reported", report.model_dump_json())
+
     def republish_reported_config(self) -> None:
         """Re-assert the last reported config (on connect; the broker may have lost it)."""
         reported = self.store.get("config_reported")
@@ -96,46 +123,74 @@ class FleetInbound:
                 self.topics.config_reported, reported.encode(), qos=self.config.qos, retain=True
             )
 
-    def _on_desired(self, msg: Inbound) -> None:
-        if not msg.payload:
-            return  # retained message cleared
-        applied = self.store.get("config_applied_version")
-        last = int(applied) if applied is not None else None
-        errors: list[str]
-        version: int | None = None
-        if len(msg.payload) > self.config.command_max_payload_bytes:
-            errors = [
-                f"desired config is {len(msg.payload)} bytes; limit "
-                f"{self.config.command_max_payload_bytes}"
+    def _applied_version(self) -> int | None:
+        raw = self.store.get("config_applied_version")
+        try:
+            version = int(raw) if raw else None
+        except ValueError:
+            version = None
+        if version is not None and not 0 <= version <= MAX_CONFIG_VERSION:
+            # Saved by an older agent that took any integer: one huge version would block
+            # every later one for good.
+            log.warning("ignoring the saved desired-config version %d (out of range)", version)
+            return None
+        return version
+
+    def _read_desired(self, msg: Inbound) -> DesiredConfig | list[str]:
+        limit = self.config.command_max_payload_bytes
+        size = msg.oversize or len(msg.payload)
+        if size > limit:
+            return [f"desired config is {size} bytes; limit {limit}"]
+        if json_depth_exceeds(msg.payload, self.config.max_json_depth):
+            return [f"desired config nests deeper than {self.config.max_json_depth} levels"]
+        try:
+            return DesiredConfig.model_validate_json(msg.payload)
+        except ValidationError as exc:
+            return [
+                f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}"
+                for e in exc.errors()[:10]
             ]
+
+    def _on_desired(self, msg: Inbound) -> None:
+        if not msg.payload and not msg.oversize:
+            return  # retained message cleared
+        last = self._applied_version()
+        desired = self._read_desired(msg)
+        version: int | None = None
+        result = ApplyResult()
+        if isinstance(desired, list):
+            result = ApplyResult(errors=desired)
         else:
-            try:
-                desired = DesiredConfig.model_validate_json(msg.payload)
-            except ValidationError as exc:
-                errors = [
-                    f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}"
-                    for e in exc.errors()[:10]
-                ]
+            version = desired.version
+            if version == last:
+                return  # already in effect (the retained document, redelivered on connect)
+            if last is not None and version < last and not desired.reset:
+                log.info("stale desired config v%d (applied v%d)", version, last)
+                result = ApplyResult(errors=[
+                    f"stale: version {version} is older than the applied version {last}; "
+                    "publish a newer one, or reset the sequence (`mobizo-fleet config reset`)"
+                ])
             else:
-                version = desired.version
-                if last is not None and version <= last:
-                    log.info("ignoring stale desired config v%d (applied v%d)", version, last)
-                    return
-                try:
-                    result = self.config_sink.apply(version, desired.config)
-                    errors = list(result.errors)
-                except Exception as exc:  # noqa: BLE001 - a sink crash is a rejection, not ours
-                    errors = [f"applying failed: {type(exc).__name__}: {exc}"]
-                if not errors:
-                    self.store.put("config_applied_version", str(version))
-                    last = version
-        reported = ReportedConfig(
+                result = self._apply(version, desired.config)
+            if not result.errors:
+                self.store.put("config_applied_version", str(version))
+                last = version
+        self._report(ReportedConfig(
             version=last,
-            status="rejected" if errors else "applied",
-            rejected_version=version if errors else None,
-            errors=errors,
+            status="rejected" if result.errors else "applied",
+            rejected_version=version if result.errors else None,
+            errors=result.errors,
+            warnings=result.warnings,
             ts=self.clock(),
-        )
+        ))
+
+    def _apply(self, version: int, document: dict[str, object]) -> ApplyResult:
+        try:
+            return self.config_sink.apply(version, document)
+        except Exception as exc:  # noqa: BLE001 - a sink crash is a rejection, not ours
+            return ApplyResult(errors=[f"applying failed: {type(exc).__name__}: {exc}"])
+
+    def _report(self, reported: ReportedConfig) -> None:
         text = reported.model_dump_json()
         self.store.put("config_reported", text)
         self.transport.publish(
@@ -145,25 +200,23 @@ class FleetInbound:
     # -- commands -------------------------------------------------------------------------
     def _on_command(self, msg: Inbound) -> None:
         name = msg.topic[len(self.topics.prefix) + len("/cmd/") :]
-        parsed = parse_command(
-            name,
-            msg.payload,
-            now=self.clock(),
-            max_payload_bytes=self.config.command_max_payload_bytes,
-        )
-        if (
-            isinstance(parsed, ParsedCommand)
-            and msg.expiry_s is not None
-            and time.monotonic() > msg.received_at + msg.expiry_s
-        ):
-            # MQTT 5 message expiry: the broker drops expired messages; we honour it too for
-            # messages that expired while waiting in our own inbox.
+        parsed: ParsedCommand | ParseError
+        if msg.oversize:
             parsed = ParseError(
-                "expired",
-                "message expiry interval passed before it was run",
-                parsed.request.request_id,
-                parsed.request.reply_to,
+                "payload_too_large",
+                f"payload is {msg.oversize} bytes; the limit is "
+                f"{self.config.command_max_payload_bytes}; dropped unread",
             )
+        else:
+            parsed = parse_command(
+                name,
+                msg.payload,
+                now=self.clock(),
+                max_payload_bytes=self.config.command_max_payload_bytes,
+                max_depth=self.config.max_json_depth,
+            )
+        if isinstance(parsed, ParsedCommand):
+            parsed = self._refusal(msg, parsed) or parsed
         if isinstance(parsed, ParseError):
             result = error_result(parsed, command=name, device_id=self.device_id, now=self.clock())
             self._reply(msg, parsed.reply_to, result)
@@ -176,13 +229,47 @@ class FleetInbound:
             return
         self._reply(msg, parsed.request.reply_to, self.jobs.submit(parsed, msg))
 
+    def _refusal(self, msg: Inbound, parsed: ParsedCommand) -> ParseError | None:
+        """Why a well-formed command must not run: retained, a foreign reply topic, expired."""
+        rid, reply_to = parsed.request.request_id, parsed.request.reply_to
+        if msg.retain:
+            return ParseError(
+                "rejected",
+                "retained command messages are never run (they would run again at every "
+                f"reconnect); publish commands without retain, and clear this one with an "
+                f"empty retained message on {msg.topic}",
+                rid,
+                reply_to,
+            )
+        for topic in (msg.response_topic, reply_to):
+            if topic is not None and not self.topics.reply_allowed(topic):
+                return ParseError(
+                    "bad_request",
+                    f"reply topic {topic[:200]!r} is outside the controllers' reply namespace "
+                    f"({self.topics.controllers_prefix}...) and this device's cmd-result/; "
+                    "not run",
+                    rid,
+                    None,
+                )
+        if msg.expiry_s is not None and time.monotonic() > msg.received_at + msg.expiry_s:
+            # MQTT 5 message expiry: the broker drops expired messages; we honour it too for
+            # messages that expired while waiting in our own inbox.
+            return ParseError(
+                "expired", "message expiry interval passed before it was run", rid, reply_to
+            )
+        return None
+
+    def _route(self, msg: Inbound, reply_to: str | None, request_id: str | None) -> str | None:
+        for topic in (msg.response_topic, reply_to):
+            if topic is not None and self.topics.reply_allowed(topic):
+                return topic
+        return self.topics.cmd_result(request_id) if request_id is not None else None
+
     def _reply(self, msg: Inbound, reply_to: str | None, result: CommandResult) -> None:
-        topic = msg.response_topic or reply_to
-        if topic is None and result.request_id is not None:
-            topic = self.topics.cmd_result(result.request_id)
+        topic = self._route(msg, reply_to, result.request_id)
         if topic is None:
             log.warning(
-                "command on %s has no reply route (no response topic, reply_to or "
+                "command on %s has no reply route (no allowed response topic, reply_to or "
                 "request_id); result dropped: %s",
                 msg.topic,
                 result.error,

@@ -239,7 +239,9 @@ class FleetJobs:
 
         worker = threading.Thread(target=target, name=f"job-{job_id}", daemon=True)
         worker.start()
-        while worker.is_alive() and self.clock() < job.deadline and not self._stop.is_set():
+        # the wait counts on the monotonic clock: an NTP step must not end or stretch it
+        until = time.monotonic() + max(0.0, job.deadline - self.clock())
+        while worker.is_alive() and time.monotonic() < until and not self._stop.is_set():
             worker.join(0.1)
         now = self.clock()
         current = run.job

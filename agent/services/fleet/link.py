@@ -39,6 +39,7 @@ from agent.core.fleet_documents import DesiredConfigSink, StateSource
 from agent.core.topics import DeviceTopics
 from agent.io.fleet_store import FleetStore
 from agent.io.mqtt import Connected, Disconnected, Inbound, MqttTransport
+from agent.io.mqtt_guard import ByteBoundedQueue
 from agent.io.spool import Spool
 from agent.services.fleet.inbound import FleetInbound
 from agent.services.fleet.jobs import FleetJobs
@@ -50,6 +51,10 @@ log = logging.getLogger(__name__)
 
 class _Poke:
     """Inbox item asking the worker to check the state now."""
+
+
+def _payload_bytes(event: Any) -> int:
+    return len(event.payload) if isinstance(event, Inbound) else 0
 
 
 class FleetLink:
@@ -89,7 +94,11 @@ class FleetLink:
             max_age_s=config.spool_max_age_s,
             clock=clock,
         )
-        self._inbox: queue.Queue[Any] = queue.Queue(maxsize=config.inbox_max)
+        # Bounded in items and in payload bytes: a flood while the worker is busy costs at
+        # most inbox_max_bytes of memory; the rest is dropped by the network thread.
+        self._inbox: ByteBoundedQueue = ByteBoundedQueue(
+            config.inbox_max, config.inbox_max_bytes, _payload_bytes
+        )
         self._stop = threading.Event()
         self._next_state_poll = 0.0
         self._next_telemetry = time.monotonic() + config.telemetry_interval_s
@@ -136,6 +145,7 @@ class FleetLink:
     def start(self) -> None:
         """Recover persisted jobs, then start the worker, job and network threads."""
         self.jobs.recover()
+        self.inbound.report_boot_problems()
         for target, name in ((self._work, "fleet-worker"), (self.jobs.run_forever, "fleet-jobs")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()

@@ -4,6 +4,9 @@ Every connect attempt is a new session with a new sequence number (the Sparkplug
 persisted in ``fleet.db``), carried by the Last Will (``offline``), the birth (``online``)
 and the goodbye on a clean stop (``stopped``), all retained on ``<prefix>/available``. A
 controller compares sequences to tell a late will of an old session from the current one.
+
+Commands are subscribed with MQTT 5 "retain as published", so a command that was published
+retained arrives marked retained even live, and is refused (never run) by the inbound side.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from agent.config.mqtt import MqttConfig
 from agent.core.fleet_documents import Availability
 from agent.core.topics import DeviceTopics
 from agent.io.fleet_store import FleetStore
-from agent.io.mqtt import Inbound, MqttTransport, TransportSettings, Will
+from agent.io.mqtt import Inbound, MqttTransport, SubscribeOptions, TransportSettings, Will
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,24 @@ def transport_settings(
         reconnect_max_s=config.reconnect_max_s,
         reconnect_jitter=config.reconnect_jitter,
         max_packet_bytes=config.max_packet_bytes,
+        max_payload_bytes=config.command_max_payload_bytes,
+        rate_per_s=config.inbound_rate_per_s,
+        rate_burst=config.inbound_burst,
     )
+
+
+def subscriptions(
+    config: MqttConfig, topics: DeviceTopics
+) -> list[tuple[str, int | SubscribeOptions]]:
+    """What the device subscribes to: its commands (MQTT 5: retain as published, so a retained
+    command is recognisable even when it arrives live), its desired config, its availability."""
+    subs: list[tuple[str, int | SubscribeOptions]] = []
+    for topic in topics.subscriptions:
+        if config.protocol == "5" and topic == topics.cmd_filter:
+            subs.append((topic, SubscribeOptions(qos=1, retainAsPublished=True)))
+        else:
+            subs.append((topic, 1))
+    return subs
 
 
 class FleetSession:
@@ -88,13 +108,21 @@ class FleetSession:
         self.transport = MqttTransport(
             transport_settings(config, device_id, password),
             inbox,
-            subscriptions=[(t, 1) for t in topics.subscriptions],
+            subscriptions=subscriptions(config, topics),
             will=self._next_will,
         )
 
     def _next_will(self) -> Will:
         # Called by the network thread before every connect attempt: a new session, a new seq.
-        self.session_seq = self.store.next_session_seq()
+        try:
+            self.session_seq = self.store.next_session_seq()
+        except Exception as exc:  # noqa: BLE001 - e.g. fleet.db locked: connect all the same
+            # A seq newer than any this process used keeps the will/birth order right; it is
+            # not persisted, so a restart may reuse it (the controller then sees the same seq
+            # twice, which it treats as the same session: harmless).
+            self.session_seq += 1
+            log.warning("fleet.db: cannot persist the session sequence (%s); using %d",
+                        exc, self.session_seq)
         offline = Availability(
             status="offline", session_seq=self.session_seq, device_id=self.device_id
         )

@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from agent.services.inference.sampling import SamplingParams, StopScanner, choose_token
+from agent.core.bundle import BundleManifest
+from agent.core.prompt_format import PromptFormat, conversation
+from agent.services.inference.sampling import (
+    SamplingDefaults,
+    SamplingParams,
+    StopScanner,
+    choose_token,
+)
 
 
 class InferProgramLike(Protocol):
@@ -33,38 +40,57 @@ class InferProgramLike(Protocol):
 
 
 class TextCodec:
-    """The bundle's Hugging Face tokenizer: chat template, encode, decode, end tokens.
+    """The bundle's Hugging Face tokenizer: prompt format, decode, stop ids, sampling defaults.
+
+    Prompts are formatted by agent/core/prompt_format.py, the module the trainer uses, so an
+    adapter is trained on exactly the prompts served here. Generation stops at any of
+    :attr:`eos_ids`: the tokenizer's EOS, the chat template's end-of-turn token and every
+    ``eos_token_id`` of the model's generation_config.json (the bundle manifest's
+    ``generation``).
 
     Calls are serialised with a lock: HTTP threads encode while the worker decodes, and a
     fast tokenizer re-sets its truncation state on every encode ("Already borrowed" errors
     under concurrent use).
     """
 
-    def __init__(self, tokenizer: Any, extra_eos: Sequence[int | None] = ()) -> None:
+    def __init__(self, tokenizer: Any, extra_eos: Sequence[int | None] = (),
+                 defaults: SamplingDefaults | None = None) -> None:
         self.tok = tokenizer
         self._lock = threading.Lock()
-        eos = {tokenizer.eos_token_id, *extra_eos}
+        self.format = PromptFormat(tokenizer)
+        eos = {*self.format.stop_ids, *extra_eos}
         self.eos_ids = frozenset(int(i) for i in eos if i is not None)
-        self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
+        self.has_chat_template = self.format.has_chat_template
+        self.defaults = defaults or SamplingDefaults()
 
     @classmethod
-    def from_dir(cls, path: Path, extra_eos: Sequence[int | None] = ()) -> TextCodec:
+    def from_dir(cls, path: Path, extra_eos: Sequence[int | None] = (),
+                 defaults: SamplingDefaults | None = None) -> TextCodec:
         from transformers import AutoTokenizer
 
-        return cls(AutoTokenizer.from_pretrained(str(path)), extra_eos)
+        return cls(AutoTokenizer.from_pretrained(str(path)), extra_eos, defaults)
 
-    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+    @classmethod
+    def for_bundle(cls, bundle_dir: Path, manifest: BundleManifest) -> TextCodec:
+        """The codec of a bundle: its tokenizer, stop ids and sampling defaults."""
+        tok, gen = manifest.tokenizer, manifest.generation
+        return cls.from_dir(Path(bundle_dir) / tok.path, [tok.eos_token_id, *gen.eos_token_ids],
+                            SamplingDefaults.from_spec(gen))
+
+    def encode_chat(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Token ids of a chat prompt (``[{"role", "content"}, ...]``).
+
+        Raises:
+            PromptError: an unknown role, non-text content, or the chat template refused it.
+        """
+        turns = conversation(messages)
         with self._lock:
-            if self.has_chat_template:
-                text = self.tok.apply_chat_template(list(messages), add_generation_prompt=True,
-                                                    tokenize=False)
-            else:  # a plain transcript for models without a template
-                text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-            return list(self.tok.encode(text, add_special_tokens=False))
+            return self.format.chat_ids(turns)
 
     def encode_prompt(self, prompt: str) -> list[int]:
+        """Token ids of a raw completion prompt."""
         with self._lock:
-            return list(self.tok.encode(prompt, add_special_tokens=False))
+            return self.format.completion_ids(prompt)
 
     def decode(self, ids: Sequence[int]) -> str:
         with self._lock:

@@ -2,6 +2,10 @@
 
 Requests are strict about types (a string where a number belongs is a 422, not a silent
 coercion) but ignore unknown fields, because OpenAI clients send many we do not implement.
+A message's content is a string or OpenAI content parts; :meth:`ChatCompletionRequest.
+text_messages` turns them into the text the prompt format (agent/core/prompt_format.py, shared
+with the trainer) reads, refusing a part that is not text. Sampling fields a request leaves out
+take the model's defaults (its generation_config.json, :class:`SamplingDefaults`).
 """
 
 from __future__ import annotations
@@ -9,6 +13,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agent.core.prompt_format import conversation
+from agent.services.inference.sampling import SamplingDefaults, SamplingParams
 
 Role = Literal["system", "user", "assistant", "tool", "developer"]
 
@@ -19,15 +26,21 @@ class _Request(BaseModel):
 
 class ChatMessage(_Request):
     role: Role
-    content: str
+    content: str | list[dict[str, Any]] = Field(
+        description="text, or OpenAI content parts: only {'type': 'text', 'text': ...}")
 
 
 class _Sampling(_Request):
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
-    temperature: float = Field(default=1.0, ge=0, le=2)
-    top_p: float = Field(default=1.0, gt=0, le=1)
+    temperature: float | None = Field(default=None, ge=0, le=2,
+                                      description="0 is greedy; absent: the model's default")
+    top_p: float | None = Field(default=None, gt=0, le=1,
+                                description="nucleus mass; absent: the model's default")
+    top_k: int | None = Field(default=None, ge=0, le=1_000_000,
+                              description="keep the k likeliest tokens, 0 all (vLLM's and "
+                              "llama.cpp's option); absent: the model's default")
     stop: str | list[str] | None = None
     stream: bool = False
     seed: int | None = None
@@ -44,9 +57,27 @@ class _Sampling(_Request):
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def sampling_params(self, defaults: SamplingDefaults, max_tokens: int) -> SamplingParams:
+        """How to sample this request: its own fields, the model's defaults for the rest."""
+        return SamplingParams(
+            temperature=defaults.temperature if self.temperature is None else self.temperature,
+            top_p=defaults.top_p if self.top_p is None else self.top_p,
+            top_k=defaults.top_k if self.top_k is None else self.top_k,
+            max_tokens=max_tokens, stop=self.stop_list, seed=self.seed,
+            ignore_eos=self.ignore_eos)
+
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
+
+    def text_messages(self) -> list[dict[str, str]]:
+        """The conversation with text content, as the service formats and stores it.
+
+        Raises:
+            PromptError: a content part that is not text (its ``field`` names it).
+        """
+        turns = conversation([m.model_dump() for m in self.messages])
+        return [{"role": role, "content": text} for role, text in turns]
 
 
 class CompletionRequest(_Sampling):

@@ -1,6 +1,7 @@
 """Choosing the next token and finding stop strings. Pure numpy, unit tested.
 
 - temperature 0 → greedy (argmax); otherwise softmax(logits / T).
+- top-k (Fan et al. 2018, arXiv 1805.04833): keep the k most likely tokens (0: all of them).
 - top-p (nucleus sampling, Holtzman et al. 2019, arXiv 1904.09751): keep the smallest set of
   most likely tokens whose probability mass reaches p, renormalise, sample.
 - stop strings: the text is cut before the first stop string; while streaming, a tail that
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agent.core.bundle import GenerationSpec
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -21,10 +24,33 @@ class SamplingParams:
 
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k cut
     max_tokens: int = 128
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What a request that sets no sampling field gets: the model's generation_config.json.
+
+    Without one, OpenAI's defaults (temperature 1, top_p 1) and no top-k cut.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+    @classmethod
+    def from_spec(cls, spec: GenerationSpec) -> SamplingDefaults:
+        """The bundle manifest's ``generation`` (exported from generation_config.json)."""
+        base = cls()
+        return cls(
+            temperature=base.temperature if spec.temperature is None else spec.temperature,
+            top_p=base.top_p if spec.top_p is None else spec.top_p,
+            top_k=base.top_k if spec.top_k is None else spec.top_k,
+        )
 
 
 def choose_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
@@ -33,6 +59,9 @@ def choose_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Gene
     if params.temperature <= 0:
         return int(np.argmax(logits))
     scaled = logits / params.temperature
+    if 0 < params.top_k < scaled.shape[0]:
+        kth = np.partition(scaled, -params.top_k)[-params.top_k]
+        scaled = np.where(scaled >= kth, scaled, -np.inf)  # ties at the k-th all stay
     scaled -= scaled.max()
     probs = np.exp(scaled)
     probs /= probs.sum()

@@ -1,36 +1,46 @@
-"""HTTP front of the inference service (stdlib ``http.server``, one thread per connection).
+"""HTTP routes of the inference service (stdlib ``http.server`` handlers).
+
+Connections come from :mod:`agent.services.inference.connections` (a selector and fixed
+pools of threads, with timeouts); every request passes :mod:`agent.services.inference.guard`
+first: Host allowlist, bearer token on TCP, ``application/json`` bodies, Content-Length.
 
 Routes (OpenAI-compatible subset plus our own):
 
 - ``POST /v1/chat/completions``, ``POST /v1/completions`` — ``stream: true`` answers with
   server-sent events ``data: {chunk}`` and a final ``data: [DONE]``.
 - ``GET /v1/models`` — the base model, with the active adapter version.
-- ``GET /health`` — status, adapter, queue depth, last request time (the daemon's "user idle").
+- ``GET /health`` — status, adapter, queue depth, last request time (the daemon's "user idle");
+  without the token only status, model and bundle id.
 - ``POST /v1/feedback`` — ``{id, rating: up|down, correction?}`` for a served interaction.
 - ``POST /v1/admin/reload-adapter`` — switch to the registry's active adapter now (loopback
   and unix-socket clients only).
 
 Errors use OpenAI's envelope ``{"error": {"message", "type", ...}}``: malformed JSON 400,
-wrong types 422, body or prompt too large 413, prompt longer than the context 400, unknown
-interaction 404, queue full 503 with ``Retry-After``. Every generation response carries its
+wrong types 422, body, prompt, stop strings or correction too large 413, prompt longer than
+the context 400, unknown interaction 404, no or a wrong token 401, a foreign Host 403, not
+JSON 415, too many corrections 429, queue full or feedback not stored 503 with
+``Retry-After``. Every generation response carries its
 interaction id in ``id`` and in the ``x-interaction-id`` header, and the adapter version in
 ``adapter_version`` / ``x-adapter-version``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import queue
-import socketserver
+import sqlite3
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
-from pydantic import ValidationError
-
+from agent.core.prompt_format import PromptError
 from agent.io.store_records import new_interaction_id
+from agent.services.inference.api_handler import (
+    ApiContext,
+    ApiHandler,
+    ServedApp,
+    serve_connection,
+)
+from agent.services.inference.guard import HttpError, check_stops, is_loopback
 from agent.services.inference.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -39,97 +49,15 @@ from agent.services.inference.protocol import (
     chat_response,
     completion_chunk,
     completion_response,
-    error_body,
     timings,
 )
-from agent.services.inference.sampling import SamplingParams
-from agent.services.inference.settings import ServeConfig
 from agent.services.inference.worker import Job, JobDone
 
-if TYPE_CHECKING:
-    from agent.io.store import InteractionStore
-    from agent.services.inference.generation import Generator, TextCodec
-    from agent.services.inference.hotswap import AdapterSlot
-    from agent.services.inference.worker import GenerationWorker
-
-log = logging.getLogger(__name__)
+__all__ = ["ApiContext", "Handler", "ServedApp", "serve_connection"]
 
 
-class ServedApp(Protocol):
-    """What a request handler needs of the service (``InferenceService`` is one).
-
-    Typed here, so this module does not import the service that builds it (no import circle).
-    """
-
-    config: ServeConfig
-    model_name: str
-    bundle_id: str
-    started_at: int
-    last_request_at: float | None
-    slot: AdapterSlot
-    store: InteractionStore | None
-    codec: TextCodec
-    generator: Generator
-    worker: GenerationWorker
-
-    def health(self) -> dict[str, Any]: ...
-
-    def retry_after_s(self) -> int: ...
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
-                 headers: dict[str, str] | None = None, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.message, self.kind = status, message, kind
-        self.headers = headers or {}
-        self.extra = extra
-
-
-class Handler(BaseHTTPRequestHandler):
-    """One HTTP request; ``self.server.app`` is the service (a :class:`ServedApp`)."""
-
-    server_version = "mobizo-agent"
-    protocol_version = "HTTP/1.0"  # one request per connection: simple and stream-friendly
-
-    @property
-    def app(self) -> ServedApp:
-        return self.server.app  # type: ignore[attr-defined,no-any-return]
-
-    # --- plumbing -------------------------------------------------------------------------
-
-    def address_string(self) -> str:
-        return self.client_address[0] if isinstance(self.client_address, tuple) else "unix"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        log.debug("%s %s", self.address_string(), format % args)
-
-    def _send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _dispatch(self, routes: dict[str, Any]) -> None:
-        path = self.path.split("?", 1)[0].rstrip("/") or "/"
-        handler = routes.get(path)
-        try:
-            if handler is None:
-                raise HttpError(404, f"no route {self.command} {path}", "not_found")
-            handler()
-        except HttpError as err:
-            self._send_json(err.status, error_body(err.message, err.kind, **err.extra),
-                            err.headers)
-        except (BrokenPipeError, ConnectionResetError):
-            return  # the client went away
-        except Exception as exc:  # a bug must not kill the connection thread silently
-            log.exception("error handling %s %s", self.command, path)
-            with contextlib.suppress(OSError):
-                self._send_json(500, error_body(f"internal error: {exc}", "server_error"))
+class Handler(ApiHandler):
+    """The API's routes (see the module docstring); the plumbing is :class:`ApiHandler`."""
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         self._dispatch({"/health": self._health, "/v1/models": self._models})
@@ -142,35 +70,13 @@ class Handler(BaseHTTPRequestHandler):
             "/v1/admin/reload-adapter": self._reload,
         })
 
-    def _body(self) -> Any:
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            raise HttpError(411, "send the JSON body with a Content-Length header")
-        limit = self.app.config.max_body_bytes
-        if int(length) > limit:
-            self.close_connection = True
-            raise HttpError(413, f"request body of {length} bytes is over the limit of {limit}",
-                            limit_bytes=limit)
-        raw = self.rfile.read(int(length))
-        try:
-            return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise HttpError(400, f"malformed JSON body: {exc}") from exc
-
-    @staticmethod
-    def _validated(model: Any, body: Any) -> Any:
-        try:
-            return model.model_validate(body)
-        except ValidationError as exc:
-            problems = [{"field": ".".join(str(p) for p in e["loc"]) or "(body)",
-                         "problem": e["msg"]} for e in exc.errors()]
-            summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
-            raise HttpError(422, f"invalid request: {summary}", details=problems) from exc
-
-    # --- routes ---------------------------------------------------------------------------
-
     def _health(self) -> None:
-        self._send_json(200, self.app.health())
+        if self.authorized:
+            self._send_json(200, self.app.health())
+        else:  # nothing about users without the token: no activity time, no counts
+            app = self.app
+            self._send_json(200, {"status": "ok", "model": app.model_name,
+                                  "bundle_id": app.bundle_id})
 
     def _models(self) -> None:
         app = self.app
@@ -181,7 +87,7 @@ class Handler(BaseHTTPRequestHandler):
         }]})
 
     def _reload(self) -> None:
-        if isinstance(self.client_address, tuple) and not _is_loopback(self.client_address[0]):
+        if isinstance(self.client_address, tuple) and not is_loopback(self.client_address[0]):
             raise HttpError(403, "adapter reload is allowed from loopback or the unix socket only",
                             "permission_error")
         result = self.app.slot.reload()
@@ -195,13 +101,34 @@ class Handler(BaseHTTPRequestHandler):
         store = self.app.store
         if store is None:
             raise HttpError(404, f"unknown interaction {req.id!r} (capture is off)", "not_found")
+        self._check_correction(req.correction)
         try:
             ticket = store.set_feedback(req.id, req.rating, req.correction)
         except KeyError:
             raise HttpError(404, f"unknown interaction {req.id!r}: it was never served, or "
                             "it was purged or evicted", "not_found") from None
-        ticket.wait(self.app.config.commit_ack_timeout_s)
-        self._send_json(200, {"id": req.id, "status": "recorded"})
+        except (sqlite3.Error, OSError) as exc:  # e.g. a store that cannot be read
+            raise _not_stored(str(exc)) from exc
+        if ticket.wait(self.app.config.commit_ack_timeout_s):
+            self._send_json(200, {"id": req.id, "status": "recorded"})
+        elif ticket.error is not None or not ticket.accepted:
+            raise _not_stored(ticket.error or "the store's write queue is full")
+        else:  # not committed yet, not failed either: say so instead of "recorded"
+            self._send_json(202, {"id": req.id, "status": "queued"})
+
+    def _check_correction(self, correction: str | None) -> None:
+        if correction is None:
+            return
+        cfg = self.app.config
+        if len(correction) > cfg.max_correction_chars:
+            raise HttpError(413, f"correction of {len(correction)} characters is over the "
+                            f"limit of {cfg.max_correction_chars}", param="correction",
+                            limit_chars=cfg.max_correction_chars)
+        wait = self.server.corrections.take()  # type: ignore[attr-defined]
+        if wait is not None:
+            raise HttpError(429, f"more than {cfg.corrections_per_minute} corrections a "
+                            "minute; retry later", "rate_limit_error",
+                            headers={"Retry-After": str(max(1, int(wait + 0.999)))})
 
     def _generate(self, kind: str) -> None:
         app = self.app
@@ -209,17 +136,23 @@ class Handler(BaseHTTPRequestHandler):
         body = self._body()
         req: ChatCompletionRequest | CompletionRequest = self._validated(
             ChatCompletionRequest if kind == "chat" else CompletionRequest, body)
-        messages = ([m.model_dump() for m in req.messages]
-                    if isinstance(req, ChatCompletionRequest) else None)
+        try:  # text content; the prompt format is shared with the trainer
+            messages = req.text_messages() if isinstance(req, ChatCompletionRequest) else None
+        except PromptError as exc:
+            raise HttpError(400, str(exc), param=exc.field) from exc
         prompt = req.prompt if isinstance(req, CompletionRequest) else None
+        check_stops(req.stop_list, app.config.max_stop_strings, app.config.max_stop_chars)
         chars = len(prompt) if prompt is not None else \
             sum(len(m["content"]) for m in messages or [])
         limit = app.config.max_prompt_chars
         if chars > limit:
             raise HttpError(413, f"prompt of {chars} characters is over the limit of {limit}",
                             limit_chars=limit)
-        ids = app.codec.encode_chat(messages) if messages is not None else \
-            app.codec.encode_prompt(prompt or "")
+        try:
+            ids = app.codec.encode_chat(messages) if messages is not None else \
+                app.codec.encode_prompt(prompt or "")
+        except PromptError as exc:  # e.g. a chat template that refuses the roles' order
+            raise HttpError(400, str(exc), param=exc.field) from exc
         ctx = app.generator.max_context
         if not ids:
             raise HttpError(400, "the prompt is empty")
@@ -227,10 +160,9 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(400, f"the prompt is {len(ids)} tokens; this model's context holds "
                             f"{ctx} tokens (prompt + generated), so at most {ctx - 1} for the "
                             "prompt", prompt_tokens=len(ids), max_context=ctx)
-        params = SamplingParams(
-            temperature=req.temperature, top_p=req.top_p,
-            max_tokens=min(req.token_limit or app.config.default_max_tokens, ctx - len(ids)),
-            stop=req.stop_list, seed=req.seed, ignore_eos=req.ignore_eos)
+        params = req.sampling_params(  # the model's generation_config.json fills the gaps
+            app.codec.defaults,
+            max_tokens=min(req.token_limit or app.config.default_max_tokens, ctx - len(ids)))
         job = Job(id=new_interaction_id(), kind=kind, prompt_ids=ids, params=params,
                   messages=messages, prompt=prompt)
         if not app.worker.submit(job):
@@ -315,18 +247,10 @@ class Handler(BaseHTTPRequestHandler):
                 done.ticket.wait(self.app.config.commit_ack_timeout_s)
             send(final)
             send("[DONE]")
-        except (BrokenPipeError, ConnectionResetError):
-            job.cancelled.set()  # the client left: stop generating for it
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            job.cancelled.set()  # the client left (or stopped reading): stop generating
 
 
-def _is_loopback(host: str) -> bool:
-    return host.startswith("127.") or host in ("::1", "::ffff:127.0.0.1")
-
-
-class TcpServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+def _not_stored(reason: str) -> HttpError:
+    return HttpError(503, f"feedback not stored: {reason}", "store_unavailable",
+                     headers={"Retry-After": "30"})

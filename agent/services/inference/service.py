@@ -6,23 +6,26 @@ program, store, worker, watcher, listeners. Stop in reverse. ``mobizo-agent serv
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.config.service import TOKEN_FILE_NAME
 from agent.io.adapter_fs import AdapterValidator
 from agent.io.bundle_files import read_manifest
 from agent.io.registry import AdapterRegistry
 from agent.io.store import InteractionStore
+from agent.io.token_file import ensure_token
+from agent.services.inference.connections import ConnectionFront
 from agent.services.inference.generation import Generator, InferProgramLike, TextCodec
+from agent.services.inference.guard import RateWindow, allowed_hosts
 from agent.services.inference.hotswap import AdapterSlot, PointerWatcher, PostSwitchHook
-from agent.services.inference.server import Handler, TcpServer, UnixServer
-from agent.services.inference.settings import ServeConfig
+from agent.services.inference.server import ApiContext, Handler, serve_connection
+from agent.services.inference.settings import ServeConfig, listen_host
 from agent.services.inference.worker import GenerationWorker
 
 log = logging.getLogger(__name__)
@@ -59,8 +62,7 @@ class InferenceService:
         self.slot = AdapterSlot(self.registry, hook=hook)
         factory = program_factory or _executorch_program
         self.program = factory(self.bundle_dir, self.config.threads)
-        tok = self.manifest.tokenizer
-        self.codec = TextCodec.from_dir(self.bundle_dir / tok.path, [tok.eos_token_id])
+        self.codec = TextCodec.for_bundle(self.bundle_dir, self.manifest)
         self.generator = Generator(self.program, self.codec,
                                    context_cap=self.config.max_context)
         self.store: InteractionStore | None = (
@@ -71,53 +73,63 @@ class InferenceService:
         self.watcher = PointerWatcher(self.slot, self.config.watch_interval_s)
         self.started_at = int(time.time())
         self.last_request_at: float | None = None
-        self._servers: list[Any] = []
-        self._threads: list[threading.Thread] = []
+        # the bearer token TCP clients send (None: not required, a loopback listen by config)
+        self.token_path = self.config.token_file or self.state_dir / TOKEN_FILE_NAME
+        self.token: str | None = None
+        self._front: ConnectionFront | None = None
+        self._address: tuple[str, int] | None = None
 
     @property
     def address(self) -> tuple[str, int] | None:
         """The bound TCP address (useful with port 0)."""
-        for s in self._servers:
-            if isinstance(s, TcpServer):
-                host, port = s.server_address[:2]
-                return str(host), int(port)
-        return None
+        return self._address
+
+    def _listen(self) -> ConnectionFront:
+        """The connection front on the configured TCP address and unix socket (not started)."""
+        cfg = self.config
+        if cfg.require_token and cfg.listen:
+            self.token = ensure_token(self.token_path)  # TokenFileError says what to fix
+        host = listen_host(cfg.listen) if cfg.listen else None
+        ctx = ApiContext(self, self.token, allowed_hosts(host, cfg.allowed_hosts),
+                         RateWindow(cfg.corrections_per_minute))
+        front = ConnectionFront(
+            functools.partial(serve_connection, Handler, ctx),
+            handler_threads=cfg.handler_threads, max_connections=cfg.max_connections,
+            read_timeout_s=cfg.read_timeout_s)
+        if cfg.listen and host is not None:
+            self._address = front.listen_tcp(host, int(cfg.listen.rpartition(":")[2]))
+        if cfg.unix_socket:
+            front.listen_unix(Path(cfg.unix_socket), 0o660)  # the group is the credential
+        return front
 
     def start(self) -> None:
         # The generation thread holds the GIL between runtime calls; a shorter switch
         # interval (default 5 ms) lets HTTP threads (health, reload, accept) in sooner.
         sys.setswitchinterval(self.config.gil_switch_interval_s)
+        front = self._listen()  # before the threads: a bad token file or port fails fast
         self.worker.start()
         self.watcher.start()
-        if self.config.listen:
-            host, _, port = self.config.listen.rpartition(":")
-            self._servers.append(
-                TcpServer((host.strip("[]") or "127.0.0.1", int(port)), Handler))
-        if self.config.unix_socket:
-            path = Path(self.config.unix_socket)
-            if path.exists():
-                path.unlink()  # a stale socket from a killed run
-            self._servers.append(UnixServer(str(path), Handler))
-            os.chmod(path, 0o660)
-        for server in self._servers:
-            server.app = self
-            t = threading.Thread(target=server.serve_forever, name="http", daemon=True)
-            t.start()
-            self._threads.append(t)
+        front.start()
+        self._front = front
         log.info("serving %s (bundle %s, adapter %s) on %s%s", self.model_name, self.bundle_id,
                  self.slot.version, self.address,
                  f" and {self.config.unix_socket}" if self.config.unix_socket else "")
 
     def stop(self) -> None:
-        for server in reversed(self._servers):
-            server.shutdown()
-            server.server_close()
+        if self._front is not None:
+            self._front.stop()
         if self.config.unix_socket and Path(self.config.unix_socket).exists():
             Path(self.config.unix_socket).unlink()
         self.watcher.stop()
         self.worker.stop()
         if self.store is not None:
             self.store.close()
+
+    def alive(self) -> bool:
+        """Whether every thread of the service still runs (the systemd watchdog asks)."""
+        threads = [self.worker._thread, self.watcher._thread,
+                   *(self._front._threads if self._front is not None else [])]
+        return all(t.is_alive() for t in threads)
 
     def retry_after_s(self) -> int:
         """A Retry-After guess: about one queued generation per second."""
