@@ -150,11 +150,17 @@ class App:
 
         def last_request() -> float | None:
             try:
-                return service.health().get("last_request_at")
+                health = service.health()
             except (OSError, ValueError):
                 # service down or restarting: the user cannot be using it; the store still
                 # knows when it was last used
                 return store.last_activity()
+            if "last_request_at" not in health:
+                # the public /health (our token unreadable or refused) hides the user's
+                # activity: never take that for an idle user, ask the store instead
+                return store.last_activity()
+            value = health["last_request_at"]
+            return None if value is None else float(value)
 
         self._idle_source = idle_since(last_request, self.clock)
         sensors = SysfsSensors.from_config(cfg, self._idle_source)
@@ -248,7 +254,8 @@ class App:
         self.fleet = FleetLink(mqtt, device_id=device_id,
                                state_dir=self.loaded.config.paths.state_dir / "fleet",
                                handler=commands, state_source=commands,
-                               config_sink=commands, clock=self.clock)
+                               config_sink=commands, clock=self.clock,
+                               faults=self.daemon.faults)
         self.fleet.start()  # connects in the background; never blocks READY
         log.info("fleet link started for device %s", device_id)
 

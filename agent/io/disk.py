@@ -149,6 +149,22 @@ class DiskFaults:
         if changed and self.on_change is not None:
             self.on_change()
 
+    def note(self, where: str, message: str | None) -> None:
+        """Record a fault the path described itself (``None``: it wrote again, clear it).
+
+        For paths that keep their own last error (the spool, the fleet store) and never
+        raise into their caller.
+        """
+        with self._lock:
+            old = self._faults.get(where)
+            if message is None:
+                changed = self._faults.pop(where, None) is not None
+            else:
+                changed = old is None or old[0] != message
+                self._faults[where] = (message, old[1] if old else self._clock())
+        if changed and self.on_change is not None:
+            self.on_change()
+
     def get(self, where: str) -> str | None:
         with self._lock:
             fault = self._faults.get(where)

@@ -26,6 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config.mqtt import MqttConfig
 from agent.controller.simulator import SimDevice
+from agent.io.disk import DiskFaults
 from agent.io.mqtt import disable_nagle
 from agent.services.fleet.link import FleetLink
 from tests.fleet_broker import LocalBroker, TlsFiles, make_certs, mosquitto_path
@@ -216,6 +217,7 @@ def link_factory(tmp_path: Path) -> Iterator[Callable[..., tuple[FleetLink, SimD
         step_s: float = 0.01,
         start: bool = True,
         device_cls: type[SimDevice] = SimDevice,
+        faults: DiskFaults | None = None,
     ) -> tuple[FleetLink, SimDevice]:
         sd = state_dir or tmp_path / device_id
         sd.mkdir(parents=True, exist_ok=True)
@@ -227,6 +229,7 @@ def link_factory(tmp_path: Path) -> Iterator[Callable[..., tuple[FleetLink, SimD
             handler=device,
             state_source=device,
             config_sink=device,
+            faults=faults,
         )
         if start:
             before = int(link.store.get("session_seq") or 0)

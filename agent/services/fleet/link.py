@@ -37,6 +37,7 @@ from agent.core import jobs as jobsm
 from agent.core.commands import CommandHandler
 from agent.core.fleet_documents import DesiredConfigSink, StateSource
 from agent.core.topics import DeviceTopics
+from agent.io.disk import DiskFaults
 from agent.io.fleet_store import FleetStore
 from agent.io.mqtt import Connected, Disconnected, Inbound, MqttTransport
 from agent.io.mqtt_guard import ByteBoundedQueue
@@ -71,6 +72,7 @@ class FleetLink:
         config_sink: DesiredConfigSink,
         clock: Callable[[], float] = time.time,
         password: str | None = None,
+        faults: DiskFaults | None = None,
     ) -> None:
         """Build the link; nothing connects before :meth:`start`.
 
@@ -81,11 +83,14 @@ class FleetLink:
             handler, state_source, config_sink: the daemon's side.
             clock: wall clock for timestamps, expiries and deadlines.
             password: broker password; default read from ``config.password_file``.
+            faults: where the spool's and the fleet store's write failures are shown
+                (the daemon's status); None: only logged.
         """
         self.config = config
         self.device_id = device_id
         self.topics = DeviceTopics.for_device(config.fleet, device_id)
         self.clock = clock
+        self._faults = faults
         state_dir.mkdir(parents=True, exist_ok=True)
         self.store = FleetStore(state_dir / "fleet.db")
         self.spool = Spool(
@@ -214,6 +219,7 @@ class FleetLink:
                 if event is not None:
                     self._handle(event)
                 self._tick()
+                self._show_storage_faults()
             except Exception:  # noqa: BLE001 - the link must keep serving whatever happens
                 log.exception("fleet link worker: unexpected error (continuing)")
 
@@ -240,6 +246,13 @@ class FleetLink:
         self.inbound.republish_reported_config()
         self.jobs.publish_stale()
         self.outbound.drain_spool()
+
+    def _show_storage_faults(self) -> None:
+        # The spool and the fleet store never raise (a full card must not stop the link);
+        # they keep their last failure, which the daemon's status shows until a write works.
+        if self._faults is not None:
+            self._faults.note("fleet store", self.store.error)
+            self._faults.note("spool", self.spool.error)
 
     def _tick(self) -> None:
         now = time.monotonic()
