@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent.config.root import AgentConfig
+from agent.config.tomlfile import leaf_paths
 
 # Whole sections the fleet can never change.
 LOCAL_ONLY_SECTIONS = frozenset({"mqtt", "paths", "device", "service", "inference", "daemon"})
@@ -63,24 +64,13 @@ _GUARDS: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
 }
 
 
-def _leaves(values: Mapping[str, Any], prefix: str = "") -> list[str]:
-    out: list[str] = []
-    for key, value in values.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and value:
-            out += _leaves(value, path)
-        else:
-            out.append(path)
-    return out
-
-
 def local_only_problems(document: Mapping[str, Any]) -> list[str]:
     """Each key of ``document`` (nested) that only the local config may set, as an error line.
 
     Keys that do not exist at all are left to schema validation (it names them as unknown).
     """
     problems: list[str] = []
-    for path in _leaves(document):
+    for path in leaf_paths(document):
         section = path.split(".", 1)[0]
         if section in LOCAL_ONLY_SECTIONS or any(
             path == key or path.startswith(key + ".") for key in LOCAL_ONLY_KEYS
@@ -103,7 +93,7 @@ def loosened_problems(
         document: the fleet's document (nested); only the guards it sets are judged.
     """
     problems: list[str] = []
-    set_paths = set(_leaves(document))
+    set_paths = set(leaf_paths(document))
     for path, (protects, rule) in _GUARDS.items():
         if path not in set_paths:
             continue

@@ -23,7 +23,7 @@ from agent.config.override_file import read_overrides
 from agent.config.problems import ConfigValidationError, problems_from_validation_error
 from agent.config.profiles import Profile, default_profiles_dir, load_profile
 from agent.config.root import AgentConfig
-from agent.config.tomlfile import TomlDoc, closest, read_toml
+from agent.config.tomlfile import TomlDoc, closest, leaf_paths, read_toml
 from agent.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/mobizo-agent/agent.toml")
@@ -82,18 +82,6 @@ def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
-    return out
-
-
-def leaf_paths(values: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Dotted paths of every non-table value in ``values``."""
-    out: list[str] = []
-    for key, value in values.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and value:
-            out += leaf_paths(value, path)
-        else:
-            out.append(path)
     return out
 
 

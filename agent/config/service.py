@@ -65,6 +65,14 @@ class InferenceConfig(Section):
     max_new_tokens: int = Field(
         default=128, ge=1, le=32_768, description="default cap on generated tokens per request"
     )
+    prompt_cache_slots: int = Field(
+        default=4, ge=0, le=64, description="conversations whose token ids the prompt cache "
+        "remembers (the newest one's KV state is reused by a follow-up turn); 0 = off"
+    )
+    context_policy: Literal["truncate", "error"] = Field(
+        default="truncate", description="a chat over the context (prompt + max_tokens): drop "
+        "its oldest turns, keeping system messages, or answer 400"
+    )
     memory_max_mb: int = Field(
         default=0, ge=0, le=1 << 20, description="memory cap of the service (MiB); 0 = none"
     )

@@ -74,7 +74,7 @@ def _render_table(
 def show_json(loaded: LoadedConfig) -> dict[str, Any]:
     """Machine-readable form: the config and the source of every leaf."""
     cfg = loaded.config.model_dump(mode="json")
-    from agent.config.loader import leaf_paths
+    from agent.config.tomlfile import leaf_paths
 
     sources = {path: loaded.source_of(path) for path in leaf_paths(cfg)}
     return {

@@ -86,3 +86,15 @@ def read_toml(path: Path) -> TomlDoc:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}; fix the syntax there") from exc
     return TomlDoc(path=path, values=values, lines=scan_lines(text))
+
+
+def leaf_paths(values: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted paths of every non-table value in ``values``."""
+    out: list[str] = []
+    for key, value in values.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            out += leaf_paths(value, path)
+        else:
+            out.append(path)
+    return out

@@ -7,7 +7,9 @@ daemon never imports torch), pure data: reading and writing the file is the call
 
 ``steps`` is the length of the training run: a resumed run ends there. The lr schedule is
 laid over ``schedule_steps`` (default ``steps``): the daemon trains ``[training]
-steps_per_burst`` steps per run on a schedule ``[training] total_steps`` long.
+steps_per_burst`` steps per run on a schedule ``[training] total_steps`` long, and
+``schedule_offset`` says where on it a run starts (the steps its earlier runs trained), so
+the schedule runs across runs instead of restarting with each.
 ``burst_steps`` and ``max_seconds`` only bound this invocation, so they are not part of the
 run's identity (:meth:`TrainJob.run_identity`).
 The bounds of the fields that ``[training]`` also has are the same as there
@@ -31,6 +33,9 @@ EXIT_OK = 0
 EXIT_BAD_INPUT = 2  # bad input: nothing was done (agent.cli's code for a MobizoError)
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped early, checkpoint written, run again with --resume
 
+# The most steps a schedule offset counts (the daemon's running total is clamped to it).
+MAX_SCHEDULE_OFFSET = 100_000_000
+
 # Where the daemon writes the job of a run's next burst (inside the run directory).
 TRAIN_JOB_FILE = "train_job.json"
 
@@ -50,6 +55,10 @@ class TrainJob(BaseModel):
         default=None, ge=1, le=10_000_000,
         description="steps the lr schedule is laid over (the daemon passes [training] "
         "total_steps, of which one run is steps_per_burst); default: steps")
+    schedule_offset: int = Field(
+        default=0, ge=0, le=MAX_SCHEDULE_OFFSET,
+        description="steps earlier runs of this device trained on the same schedule: step t "
+        "of this run takes the lr of schedule step schedule_offset + t")
     mode: zs.Mode = Field(default="prge-dual", description="how the 2q losses are batched")
     q: int = Field(default=zs.DEFAULT_Q, ge=1, le=64, description="queries per step")
     batch: int | None = Field(default=None, ge=1, le=256,
@@ -114,7 +123,10 @@ class TrainJob(BaseModel):
     def run_identity(self) -> dict[str, Any]:
         """The settings that shape the trajectory: a checkpoint resumes only under these."""
         # schedule_steps only when it differs, so older checkpoints keep their identity
-        extra = {"schedule_steps": self.horizon} if self.horizon != self.steps else {}
+        extra: dict[str, Any] = (
+            {"schedule_steps": self.horizon} if self.horizon != self.steps else {})
+        if self.schedule_offset:
+            extra["schedule_offset"] = self.schedule_offset
         return {
             **extra, "steps": self.steps, "mode": self.mode, "q": self.q, "batch": self.batch,
             "seed": self.seed, "lr": self.lr, "eps": self.eps, "lr_schedule": self.lr_schedule,

@@ -12,6 +12,11 @@
 Programs are loaded from their path, so the runtime reads the file through its own data
 loader instead of a Python bytes copy that would stay resident next to XNNPACK's packed
 weights.
+
+The ExecuTorch thread pool is process-wide: :func:`size_thread_pool` sizes it once, at
+process start, before any program is loaded (``[inference] threads`` in the service,
+``[device] threads`` in the trainer and evaluator). Resizing it after programs had run
+deadlocked (DESIGN §3), so it refuses to then.
 """
 
 from __future__ import annotations
@@ -31,12 +36,41 @@ from agent.io.bundle_files import read_manifest
 
 log = logging.getLogger(__name__)
 
+# Whether this process has loaded a program: from then on the thread pool is not resized.
+_loaded = False
+
+
+def size_thread_pool(threads: int | None) -> int:
+    """Size the ExecuTorch thread pool to ``threads``; returns the pool's size afterwards.
+
+    Call once at process start, before any program is loaded. ``None`` or 0 keep the
+    runtime's default (one thread per core). Once a program has been loaded in this process
+    a different size is refused (logged, the pool stays as it is): resizing the pool under
+    loaded programs deadlocked (DESIGN §3).
+
+    Args:
+        threads: the wanted number of threads (``[inference]``/``[device] threads``).
+    """
+    from executorch.extension.pybindings import portable_lib
+
+    current = int(portable_lib._threadpool_get_thread_count())
+    if not threads or threads == current:
+        return current
+    if _loaded:
+        log.warning("the ExecuTorch thread pool has %d threads and a program is loaded; "
+                    "not resizing it to %d (size it at process start)", current, threads)
+        return current
+    portable_lib._unsafe_reset_threadpool(int(threads))
+    return int(portable_lib._threadpool_get_thread_count())
+
 
 def _load_program(path: Path) -> Any:  # executorch.runtime.Program (the package is untyped)
     from executorch.runtime import Runtime, Verification
 
+    global _loaded
     if not path.is_file():
         raise BundleError(f"{path} is missing; re-export the bundle")
+    _loaded = True  # before loading: a failed load may have touched the pool too
     try:
         return Runtime.get().load_program(path, verification=Verification.Minimal)
     except Exception as exc:  # the pybinding raises RuntimeError/ValueError with codes
@@ -52,8 +86,8 @@ class TrainProgram:
         slices: S, the number of LoRA-B rows per call (2q for P-RGE dual, q for P-RGE, 1 for
             MeZO and evaluation).
         batch: b, sequences per slice.
-        threads: accepted for interface symmetry; the ExecuTorch thread pool is process-wide
-            and resizing it at run time deadlocked (DESIGN §3), so pin threads with taskset.
+        threads: recorded only: the ExecuTorch thread pool is process-wide, sized once at
+            process start by :func:`size_thread_pool`.
         program_file: load the methods from this file of the bundle instead of ``train.pte``
             (the benchmark's ``bench_infer.pte``, which holds the bundle's S = 1 shapes alone).
     """

@@ -88,7 +88,7 @@ def evaluate_adapters(
     from agent.io.adapter_fs import AdapterValidator
     from agent.io.bundle_files import read_manifest
     from agent.training.data import load_dataset
-    from agent.training.programs import choose_eval_shape, load_program
+    from agent.training.programs import choose_eval_shape, load_program, size_runtime_threads
     from agent.training.tokenize import load_tokenizer
 
     if split not in ("heldout", "train", "all"):
@@ -106,6 +106,7 @@ def evaluate_adapters(
                         "add interactions or use --split all")
     if program is None:
         shape = choose_eval_shape(manifest, len(flats))
+        size_runtime_threads(backend, threads)  # [device] threads, before the program loads
         program = load_program(bundle, backend, shape.slices, shape.batch, threads)
     losses = heldout_losses(program, examples, flats, pad_id=pad_id)
     return {

@@ -97,6 +97,19 @@ def load_program(bundle_dir: Path, backend: str, slices: int, batch: int,
     raise TrainingError(f"unknown backend {backend!r}; choose executorch or eager")
 
 
+def size_runtime_threads(backend: str, threads: int | None) -> int | None:
+    """Size the runtime's thread pool before the first program loads; returns its size.
+
+    ``executorch``: the process-wide ExecuTorch pool (:func:`agent.io.runtime.size_thread_pool`;
+    ``None`` = one thread per core). The eager reference has no pool of its own: ``None``.
+    """
+    if backend != "executorch":
+        return None
+    from agent.io.runtime import size_thread_pool
+
+    return size_thread_pool(threads)
+
+
 def default_factory(backend: str) -> ProgramFactory:
     def factory(bundle_dir: Path, slices: int, batch: int, threads: int | None) -> zo.LossFn:
         return load_program(bundle_dir, backend, slices, batch, threads)

@@ -29,6 +29,7 @@ class TrainResult:
     adapter_dir: Path | None = None
     checkpoint: Path | None = None
     stop_reason: str = ""
+    runtime_threads: int | None = None  # the runtime's thread pool (None: not sized here)
     data: dict[str, Any] = field(default_factory=dict)
 
     @property

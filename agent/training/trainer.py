@@ -47,6 +47,7 @@ from agent.training.programs import (
     choose_train_shape,
     default_factory,
     resolve_batch,
+    size_runtime_threads,
 )
 from agent.training.result import METRICS_NAME, Status, TrainResult
 from agent.training.tokenize import Tokenizer, load_tokenizer
@@ -84,6 +85,8 @@ class ZOTrainRecipe:
     ) -> None:
         self.config = config
         self._factory = program_factory or default_factory(config.backend)
+        self._sizes_pool = program_factory is None  # an injected program has no runtime pool
+        self.runtime_threads: int | None = None
         self._tokenizer = tokenizer
         self._should_stop = should_stop or (lambda: False)
         self._on_step = on_step
@@ -159,6 +162,8 @@ class ZOTrainRecipe:
             else:
                 log.info("no checkpoint in %s: starting at step 0", ckpt_dir)
 
+        if self._sizes_pool:  # [device] threads, before the first program of the process
+            self.runtime_threads = size_runtime_threads(cfg.backend, cfg.threads)
         self.program = self._factory(cfg.bundle, self.shape.slices, self.shape.batch, cfg.threads)
         self._buffers = zo.StepBuffers()  # the step's host memory, reused by every step
         prog_len = getattr(self.program, "max_length", exported_len)
@@ -181,7 +186,8 @@ class ZOTrainRecipe:
         t0 = self._clock()
         restore = self._install_signal_handlers()
         result = TrainResult(status="completed", start_step=start_step, end_step=start_step,
-                             total_steps=cfg.steps, seconds=0.0)
+                             total_steps=cfg.steps, seconds=0.0,
+                             runtime_threads=self.runtime_threads)
         try:
             status: Status = "completed"
             reason = ""
@@ -219,7 +225,8 @@ class ZOTrainRecipe:
         t = self.step
         t_start = time.perf_counter()
         tokens, mask = self._stream.batch_at(t)
-        lr = zo.learning_rate(t, base_lr=cfg.lr, total_steps=cfg.horizon,
+        # the schedule runs across runs: this run's step t is schedule step offset + t
+        lr = zo.learning_rate(cfg.schedule_offset + t, base_lr=cfg.lr, total_steps=cfg.horizon,
                               schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
                               min_lr_ratio=cfg.min_lr_ratio)
         res = zo.zo_step(self.program, cfg.mode, self.lora_b, tokens, mask, run_seed=cfg.seed,

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from agent.config import AgentConfig
-from agent.core.train_job import TRAIN_JOB_FILE, TrainJob
+from agent.core.train_job import MAX_SCHEDULE_OFFSET, TRAIN_JOB_FILE, TrainJob
 from agent.io.atomic import atomic_write_text
 from agent.io.children.process import ChildProcess, limits_from_training
 from agent.services.daemon.run_files import RunFiles
@@ -23,12 +23,14 @@ def train_job(cfg: AgentConfig, run: RunState, files: RunFiles) -> TrainJob:
     """The job of ``run``'s next burst, from ``[training]`` and the run.
 
     A run is ``steps_per_burst`` steps (a stopped burst resumes within it from the
-    checkpoint); the lr schedule is laid over ``total_steps``.
+    checkpoint); the lr schedule is laid over ``total_steps``, starting at the steps earlier
+    runs trained (``run.schedule_offset``, fixed when the run opened).
     """
     t = cfg.training
     return TrainJob(
         bundle=cfg.bundle_dir, data=files.run_dir / "train.jsonl",
         out=files.candidate(run.run_id), steps=t.steps_per_burst, schedule_steps=t.total_steps,
+        schedule_offset=min(run.schedule_offset, MAX_SCHEDULE_OFFSET),
         mode=t.mode, q=t.q, batch=t.batch, seed=run.seed, lr=t.lr, eps=t.eps,
         lr_schedule=t.lr_schedule, warmup_steps=t.warmup_steps, min_lr_ratio=t.min_lr_ratio,
         clip=t.clip, max_length=t.sequence_length or None,

@@ -183,7 +183,7 @@ class RunLifecycle:
         self.bursts.start(decision)
 
     def _new_run(self) -> bool:
-        opened = open_run(self.ctx, self.memory.runs)
+        opened = open_run(self.ctx, self.memory.runs, self.memory.trained_steps)
         if isinstance(opened, NotEnoughData):
             self.data_short_at = self.seen_change_seq
             self.data_short_reason = opened.reason
@@ -259,7 +259,9 @@ class RunLifecycle:
             if advance_cursor:
                 self.memory = self.memory.model_copy(update={"cursor": run.cursor})
                 self.seen_change_seq = None  # recount new examples
-            self.remember(last_burst_end=self.ctx.clock())
+            # the lr schedule runs on across runs ([training] total_steps)
+            self.remember(last_burst_end=self.ctx.clock(),
+                          trained_steps=self.memory.trained_steps + run.steps_done)
             self.files.remove_candidate(run.run_id)
         self.discard_run()
         outcome.loss = self.bursts.progress.last_loss

@@ -28,12 +28,15 @@ class NotEnoughData:
     reason: str
 
 
-def open_run(ctx: RunContext, runs_before: int) -> RunState | NotEnoughData:
+def open_run(ctx: RunContext, runs_before: int,
+             schedule_offset: int = 0) -> RunState | NotEnoughData:
     """Snapshot the store into the run directory and describe run number ``runs_before + 1``.
 
     Args:
         ctx: the run's collaborators (config, store, registry, files, clock, wishes).
         runs_before: how many runs this device opened before (numbers the id and the seed).
+        schedule_offset: steps the earlier runs trained (where this run starts on the lr
+            schedule).
 
     Returns:
         the new run (not yet written), or why there is none (the snapshot is removed).
@@ -60,4 +63,4 @@ def open_run(ctx: RunContext, runs_before: int) -> RunState | NotEnoughData:
         run_id=run_id, seed=seed, init_adapter=str(init_dir), init_version=init_version,
         cursor=snap.cursor, n_train=snap.n_train, n_heldout=snap.n_heldout,
         created_at=ctx.clock(), manual=ctx.wishes.manual is not None, data_seq=snap.data_seq,
-        training_hash=training_hash(cfg.training))
+        training_hash=training_hash(cfg.training), schedule_offset=schedule_offset)

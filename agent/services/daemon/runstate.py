@@ -36,6 +36,10 @@ class RunState(BaseModel):
     manual: bool = False
     training_hash: str = Field(default="", description="[training] the run was started under")
     trainer_pid: int | None = Field(default=None, description="pid of the last burst's trainer")
+    schedule_offset: int = Field(
+        default=0, ge=0, description="steps earlier runs trained: where this run starts on "
+        "the [training] total_steps lr schedule (fixed for the run, so its bursts resume "
+        "the same checkpoint identity)")
     data_seq: int | None = Field(
         default=None, description="highest store insertion seq when the snapshot was taken "
         "(every row trained on has seq <= it; None: not recorded)")
@@ -50,6 +54,8 @@ class DaemonMemory(BaseModel):
     last_burst_end: float | None = None
     runs: int = 0
     purge_seen: int = Field(default=0, ge=0, description="last store purge cleaned up after")
+    trained_steps: int = Field(default=0, ge=0, description="steps of every finished run so "
+                               "far: the next run's lr schedule offset")
 
 
 

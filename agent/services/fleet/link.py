@@ -93,12 +93,8 @@ class FleetLink:
         self._faults = faults
         state_dir.mkdir(parents=True, exist_ok=True)
         self.store = FleetStore(state_dir / "fleet.db")
-        self.spool = Spool(
-            state_dir / "spool.db",
-            max_bytes=config.spool_max_bytes,
-            max_age_s=config.spool_max_age_s,
-            clock=clock,
-        )
+        self.spool = Spool(state_dir / "spool.db", max_bytes=config.spool_max_bytes,
+                           max_age_s=config.spool_max_age_s, clock=clock)
         # Bounded in items and in payload bytes: a flood while the worker is busy costs at
         # most inbox_max_bytes of memory; the rest is dropped by the network thread.
         self._inbox: ByteBoundedQueue = ByteBoundedQueue(
@@ -109,23 +105,11 @@ class FleetLink:
         self._next_telemetry = time.monotonic() + config.telemetry_interval_s
         self._stopped = False
         self._threads: list[threading.Thread] = []
-        self.session = FleetSession(
-            config,
-            device_id=device_id,
-            topics=self.topics,
-            store=self.store,
-            inbox=self._inbox,
-            clock=clock,
-            password=password,
-        )
-        self.outbound = FleetOutbound(
-            config,
-            session=self.session,
-            spool=self.spool,
-            state_source=state_source,
-            clock=clock,
-            stop=self._stop,
-        )
+        self.session = FleetSession(config, device_id=device_id, topics=self.topics,
+                                    store=self.store, inbox=self._inbox, clock=clock,
+                                    password=password)
+        self.outbound = FleetOutbound(config, session=self.session, spool=self.spool,
+                                      state_source=state_source, clock=clock, stop=self._stop)
         self.jobs = FleetJobs(
             config,
             session=self.session,

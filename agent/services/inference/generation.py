@@ -19,6 +19,8 @@ import numpy as np
 
 from agent.core.bundle import BundleManifest
 from agent.core.prompt_format import PromptFormat, conversation
+from agent.services.inference.detokenize import IncrementalDecoder
+from agent.services.inference.prompt_cache import PromptCache
 from agent.services.inference.sampling import (
     SamplingDefaults,
     SamplingParams,
@@ -105,24 +107,40 @@ class GenerationResult:
     completion_tokens: int
     prefill_s: float
     decode_s: float
+    cached_tokens: int = 0  # prompt tokens whose KV state a previous request left resident
 
 
 class Generator:
-    """Runs one request at a time on the program (the caller serialises)."""
+    """Runs one request at a time on the program (the caller serialises).
+
+    With a :class:`PromptCache`, a request whose prompt starts with the tokens the program
+    holds from the previous request (same adapter) prefills only the rest.
+    """
 
     def __init__(self, program: InferProgramLike, codec: TextCodec,
                  clock: Callable[[], float] = time.perf_counter,
-                 context_cap: int | None = None) -> None:
+                 context_cap: int | None = None,
+                 prompt_cache: PromptCache | None = None) -> None:
         self.program = program
         self.codec = codec
         self._clock = clock
         self._context_cap = context_cap
+        self.prompt_cache = prompt_cache or PromptCache(0)
 
     @property
     def max_context(self) -> int:
         """Prompt + generated tokens: the program's KV cache, or less if capped by config."""
         exported = int(self.program.max_context)
         return exported if self._context_cap is None else min(exported, self._context_cap)
+
+    def _prefill(self, prompt_ids: Sequence[int], lora_b: np.ndarray,
+                 cache_key: str | None) -> tuple[np.ndarray, int]:
+        """Feed the prompt (only what the resident sequence lacks); its last logits, reused."""
+        reused = self.prompt_cache.lookup(cache_key, prompt_ids).reused
+        self.prompt_cache.invalidate()  # until this request stores what it wrote
+        if reused == 0:
+            self.program.reset()
+        return self.program.forward(list(prompt_ids[reused:]), reused, lora_b), reused
 
     def generate(
         self,
@@ -132,10 +150,13 @@ class Generator:
         *,
         on_delta: Callable[[str], None] | None = None,
         cancelled: Callable[[], bool] = lambda: False,
+        cache_key: str | None = None,
     ) -> GenerationResult:
         """Generate a completion of ``prompt_ids`` with adapter ``lora_b``.
 
         ``on_delta`` receives each new piece of text (stop strings never leak into it).
+        ``cache_key`` names the adapter (its version) for the prompt cache; None: no reuse.
+        Generation that reaches the end of the context stops with ``"length"``.
         """
         n_prompt = len(prompt_ids)
         if not 0 < n_prompt < self.max_context:
@@ -144,11 +165,12 @@ class Generator:
         budget = min(params.max_tokens, self.max_context - n_prompt)
         rng = np.random.default_rng(params.seed)
         scanner = StopScanner(params.stop)
+        detok = IncrementalDecoder(self.codec.decode)
         t0 = self._clock()
-        self.program.reset()
-        logits = self.program.forward(list(prompt_ids), 0, lora_b)
+        logits, reused = self._prefill(prompt_ids, lora_b, cache_key)
         t1 = self._clock()
         out: list[int] = []
+        fed = list(prompt_ids)  # what the program's KV cache holds, for the prompt cache
         text, finish, pos = "", "length", n_prompt
         while len(out) < budget:
             token = choose_token(logits, params, rng)
@@ -156,7 +178,7 @@ class Generator:
                 finish = "stop"
                 break
             out.append(token)
-            text = self.codec.decode(out)
+            text += detok.push(token)
             delta = scanner.feed(text)
             if delta and on_delta is not None:
                 on_delta(delta)
@@ -169,11 +191,15 @@ class Generator:
             if len(out) >= budget:
                 break
             logits = self.program.forward([token], pos, lora_b)
+            fed.append(token)
             pos += 1
-        tail = scanner.finish(text)
+        self.prompt_cache.store(cache_key, fed)
+        text += detok.flush()
+        tail = scanner.finish(text) if not scanner.stopped else ""
         if tail and on_delta is not None:
             on_delta(tail)
         return GenerationResult(
             text=text[: scanner.emitted], finish_reason=finish, prompt_tokens=n_prompt,
             completion_tokens=len(out), prefill_s=t1 - t0, decode_s=self._clock() - t1,
+            cached_tokens=reused,
         )

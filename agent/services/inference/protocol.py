@@ -112,8 +112,21 @@ def timings(prompt_n: int, prompt_s: float, predicted_n: int, predicted_s: float
     }
 
 
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
+          truncated_messages: int = 0) -> dict[str, Any]:
+    """OpenAI's ``usage``, with the prompt cache's reuse (``prompt_tokens_details``) and, when
+    the context policy dropped old turns, ``truncated_messages``."""
+    body: dict[str, Any] = {
+        "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+    if truncated_messages:
+        body["truncated_messages"] = truncated_messages
+    return body
+
+
 def chat_response(iid: str, created: int, model: str, text: str, finish: str,
-                  usage: dict[str, int], adapter: str) -> dict[str, Any]:
+                  usage: dict[str, Any], adapter: str) -> dict[str, Any]:
     return {
         "id": iid, "object": "chat.completion", "created": created, "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -123,7 +136,7 @@ def chat_response(iid: str, created: int, model: str, text: str, finish: str,
 
 
 def completion_response(iid: str, created: int, model: str, text: str, finish: str,
-                        usage: dict[str, int], adapter: str) -> dict[str, Any]:
+                        usage: dict[str, Any], adapter: str) -> dict[str, Any]:
     return {
         "id": iid, "object": "text_completion", "created": created, "model": model,
         "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],

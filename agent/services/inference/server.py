@@ -40,6 +40,7 @@ from agent.services.inference.api_handler import (
     ServedApp,
     serve_connection,
 )
+from agent.services.inference.context_fit import fit_messages
 from agent.services.inference.guard import HttpError, check_stops, is_loopback
 from agent.services.inference.protocol import (
     ChatCompletionRequest,
@@ -50,6 +51,7 @@ from agent.services.inference.protocol import (
     completion_chunk,
     completion_response,
     timings,
+    usage,
 )
 from agent.services.inference.worker import Job, JobDone
 
@@ -148,12 +150,17 @@ class Handler(ApiHandler):
         if chars > limit:
             raise HttpError(413, f"prompt of {chars} characters is over the limit of {limit}",
                             limit_chars=limit)
+        ctx, dropped = app.generator.max_context, 0
+        want = req.token_limit or app.config.default_max_tokens
         try:
-            ids = app.codec.encode_chat(messages) if messages is not None else \
-                app.codec.encode_prompt(prompt or "")
+            if messages is not None and app.config.context_policy == "truncate":
+                fitted = fit_messages(messages, app.codec.encode_chat, lambda n: n + want <= ctx)
+                ids, messages, dropped = fitted.ids, fitted.messages, fitted.dropped
+            else:
+                ids = app.codec.encode_chat(messages) if messages is not None else \
+                    app.codec.encode_prompt(prompt or "")
         except PromptError as exc:  # e.g. a chat template that refuses the roles' order
             raise HttpError(400, str(exc), param=exc.field) from exc
-        ctx = app.generator.max_context
         if not ids:
             raise HttpError(400, "the prompt is empty")
         if len(ids) >= ctx:
@@ -162,9 +169,9 @@ class Handler(ApiHandler):
                             "prompt", prompt_tokens=len(ids), max_context=ctx)
         params = req.sampling_params(  # the model's generation_config.json fills the gaps
             app.codec.defaults,
-            max_tokens=min(req.token_limit or app.config.default_max_tokens, ctx - len(ids)))
+            max_tokens=min(want, ctx - len(ids)))
         job = Job(id=new_interaction_id(), kind=kind, prompt_ids=ids, params=params,
-                  messages=messages, prompt=prompt)
+                  messages=messages, prompt=prompt, truncated_messages=dropped)
         if not app.worker.submit(job):
             raise HttpError(503, "the service is busy (request queue full); retry shortly",
                             "overloaded", headers={"Retry-After": str(app.retry_after_s())})
@@ -191,14 +198,14 @@ class Handler(ApiHandler):
         if done.ticket is not None:
             done.ticket.wait(self.app.config.commit_ack_timeout_s)
         r = done.result
-        usage = {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-                 "total_tokens": r.prompt_tokens + r.completion_tokens}
         build = chat_response if kind == "chat" else completion_response
         body = build(job.id, int(time.time()), self.app.model_name, r.text, r.finish_reason,
-                     usage, done.adapter_version)
+                     usage(r.prompt_tokens, r.completion_tokens, r.cached_tokens,
+                           job.truncated_messages), done.adapter_version)
         body["timings"] = timings(r.prompt_tokens, r.prefill_s, r.completion_tokens, r.decode_s)
         self._send_json(200, body, {"x-interaction-id": job.id,
-                                    "x-adapter-version": done.adapter_version})
+                                    "x-adapter-version": done.adapter_version,
+                                    **_truncated_header(job)})
 
     def _stream(self, kind: str, job: Job) -> None:
         event, value = self._next_event(job)
@@ -210,6 +217,8 @@ class Handler(ApiHandler):
         self.send_header("Cache-Control", "no-cache")
         self.send_header("x-interaction-id", job.id)
         self.send_header("x-adapter-version", version)
+        for name, value in _truncated_header(job).items():
+            self.send_header(name, value)
         self.end_headers()
         created, model = int(time.time()), self.app.model_name
 
@@ -238,9 +247,8 @@ class Handler(ApiHandler):
             final = (chat_chunk(job.id, created, model, {}, r.finish_reason, version)
                      if kind == "chat" else
                      completion_chunk(job.id, created, model, "", r.finish_reason, version))
-            final["usage"] = {"prompt_tokens": r.prompt_tokens,
-                              "completion_tokens": r.completion_tokens,
-                              "total_tokens": r.prompt_tokens + r.completion_tokens}
+            final["usage"] = usage(r.prompt_tokens, r.completion_tokens, r.cached_tokens,
+                                   job.truncated_messages)
             final["timings"] = timings(r.prompt_tokens, r.prefill_s, r.completion_tokens,
                                        r.decode_s)
             if done.ticket is not None:
@@ -249,6 +257,11 @@ class Handler(ApiHandler):
             send("[DONE]")
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             job.cancelled.set()  # the client left (or stopped reading): stop generating
+
+
+def _truncated_header(job: Job) -> dict[str, str]:
+    """``X-Mobizo-Truncated: N`` when the context policy dropped N old messages."""
+    return {"X-Mobizo-Truncated": str(job.truncated_messages)} if job.truncated_messages else {}
 
 
 def _not_stored(reason: str) -> HttpError:

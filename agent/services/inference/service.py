@@ -24,6 +24,7 @@ from agent.services.inference.connections import ConnectionFront
 from agent.services.inference.generation import Generator, InferProgramLike, TextCodec
 from agent.services.inference.guard import RateWindow, allowed_hosts
 from agent.services.inference.hotswap import AdapterSlot, PointerWatcher, PostSwitchHook
+from agent.services.inference.prompt_cache import PromptCache
 from agent.services.inference.server import ApiContext, Handler, serve_connection
 from agent.services.inference.settings import ServeConfig, listen_host
 from agent.services.inference.worker import GenerationWorker
@@ -60,11 +61,16 @@ class InferenceService:
             self.state_dir, validator=validator, keep=self.config.adapters_kept)
         hook = PostSwitchHook(self.config.post_switch_command, self.config.post_switch_url)
         self.slot = AdapterSlot(self.registry, hook=hook)
+        # the ExecuTorch pool is sized before the program loads ([inference] threads); an
+        # injected program has no such pool (None)
+        self.runtime_threads: int | None = (
+            _size_thread_pool(self.config.threads) if program_factory is None else None)
         factory = program_factory or _executorch_program
         self.program = factory(self.bundle_dir, self.config.threads)
         self.codec = TextCodec.for_bundle(self.bundle_dir, self.manifest)
         self.generator = Generator(self.program, self.codec,
-                                   context_cap=self.config.max_context)
+                                   context_cap=self.config.max_context,
+                                   prompt_cache=PromptCache(self.config.prompt_cache_slots))
         self.store: InteractionStore | None = (
             InteractionStore.in_state_dir(self.state_dir, self.config.store)
             if self.config.store.capture else None)
@@ -149,6 +155,7 @@ class InferenceService:
             "served": self.worker.served,
             "failed": self.worker.failed,
             "capture": store is not None,
+            "runtime_threads": self.runtime_threads,
             "store": None if store is None else {
                 "pending": store.pending, "evicted": store.evicted,
                 "dropped_oversize": store.dropped_oversize,
@@ -160,6 +167,12 @@ def _model_name(source: str) -> str:
     if source.startswith("preset:"):
         return (source.split(":", 1)[1].split() or ["starter"])[0]
     return Path(source).name or source
+
+
+def _size_thread_pool(threads: int | None) -> int:
+    from agent.io.runtime import size_thread_pool
+
+    return size_thread_pool(threads)
 
 
 def _executorch_program(bundle_dir: Path, threads: int | None) -> InferProgramLike:

@@ -9,7 +9,7 @@ override single fields (:func:`serve_config`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -35,6 +35,10 @@ class ServeConfig(BaseModel):
                                 description="larger bodies get 413 before they are read")
     max_prompt_chars: int = Field(default=200_000, ge=1, description="larger prompts get 413")
     default_max_tokens: int = Field(default=128, ge=1, description="when a request names none")
+    prompt_cache_slots: int = Field(default=4, ge=0, le=64,
+                                    description="conversations the prompt cache remembers")
+    context_policy: Literal["truncate", "error"] = Field(
+        default="truncate", description="a chat over the context: drop its oldest turns, or 400")
     request_timeout_s: float = Field(default=600, gt=0, description="wait for one generation")
     commit_ack_timeout_s: float = Field(
         default=2.0, ge=0, description="wait this long for the row to commit before answering")
@@ -119,7 +123,8 @@ def serve_config(cfg: AgentConfig, *, listen: str | None = None,
     values: dict[str, Any] = {
         "listen": url_listen, "unix_socket": url_socket, "threads": inf.threads or None,
         "max_context": inf.max_context, "max_queue": inf.max_queue,
-        "default_max_tokens": inf.max_new_tokens, "request_timeout_s": inf.request_timeout_s,
+        "default_max_tokens": inf.max_new_tokens, "prompt_cache_slots": inf.prompt_cache_slots,
+        "context_policy": inf.context_policy, "request_timeout_s": inf.request_timeout_s,
         "watch_interval_s": inf.watch_interval_s,
         "max_body_bytes": inf.max_body_bytes, "require_token": inf.require_token,
         "token_file": inf.token_file, "allowed_hosts": list(inf.allowed_hosts),

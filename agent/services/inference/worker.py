@@ -38,6 +38,7 @@ class Job:
     params: SamplingParams
     messages: list[dict[str, str]] | None = None
     prompt: str | None = None
+    truncated_messages: int = 0  # oldest turns dropped to fit the context
     events: queue.Queue[tuple[str, Any]] = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued_at: float = field(default_factory=time.perf_counter)
@@ -119,7 +120,7 @@ class GenerationWorker:
         result = self.generator.generate(
             job.prompt_ids, job.params, lora_b,
             on_delta=lambda text: job.events.put(("delta", text)),
-            cancelled=job.cancelled.is_set,
+            cancelled=job.cancelled.is_set, cache_key=version,  # a swap misses the cache
         )
         latency_ms = (time.perf_counter() - job.enqueued_at) * 1000
         ticket = None
