@@ -70,8 +70,9 @@ class InferenceConfig(Section):
         "remembers (the newest one's KV state is reused by a follow-up turn); 0 = off"
     )
     context_policy: Literal["truncate", "error"] = Field(
-        default="truncate", description="a chat over the context (prompt + max_tokens): drop "
-        "its oldest turns, keeping system messages, or answer 400"
+        default="truncate", description="a chat whose prompt + max_tokens exceed the context: "
+        "'truncate' drops its oldest whole turns (system messages stay; usage.truncated_messages "
+        "says how many), 'error' answers 400 once the prompt itself does not fit"
     )
     memory_max_mb: int = Field(
         default=0, ge=0, le=1 << 20, description="memory cap of the service (MiB); 0 = none"

@@ -186,3 +186,28 @@ def test_handlers_change_the_wishes_the_run_code_reads(world: World) -> None:
     assert handlers.resume(NoArgs())["message"] == "was not paused"
     _until(runs, lambda: runs.memory.runs == 1 and runs.run is None)
     assert world.wishes.manual is None  # a manual run ends with its run
+
+
+def test_the_lr_schedule_runs_on_across_runs(world: World) -> None:
+    """Each finished run adds its steps to the memory; the next run starts there on the
+    [training] total_steps schedule, and its job document says so."""
+    from agent.services.daemon.children import train_job
+    from agent.services.daemon.runstate import DaemonMemory
+
+    runs = world.lifecycle()
+    _until(runs, lambda: runs.memory.runs == 1 and runs.run is None)
+    assert runs.memory.trained_steps == 3  # steps_per_burst of the first run
+    assert world.ctx.files.read_memory().trained_steps == 3  # written to daemon.json
+    world.wishes.manual = None
+    handlers = DaemonHandlers(wishes=world.wishes, runs=runs, reporter=world.reporter,
+                              registry=world.registry, tell_service=world._tell,
+                              status_document=lambda: {"state": "x"})
+    handlers.train_now(TrainNowRequest(skip=["power"]))
+    _until(runs, lambda: runs.run is not None)
+    run = runs.run
+    assert run is not None and run.schedule_offset == 3
+    assert train_job(world.cfg, run, world.ctx.files).schedule_offset == 3
+    _until(runs, lambda: runs.memory.runs == 2 and runs.run is None)
+    assert runs.memory.trained_steps == 6
+    # a daemon.json written before the field existed still loads
+    assert DaemonMemory.model_validate_json('{"cursor": 4, "runs": 2}').trained_steps == 0

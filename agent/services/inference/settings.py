@@ -38,7 +38,8 @@ class ServeConfig(BaseModel):
     prompt_cache_slots: int = Field(default=4, ge=0, le=64,
                                     description="conversations the prompt cache remembers")
     context_policy: Literal["truncate", "error"] = Field(
-        default="truncate", description="a chat over the context: drop its oldest turns, or 400")
+        default="truncate", description="a chat over the context: drop its oldest turns, or 400 "
+        "when the prompt does not fit")
     request_timeout_s: float = Field(default=600, gt=0, description="wait for one generation")
     commit_ack_timeout_s: float = Field(
         default=2.0, ge=0, description="wait this long for the row to commit before answering")
