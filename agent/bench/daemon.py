@@ -139,7 +139,7 @@ journal = "off"
 
 
 def _status(state: Path) -> dict[str, Any]:
-    from agent.services.daemon.control import control_request
+    from agent.io.control_socket import control_request
 
     reply = control_request(state / "control.sock", "status", timeout=30)
     return reply.result or {}

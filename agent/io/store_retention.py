@@ -1,7 +1,8 @@
-"""Keeping the interaction store bounded: the size cap, retention by age, and purge.
+"""Keeping the interaction store bounded: the size cap and retention by age.
 
 The writer thread applies the cap inside each batch's transaction and retention about once a
-minute (:mod:`agent.io.store_writer`); purge is the user's (or the fleet's) explicit delete.
+minute (:mod:`agent.io.store_writer`); purge, the user's (or the fleet's) explicit delete,
+is :mod:`agent.io.store_purge`.
 Sizes are the ``size_bytes`` column, the content's bytes plus a fixed per-row overhead.
 
 Retention counts ages on the wall clock (``created_at`` is a timestamp people read), so it
@@ -88,15 +89,3 @@ def delete_before(conn: sqlite3.Connection, cutoff: float) -> int:
                        "WHERE created_at < ?", (cutoff,)).fetchone()
     conn.execute("DELETE FROM interactions WHERE created_at < ?", (cutoff,))
     return int(row[0])
-
-
-def purge(conn: sqlite3.Connection, before: float | None = None) -> int:
-    """Delete every row (or those created before ``before``); returns rows deleted."""
-    where, args = ("WHERE created_at < ?", (before,)) if before is not None else ("", ())
-    n = conn.execute(f"SELECT COUNT(*) FROM interactions {where}", args)
-    count = int(n.fetchone()[0])
-    conn.execute(f"DELETE FROM interactions {where}", args)
-    # reclaim the space so deleted content is really gone from the file
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.execute("VACUUM")
-    return count

@@ -27,12 +27,10 @@ from agent.io.control_socket import (
     ControlRequest,
     ControlServer,
     bad_request,
-    control_request,
 )
 from agent.services.daemon.commands import Command, CommandTable, DaemonCommand
 
-__all__ = ["SOCKET_NAME", "ControlCommands", "control_request", "control_server",
-           "parse_ignore"]
+__all__ = ["SOCKET_NAME", "ControlCommands", "control_server", "parse_ignore"]
 
 SOCKET_NAME = "control.sock"
 # CLI spelling of the skippable constraints (``--ignore power,idle,hours,min-examples``).
