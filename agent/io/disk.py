@@ -134,12 +134,7 @@ class DiskFaults:
     def report(self, where: str, path: Path, exc: BaseException) -> str:
         """Record that ``where`` failed to write ``path`` with ``exc``; returns the message."""
         message = describe(path, exc)
-        with self._lock:
-            old = self._faults.get(where)
-            changed = old is None or old[0] != message
-            self._faults[where] = (message, old[1] if old else self._clock())
-        if changed and self.on_change is not None:
-            self.on_change()
+        self.note(where, message)
         return message
 
     def clear(self, where: str) -> None:
