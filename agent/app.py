@@ -24,7 +24,7 @@ from typing import Any
 
 from agent.config import LoadedConfig, load_config, reload_config
 from agent.config.quantize_check import warn_if_scheme_differs
-from agent.errors import AdapterError, BundleError, ConfigError
+from agent.errors import AdapterError, BundleError, ConfigError, MobizoError
 from agent.io.control_socket import ControlServer
 from agent.io.disk import DiskFaults, is_disk_fault_at
 from agent.io.http import Client
@@ -32,10 +32,13 @@ from agent.io.registry import AdapterRegistry
 from agent.io.store import InteractionStore
 from agent.io.sysfs import IdleSource, SysfsSensors, idle_since
 from agent.io.systemd import Notifier, configure_logging, watchdog_interval
+from agent.services.daemon.artifact_journal import recover as recover_push
+from agent.services.daemon.artifacts import artifact_service
 from agent.services.daemon.control import control_server
 from agent.services.daemon.debug_hooks import DebugHooks
 from agent.services.daemon.fleet_side import FleetCommands
 from agent.services.daemon.loop import Daemon, Ports
+from agent.services.daemon.metrics import fleet_reading, metrics_server
 from agent.services.daemon.run_context import ChildLauncher
 
 log = logging.getLogger(__name__)
@@ -140,6 +143,8 @@ class App:
             raise ConfigError(f"paths.state_dir {state_dir} cannot be created ({exc}); set it "
                               "to a writable directory or pass --state-dir") from exc
         self.registry = self._open_registry(loaded)
+        # a push that activated something and never committed it is undone first
+        recover_push(state_dir, self.registry, self.clock)
         # one set of disk faults: the store's writer reports into what the status shows
         faults = DiskFaults(self.clock)
         self.store = InteractionStore(cfg.store_path, faults=faults)
@@ -246,16 +251,20 @@ class App:
         if not mqtt.enabled:
             return
         from agent.config.mqtt import default_device_id
+        from agent.services.fleet.ha_discovery import bundle_model
         from agent.services.fleet.link import FleetLink
 
         assert self.store is not None
-        commands = FleetCommands(self.daemon, self.store, forced=self._forced())
+        commands = FleetCommands(self.daemon, self.store, forced=self._forced(),
+                                 artifacts=artifact_service(self.daemon, self.registry,
+                                                            self.store))
         device_id = mqtt.device_id or default_device_id()
         self.fleet = FleetLink(mqtt, device_id=device_id,
                                state_dir=self.loaded.config.paths.state_dir / "fleet",
                                handler=commands, state_source=commands,
                                config_sink=commands, clock=self.clock,
-                               faults=self.daemon.faults)
+                               faults=self.daemon.faults,
+                               device_model=bundle_model(self.loaded.config.bundle_dir))
         self.fleet.start()  # connects in the background; never blocks READY
         log.info("fleet link started for device %s", device_id)
 
@@ -310,6 +319,7 @@ class App:
             # still report), rather than exit into a crash loop
             log.error("no control socket: %s",
                       daemon.faults.report("control", cfg.paths.state_dir, exc))
+        self._start_metrics(daemon)
         # READY now: config valid, store and registry open; the network comes later.
         self.notifier.ready(daemon.status.headline())
         self._start_fleet_or_retry()
@@ -320,6 +330,20 @@ class App:
         finally:
             self.close()
         return 0
+
+    def _start_metrics(self, daemon: Daemon) -> None:
+        """Serve ``/metrics`` when ``[daemon] metrics_listen`` asks; a listener that cannot
+        start is logged, never fatal: monitoring must not stop training."""
+        assert self.loaded is not None and daemon.metrics.view is not None
+        daemon.metrics.view.fleet = lambda: fleet_reading(self.fleet)
+        try:
+            server = metrics_server(self.loaded.config, daemon.metrics)
+            if server is not None:
+                server.start()
+                self._started.append(("metrics", server.stop))
+        except (OSError, MobizoError) as exc:
+            log.error("no metrics listener on %s: %s", self.loaded.config.daemon.metrics_listen,
+                      exc)
 
     def close(self) -> None:
         """Stop every started service, newest first."""

@@ -10,7 +10,9 @@ Modules, in the order an export uses them:
 - ``layers``: the export-friendly building blocks (RMSNorm, RoPE, attention, MP-LoRA linear);
 - ``model``: the decoder and its program bodies: MP-LoRA (train) and a KV cache (infer);
 - ``programs``: the methods of each program, built from one decoder;
-- ``lower``: torch.export + ExecuTorch lowering, one static method per shape;
+- ``lower``: torch.export + ExecuTorch lowering, one static method per shape, the weights
+  tagged out into a data file;
+- ``weights_file``: merges the programs' data files into the bundle's one ``weights.ptd``;
 - ``bundle_writer``: adapter (PEFT), tokenizer and manifest files;
 - ``probe``: the probe batches, and the check of every method against transformers;
 - ``export``: the pipeline (validate → lower into a temp dir → probe against eager → rename);
@@ -25,7 +27,9 @@ Inference program design (ExecuTorch 1.5.1, measured here):
   tokens) and ``decode`` (one token) read and write the SAME cache; a test generates a
   prompt with prefill then decodes and compares with transformers' ``generate``.
 - Cache writes are ``index_copy_`` at ``start_pos + arange(chunk)`` (lowered to
-  ``index_put_``, a portable kernel outside the delegate); attention reads the whole fixed-size
+  ``index_put_``, a portable kernel outside the delegate, rewritten in place by ExecuTorch's
+  reinplace pass: functionalized, each write was a copy of the whole cache alive until the
+  program's end); attention reads the whole fixed-size
   cache with a ``j <= position`` mask built without slicing, so shapes stay static and the
   projections, matmuls and MLPs stay delegated to XNNPACK.
 - The LLM custom ops (``llama::sdpa_with_kv_cache``, ``llama::update_cache``) are not

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +11,7 @@ from pydantic import ValidationError
 
 from agent.core.lora_layout import CANONICAL_TARGETS
 from agent.errors import MobizoError
+from agent.io.stage_line import stage_logging
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -66,7 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(message)s")
     if (args.checkpoint is None) == (args.preset is None):
         print("mobizo-export: give either CHECKPOINT_DIR or --preset starter", file=sys.stderr)
         return 2
@@ -88,8 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mobizo-export: invalid options: {msgs}", file=sys.stderr)
         return 2
     try:
-        manifest = export_bundle(args.checkpoint, args.out, opts, preset=args.preset,
-                                 force=args.force)
+        # On a terminal each stage (its log line) is shown live with its elapsed time:
+        # lowering takes minutes. Elsewhere (CI, a pipe): the same plain log lines as always.
+        with stage_logging(sys.stderr, args.log_level.upper(), "exporter"):
+            manifest = export_bundle(args.checkpoint, args.out, opts, preset=args.preset,
+                                     force=args.force)
     except MobizoError as exc:
         print(f"mobizo-export: {exc}", file=sys.stderr)
         return 1

@@ -178,7 +178,8 @@ def _export_into(ckpt: Checkpoint, staging: Path, opts: ExportOptions, source: s
 
     core = Decoder(hf, layout, lora_a)
     quantize_base(core, opts.quantize)  # base linears only; no-op for 'none'
-    lower_programs(core, opts, manifest, staging)
+    weights = lower_programs(core, opts, manifest, staging)
+    manifest = manifest.model_copy(update={"weights": weights})
 
     bundle_writer.write_adapter(staging, layout, lora_a)
     bundle_writer.write_tokenizer(staging, tok)

@@ -12,12 +12,17 @@ fp32 linears get a partition of their own that takes the weight as a run-time in
 packs it per call), so the program keeps the one copy the lookup reads. That is worth it
 where a call scores many rows (train.pte's ``head_loss``), not for one decoded token
 (exporter/model.py).
+
+``weights_tag``: the program keeps its frozen weights out of the ``.pte``, in a data file
+``<out>.<tag>.ptd`` beside it (ExecuTorch's named data: delegated constants keyed by the
+sha256 of their bytes, other parameters by name). exporter/weights_file.py merges the data
+files of a bundle's programs into its one ``weights.ptd``, where equal bytes are stored once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +59,48 @@ def _partitioners(backend: str, runtime_weights: Sequence[str] = ()) -> list:
             XnnpackPartitioner()]
 
 
+def _inplace_cache_writes() -> frozenset:
+    from executorch.exir.dialects._ops import ops
+
+    return frozenset({ops.edge.aten.index_copy.default})
+
+
+def _weights_tagger(tag: str) -> Callable[[torch.fx.GraphModule], Any]:
+    """A pass that marks every placeholder of an edge graph so that XNNPACK stores the
+    constant data it delegates under ``tag``.
+
+    Runs after ``to_edge``, before partitioning: a quantized weight (a torchao tensor subclass)
+    is unwrapped into new placeholders by then, which a mark set on the exported parameter
+    would miss. Inputs and mutable buffers carry the mark unread (the delegate stores no data
+    for them); constants' keys are content hashes, so two programs' entries never clash.
+    """
+    from executorch.exir.pass_base import PassResult
+
+    def tag_placeholders(gm: torch.fx.GraphModule) -> Any:
+        for node in gm.graph.nodes:
+            if node.op == "placeholder":
+                node.meta.setdefault("custom", {})["delegate_constant_tag"] = tag
+        return PassResult(gm, True)
+
+    return tag_placeholders
+
+
+class _QuietNamedData(logging.Filter):
+    """Drops XNNPACK's one INFO line per externalized constant (logged on the root logger)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Adding constant data with name")
+
+
+def data_file_of(out: Path, tag: str) -> Path:
+    """Where :func:`lower_methods` writes the data file of program ``out`` for ``tag``."""
+    return out.with_name(f"{out.name}.{tag}.ptd")
+
+
 def lower_methods(methods: Mapping[str, tuple], out: Path, *, backend: str,
                   share_mutable_buffers: bool = False,
-                  runtime_weights: Sequence[str] = ()) -> dict[str, int]:
+                  runtime_weights: Sequence[str] = (),
+                  weights_tag: str | None = None) -> dict[str, int]:
     """Export each ``name -> (module, example_args[, dynamic_shapes])`` and write one ``.pte``.
 
     Methods are static unless given ``dynamic_shapes`` (torch.export's argument): only the
@@ -64,6 +108,9 @@ def lower_methods(methods: Mapping[str, tuple], out: Path, *, backend: str,
 
     ``runtime_weights``: parameter names (or dotted suffixes) whose fp32 linears read the
     weight at run time (see the module docstring).
+
+    ``weights_tag``: write the frozen weights to :func:`data_file_of` ``(out, weights_tag)``
+    instead of into the ``.pte`` (see the module docstring).
 
     Returns the number of delegate calls per method (a regression guard: a delegation break
     shows up as a jump from ~1-2 to dozens).
@@ -76,8 +123,14 @@ def lower_methods(methods: Mapping[str, tuple], out: Path, *, backend: str,
         with torch.no_grad():
             eps[name] = torch.export.export(module.eval(), args, strict=False,
                                             dynamic_shapes=dynamic[0] if dynamic else None)
-    edge = to_edge_transform_and_lower(eps, partitioner=_partitioners(backend,
-                                                                       runtime_weights))
+    quiet = _QuietNamedData()
+    logging.getLogger().addFilter(quiet)
+    try:
+        edge = to_edge_transform_and_lower(
+            eps, partitioner=_partitioners(backend, runtime_weights),
+            transform_passes=[_weights_tagger(weights_tag)] if weights_tag else None)
+    finally:
+        logging.getLogger().removeFilter(quiet)
     delegates = {}
     for name in methods:
         gm = edge.exported_program(name).graph_module
@@ -90,10 +143,28 @@ def lower_methods(methods: Mapping[str, tuple], out: Path, *, backend: str,
     # q·b = 16 on the 110M shape), and generation would copy the adapter on every token.
     planning = MemoryPlanningPass(alloc_graph_input=False,
                                   share_mutable_buffers=share_mutable_buffers)
+    # Parameters not delegated (the embedding table read by the lookup) go to the data file
+    # too, keyed by their name; small buffers (rope tables, masks) stay in the program.
+    external = (None if weights_tag is None
+                else lambda node: weights_tag if node.name.startswith("p_") else None)
     prog = edge.to_executorch(ExecutorchBackendConfig(
         extract_delegate_segments=True, memory_planning_pass=planning,
+        external_constants=external or False,
+        # A KV cache write (index_copy_ on a mutable buffer) is functionalized into a copy of
+        # the whole cache per layer, all alive until the write-back at the end: as much
+        # arena as the cache again, and a cache-sized memcpy per layer and token. Rewritten
+        # in place, the write lands in the buffer itself.
+        reinplace_extra_ops=_inplace_cache_writes() if share_mutable_buffers else None,
     ))
     out.write_bytes(prog.buffer)
+    if weights_tag is not None:
+        data = prog._tensor_data or {}  # written by to_executorch; no public accessor in 1.5
+        extra = sorted(set(data) - {weights_tag})
+        if extra:
+            raise RuntimeError(f"lowering {out.name} produced data files {extra} besides "
+                               f"{weights_tag!r}")
+        if weights_tag in data:  # none where no parameter stayed (nothing to write)
+            data_file_of(out, weights_tag).write_bytes(bytes(data[weights_tag]))
     log.info("wrote %s (%d bytes), delegate calls per method: %s", out, out.stat().st_size,
              delegates)
     return delegates

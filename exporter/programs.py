@@ -1,8 +1,12 @@
 """What each program of a bundle is lowered from: its methods, built from one decoder.
 
 ``train.pte`` holds one method per static (S, b) shape plus the ``head_loss`` method;
-``infer.pte`` holds ``prefill`` and ``decode`` over one shared KV cache. A ``--bench-forward``
-bundle adds two benchmark-only programs beside them (see ``BENCH_FORWARD_PROGRAM``).
+``infer.pte`` holds ``prefill`` and ``decode`` over one shared KV cache. Both keep their frozen
+weights in the bundle's one ``weights.ptd`` (exporter/weights_file.py): each weight is stored
+once. They stay two programs because the runtime sizes one activation arena per program to
+its largest method (the train methods' and ``head_loss``'s [rows, vocab] logits would sit in
+the service, the KV cache in the trainer). A ``--bench-forward`` bundle adds two
+benchmark-only programs beside them (see ``BENCH_FORWARD_PROGRAM``), each with its own weights.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ from typing import Any
 
 import torch
 
-from agent.core.bundle import BundleManifest
-from exporter.lower import lower_methods
+from agent.core.bundle import WEIGHTS_FILE, BundleManifest, WeightsFileSpec
+from exporter.lower import data_file_of, lower_methods
 from exporter.model import (
     Decoder,
     HeadLoss,
@@ -26,6 +30,7 @@ from exporter.model import (
     TrainMethod,
 )
 from exporter.options import ExportOptions
+from exporter.weights_file import merge_data_files
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +105,20 @@ def infer_methods(core: Decoder, opts: ExportOptions, manifest: BundleManifest) 
     return infer
 
 
+WEIGHTS_TAG = "weights"  # the data files' tag while lowering (exporter/lower.py)
+
+
 def lower_programs(core: Decoder, opts: ExportOptions, manifest: BundleManifest,
-                   staging: Path) -> None:
-    """Lower every program of ``manifest`` into ``staging`` (train, bench, then infer)."""
-    # a tied embedding is the LM head's weight: stored once in train.pte (exporter/lower.py)
+                   staging: Path) -> WeightsFileSpec:
+    """Lower every program of ``manifest`` into ``staging`` (train, bench, then infer) and
+    merge their weights into ``weights.ptd``; returns its manifest entry."""
+    # a tied embedding is the LM head's weight: one input of train.pte's head (lower.py)
     lower = partial(lower_methods, backend=opts.backend, runtime_weights=core.runtime_weights())
     methods = train_methods(core, opts, manifest, opts.train_shapes())
     log.info("lowering train program: %s", ", ".join(methods))
-    lower(methods, staging / manifest.train.program)
+    train_pte = staging / manifest.train.program
+    lower(methods, train_pte, weights_tag=WEIGHTS_TAG)
+    programs = [train_pte]
     if opts.bench_forward:
         bench = bench_forward_methods(core, opts, manifest.lora.num_params)
         log.info("lowering benchmark forwards: %s", ", ".join(bench))
@@ -118,5 +129,14 @@ def lower_programs(core: Decoder, opts: ExportOptions, manifest: BundleManifest,
         infer = infer_methods(core, opts, manifest)
         log.info("lowering infer program: prefill (chunk %d), decode", opts.prefill_chunk)
         # no run-time weights: a tied head is packed once here, not per token (model.py)
-        lower_methods(infer, staging / manifest.infer.program, backend=opts.backend,
-                      share_mutable_buffers=True)
+        infer_pte = staging / manifest.infer.program
+        lower_methods(infer, infer_pte, backend=opts.backend, share_mutable_buffers=True,
+                      weights_tag=WEIGHTS_TAG)
+        programs.append(infer_pte)
+    parts = [p for p in (data_file_of(pte, WEIGHTS_TAG) for pte in programs) if p.is_file()]
+    spec = merge_data_files(parts, staging / WEIGHTS_FILE)
+    for part in parts:
+        part.unlink()
+    log.info("wrote %s (%d bytes): the weights of %s, each once", WEIGHTS_FILE, spec.size,
+             ", ".join(p.name for p in programs))
+    return spec

@@ -29,7 +29,7 @@ STARTER_TEST_OPTIONS = dict(slices=(1, 2, 4), batch=(2,), max_length=64, max_con
 # What shapes a bundle's bytes (cli.py and reference.py do not).
 _KEY_SOURCES = tuple(f"exporter/{m}.py" for m in (
     "bundle_writer", "checkpoint", "export", "families", "layers", "lora_init", "lower",
-    "model", "options", "programs", "starter")) + (
+    "model", "options", "programs", "starter", "weights_file")) + (
     "agent/core/bundle.py", "agent/core/lora_layout.py")
 
 

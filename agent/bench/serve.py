@@ -7,8 +7,9 @@ One run, one machine, side by side:
    HTTP API (its ``timings``: prefill and decode time inside the worker) and end to end;
    eager is transformers ``generate`` on the bundle's base model with the adapter merged
    (``exporter.reference``), prefill timed as one forward over the prompt.
-2. Parity: how many of the generated tokens agree between the two (greedy, so they should,
-   up to float round-off on near-ties).
+2. Parity: how many of the generated token ids agree between the two (greedy, so they should,
+   up to float round-off on near-ties). Ids, not text: a random model's tokens mostly decode
+   to nothing; the service's ids come from its own generator before the HTTP front starts.
 3. Hot-swap: while a client keeps sending requests, the active adapter is switched N times
    (registry ``activate`` + ``POST /v1/admin/reload-adapter``). Reported: control-request
    latency p50/p99 (validate + swap + HTTP), the in-service swap time alone, watcher-only
@@ -23,7 +24,12 @@ Targets (issue 3): service generation ≥ eager; switch p99 < 50 ms; zero failed
 Schemes side by side (issue 8): ``--quantize none,8da8w,8da4w`` instead of ``--bundle`` exports
 (once, reused from ``--workdir``) one starter bundle per scheme and runs all of the above on
 each, then prints one table: the service's tokens/s per scheme, its speed-up over ``none`` and
-whether its greedy text still equals fp32 eager transformers'.
+whether its greedy token ids still equal fp32 eager transformers'.
+
+Against llama.cpp (issue 18 item 5): ``--vs-llamacpp`` runs our service beside llama.cpp on
+the same weights as GGUF, fp32/8da8w/8da4w beside f32/q8_0/q4_0, with and without the same
+LoRA (agent/bench/serve_vs_llamacpp.py says what is measured how; ``--shape 110m`` exports
+the shape the issue's targets are set on).
 """
 
 from __future__ import annotations
@@ -32,13 +38,20 @@ import argparse
 import json
 import os
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 
+from agent.bench.serve_common import (
+    bench_prompt,
+    greedy_ids,
+    id_parity,
+    switches_under_load,
+    write_adapters,
+)
+from agent.bench.serve_vs_cli import add_arguments as add_vs_arguments
 from agent.core.bundle import QUANT_SCHEMES, QuantScheme
 
 HELP = "inference service vs eager transformers: tokens/s, adapter switch latency"
@@ -72,11 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per engine")
     parser.add_argument("--switches", type=int, default=40, help="adapter switches under load")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for both engines")
-    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
-
-
-def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+    parser.add_argument("--out", "--json", type=Path, default=None,
+                        help="also write the results as JSON")
+    add_vs_arguments(parser)
 
 
 def run(bundle: Path, *, prompt_tokens: int = 64, gen_tokens: int = 64, repeats: int = 3,
@@ -92,7 +103,7 @@ def run(bundle: Path, *, prompt_tokens: int = 64, gen_tokens: int = 64, repeats:
         torch.set_num_threads(threads)
     work = Path(tempfile.mkdtemp(prefix="mobizo-bench-serve-"))
     validator = AdapterValidator(bundle)
-    flats = _write_adapters(work, validator, count=2)
+    flats = write_adapters(work, validator, count=2)
     svc = InferenceService(bundle, work / "state", ServeConfig(
         listen="127.0.0.1:0", threads=threads, watch_interval_s=0.01))
     results: dict[str, Any] = {"bundle": str(bundle), "bundle_id": svc.bundle_id,
@@ -102,50 +113,30 @@ def run(bundle: Path, *, prompt_tokens: int = 64, gen_tokens: int = 64, repeats:
                                "load_avg_1m": os.getloadavg()[0]}
     versions = [svc.registry.publish(work / f"a{k}", activate=False) for k in range(2)]
     svc.registry.activate(versions[0])
+    prompt_ids, prompt = bench_prompt(svc, prompt_tokens)
+    # the service's greedy token ids, from its own generator before the HTTP front starts:
+    # a random model's text does not give its token ids back (most ids decode to nothing)
+    svc_ids = greedy_ids(svc, prompt_ids, gen_tokens, flats[0])
     svc.start()
     try:
         assert svc.address is not None
         client = Client(*svc.address, token=svc.token)
         assert client.post("/v1/admin/reload-adapter").json["version"] == versions[0]
-        prompt_ids, prompt = _bench_prompt(svc, prompt_tokens)
         req = {"prompt": prompt, "max_tokens": gen_tokens, "temperature": 0, "ignore_eos": True}
-        results["service"], svc_text = _measure_service(client, req, repeats)
+        results["service"], _ = _measure_service(client, req, repeats)
         results["eager"], eager_tokens = _measure_eager(
             bundle, validator, work, flats[0], prompt_ids, prompt_tokens, gen_tokens, repeats)
-        # compare decoded text: a random model emits arbitrary bytes, so re-encoding the
-        # service's text would not give its token ids back
-        results["parity"] = _parity(svc_text, svc.codec.decode(eager_tokens))
-        results["switch"] = _switches(svc, client, versions, switches)
+        results["parity"] = id_parity(svc_ids, eager_tokens)
+        results["switch"] = switches_under_load(svc, client, versions, switches)
     finally:
         svc.stop()
     results["targets"] = {
         "gen_speed_ge_eager": results["service"]["gen_tok_s"] >= results["eager"]["gen_tok_s"],
-        "switch_p99_lt_50ms": results["switch"]["control_p99_ms"] < 50,
+        # over every switch, by control request and by the watcher alike
+        "switch_p99_lt_50ms": results["switch"]["all_p99_ms"] < 50,
         "zero_failed": results["switch"]["failed_requests"] == 0,
     }
     return results
-
-
-def _write_adapters(work: Path, validator: Any, count: int) -> list[np.ndarray]:
-    """``count`` seeded random adapters written to ``work/a<k>``; returns their flat B."""
-    from agent.io.adapter_fs import write_adapter
-
-    rng = np.random.default_rng(0)
-    flats = [(rng.standard_normal(validator.layout.num_params) * 0.02).astype(np.float32)
-             for _ in range(count)]
-    for k, flat in enumerate(flats):
-        write_adapter(work / f"a{k}", validator.layout, flat, validator.a_tensors)
-    return flats
-
-
-def _bench_prompt(svc: Any, prompt_tokens: int) -> tuple[list[int], str]:
-    """A prompt of exactly ``prompt_tokens`` tokens: its ids and its text."""
-    base_ids = svc.codec.encode_prompt("The quick brown fox jumps over the lazy dog. " * 64)
-    prompt_ids = base_ids[:prompt_tokens]
-    prompt = svc.codec.decode(prompt_ids)  # without a BOS the tokenizer adds back itself
-    if svc.codec.encode_prompt(prompt) != prompt_ids:
-        raise RuntimeError("the benchmark prompt does not round-trip through the tokenizer")
-    return prompt_ids, prompt
 
 
 def _measure_service(client: Any, req: dict[str, Any],
@@ -199,59 +190,6 @@ def _measure_eager(bundle: Path, validator: Any, work: Path, flat: np.ndarray,
     return stats, eager_tokens
 
 
-def _parity(svc_text: str, eager_text: str) -> dict[str, Any]:
-    """How many leading characters the service's and eager's greedy texts share."""
-    agree = 0
-    for a, b in zip(svc_text, eager_text, strict=False):
-        if a != b:
-            break
-        agree += 1
-    return {"greedy_prefix_agreement": agree, "of": max(len(svc_text), len(eager_text)),
-            "identical": svc_text == eager_text}
-
-
-def _switches(svc: Any, client: Any, versions: list[str], n: int) -> dict[str, Any]:
-    stop = threading.Event()
-    statuses: list[int] = []
-
-    def load() -> None:
-        while not stop.is_set():
-            try:
-                statuses.append(client.complete("load", max_tokens=8, temperature=0).status)
-            except OSError:
-                statuses.append(-1)
-
-    loader = threading.Thread(target=load)
-    loader.start()
-    control, swap, watched = [], [], []
-    try:
-        for i in range(n):
-            target = versions[(i + 1) % 2]
-            svc.registry.activate(target)
-            if i % 2 == 0:  # by control request
-                t0 = time.perf_counter()
-                r = client.post("/v1/admin/reload-adapter").json
-                control.append((time.perf_counter() - t0) * 1000)
-                swap.append(r["seconds"] * 1000)
-            else:  # file-only: wait for the watcher
-                t0 = time.perf_counter()
-                while svc.slot.version != target:
-                    time.sleep(0.001)
-                watched.append((time.perf_counter() - t0) * 1000)
-            time.sleep(0.05)
-    finally:
-        stop.set()
-        loader.join()
-    return {
-        "switches": n, "requests_during": len(statuses),
-        "failed_requests": sum(1 for s in statuses if s != 200),
-        "control_p50_ms": _percentile(control, 50), "control_p99_ms": _percentile(control, 99),
-        "swap_only_p50_ms": _percentile(swap, 50), "swap_only_p99_ms": _percentile(swap, 99),
-        "watcher_p50_ms": _percentile(watched, 50), "watcher_p99_ms": _percentile(watched, 99),
-        "watch_interval_ms": svc.config.watch_interval_s * 1000,
-    }
-
-
 def starter_int4_problem() -> str | None:
     """Why the starter's linears cannot take int4 group weights (8da4w), or None if they can."""
     from exporter.quantize import INT4_GROUP
@@ -268,20 +206,9 @@ def starter_int4_problem() -> str | None:
 
 def starter_bundle(workdir: Path, scheme: QuantScheme, max_context: int) -> Path:
     """Export (once, then reuse) the starter bundle quantized with ``scheme`` for serving."""
-    from agent.io.bundle_files import is_usable
-    from exporter.export import export_bundle
-    from exporter.options import ExportOptions
+    from agent.bench.serve_bundles import serve_bundle
 
-    out = workdir / f"serve-starter-{scheme}-ctx{max_context}"
-    if is_usable(out):  # kept from an earlier run, of this bundle format
-        return out
-    # serving only needs infer.pte; one tiny train method keeps the export short
-    opts = ExportOptions(slices=(1,), batch=(1,), max_length=16, max_context=max_context,
-                         quantize=scheme)
-    t0 = time.monotonic()
-    export_bundle(None, out, opts, preset="starter", force=True)
-    print(f"exported {out} in {time.monotonic() - t0:.0f} s", flush=True)
-    return out
+    return serve_bundle(workdir, "starter", scheme, max_context)
 
 
 def compare_schemes(schemes: tuple[QuantScheme, ...], workdir: Path,
@@ -316,7 +243,7 @@ def format_scheme_table(by_scheme: dict[str, dict[str, Any]]) -> str:
             f"| {scheme} | {s['prompt_tok_s']:.0f} | {s['gen_tok_s']:.1f} | {ratio:.2f} | "
             f"{s['end_to_end_s']:.3f} | {r['parity']['identical']} "
             f"({r['parity']['greedy_prefix_agreement']}/{r['parity']['of']}) | "
-            f"{r['switch']['control_p99_ms']:.2f} | {r['switch']['failed_requests']} |")
+            f"{r['switch']['all_p99_ms']:.2f} | {r['switch']['failed_requests']} |")
     if first.get("eager"):
         lines.append(f"eager transformers (fp32) gen tok/s: {first['eager']['gen_tok_s']:.1f}")
     return "\n".join(lines)
@@ -334,10 +261,11 @@ def format_table(r: dict[str, Any]) -> str:
         f"| eager transformers generate | {e['prompt_tok_s']:.0f} | {e['gen_tok_s']:.1f} | "
         f"{e['end_to_end_s']:.3f} |",
         "",
-        f"greedy output identical: {r['parity']['identical']} (common prefix "
-        f"{r['parity']['greedy_prefix_agreement']}/{r['parity']['of']} characters)",
+        f"greedy token ids identical: {r['parity']['identical']} (common prefix "
+        f"{r['parity']['greedy_prefix_agreement']}/{r['parity']['of']} tokens)",
         f"adapter switches under load: {sw['switches']}, requests during: "
         f"{sw['requests_during']}, failed: {sw['failed_requests']}",
+        f"every switch p99 {sw['all_p99_ms']:.2f} ms; "
         f"control request p50 {sw['control_p50_ms']:.2f} ms, p99 {sw['control_p99_ms']:.2f} ms;"
         f" swap alone p50 {sw['swap_only_p50_ms']:.2f} ms, p99 {sw['swap_only_p99_ms']:.2f} ms;"
         f" watcher ({sw['watch_interval_ms']:.0f} ms poll) p50 {sw['watcher_p50_ms']:.1f} ms,"
@@ -350,6 +278,10 @@ def format_table(r: dict[str, Any]) -> str:
 def main(args: argparse.Namespace) -> int:
     from agent.errors import BundleError
 
+    if getattr(args, "vs_llamacpp", False):
+        from agent.bench import serve_vs_cli
+
+        return serve_vs_cli.main(args)
     kwargs = dict(prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
                   repeats=args.repeats, switches=args.switches, threads=args.threads)
     if args.bundle is None and args.quantize is None:

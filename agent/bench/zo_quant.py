@@ -10,7 +10,7 @@ and reports:
   their ratio;
 - ``peak_mb`` / ``load_mb``: resident memory of one P-RGE step above the post-import
   baseline, in a fresh process (``agent.bench.rss_probe prge``);
-- ``pte_mb``: the size of ``train.pte`` (the bundles are train-only: no ``infer.pte``);
+- ``pte_mb``: the size of ``train.pte`` and ``weights.ptd`` (train-only bundles: no ``infer.pte``);
 - ``corr_fp32``: Pearson correlation of the program's projected gradients g_i with the fp32
   eager model's (same seeds, same batch, ε from ``--eps``), over ``--corr-steps`` steps of q
   directions each.
@@ -185,7 +185,9 @@ def main(args: argparse.Namespace) -> int:
     for scheme, bundle in bundles.items():
         m = read_manifest(bundle)
         row: dict = {"scheme": scheme, "shape": args.shape, "q": q, "b": b, "seq": args.seq,
-                     "pte_mb": (bundle / m.train.program).stat().st_size / MB,
+                     # the program and, from bundle format 4, the weights file it reads
+                     "pte_mb": sum((bundle / f).stat().st_size for f in (
+                         m.train.program, *([m.weights.file] if m.weights else []))) / MB,
                      "t_prge": times[scheme]}
         got = np.array(projected_grads(TrainProgram(bundle, slices=2 * q, batch=b), m, q, b,
                                        args.eps, args.corr_steps))

@@ -1,9 +1,11 @@
 """``mobizo-agent train``: a one-shot MobiZO fine-tuning job on a bundle and a JSONL file.
 
-On a terminal it shows a progress bar; otherwise it prints one JSON object per step on stdout
-(``step``, ``loss``, ``projected_grads``, ``lr``, ``seconds``, ...) and a final
-``{"result": ...}`` line. Exit codes: 0 done (adapter written), 2 bad input (nothing done),
-75 interrupted (SIGTERM/SIGINT; checkpoint written, run again with ``--resume``).
+On a terminal it shows a progress bar on stderr (steps, ETA, loss); where stderr is not a
+terminal (the journal, CI) at most a plain line every 30 s. Where stdout is not a terminal it
+prints one JSON object per step on stdout (``step``, ``loss``, ``projected_grads``, ``lr``,
+``seconds``, ...) and a final ``{"result": ...}`` line. Exit codes: 0 done (adapter
+written), 2 bad input (nothing done), 75 interrupted (SIGTERM/SIGINT; checkpoint written,
+run again with ``--resume``).
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.core import zo_settings as zs
 from agent.core.train_job import TrainJob
+
+if TYPE_CHECKING:
+    from agent.io.progress import Mode
 
 HELP = "one-shot MobiZO fine-tuning job on a bundle and a JSONL file"
 
@@ -50,8 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _job_flag(p, "resume", action="store_true")
     _job_flag(p, "evaluate", flag="--no-eval", action="store_false",
               help="skip the held-out evaluation")
-    p.add_argument("--progress", choices=("auto", "bar", "json"), default="auto",
-                   help="progress bar (a TTY) or JSON lines (otherwise)")
+    p.add_argument("--progress", choices=("auto", "bar", "log", "json"), default="auto",
+                   help="auto: a bar on stderr when it is a terminal, else a plain line every "
+                   "30 s, plus JSON lines on stdout when it is not a terminal; bar or log: "
+                   "only that; json: only JSON lines (what the daemon reads)")
 
 
 def job_from_args(args: argparse.Namespace) -> TrainJob:
@@ -100,34 +107,49 @@ def summary_text(result: Any) -> str:
     return "\n".join(lines)
 
 
+def progress_plan(choice: str, *, stdout_tty: bool, stderr_tty: bool) -> tuple[Mode, bool]:
+    """What a person sees on stderr (``bar``, ``log`` or ``none``) and whether JSON lines go
+    to stdout, for ``--progress``.
+
+    ``auto``: a bar when stderr is a terminal, else a plain line at most every 30 s (a journal
+    or a CI log never gets carriage returns); JSON lines when stdout is not a terminal (a
+    pipe or a file: the machine-readable record, as before).
+    """
+    if choice == "json":
+        return "none", True
+    if choice == "bar":
+        return "bar", False
+    if choice == "log":
+        return "log", False
+    return ("bar" if stderr_tty else "log"), not stdout_tty
+
+
 def main(args: argparse.Namespace) -> int:
+    from agent.io.progress import Progress, is_terminal, open_progress
     from agent.training.trainer import run_training
 
     config = job_from_args(args)
-    use_bar = args.progress == "bar" or (args.progress == "auto" and sys.stdout.isatty())
-    bar = None
+    human, json_lines = progress_plan(args.progress, stdout_tty=is_terminal(sys.stdout),
+                                      stderr_tty=is_terminal(sys.stderr))
+    shown: Progress | None = None
 
     def on_step(m: dict[str, Any]) -> None:
-        nonlocal bar
-        if use_bar:
-            if bar is None:  # made at the first step, so loading time does not skew its rate
-                from tqdm import tqdm
-
-                bar = tqdm(total=config.steps, initial=m["step"] - 1, unit="step",
-                           desc=f"{config.mode} q={config.q}", dynamic_ncols=True)
-            bar.update(1)
-            bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2g}")
-        else:
+        nonlocal shown
+        if shown is None:  # made at the first step, so loading time does not skew its rate
+            shown = open_progress(sys.stderr, config.steps, f"{config.mode} q={config.q}",
+                                  mode=human)
+        shown.update(int(m["step"]), loss=float(m["loss"]), lr=float(m["lr"]))
+        if json_lines:
             print(json.dumps(m), flush=True)
 
     try:
         result = run_training(config, on_step=on_step)
     finally:
-        if bar is not None:
-            bar.close()
-    if use_bar:
-        print(summary_text(result))
-    else:
+        if shown is not None:
+            shown.close()
+    if json_lines:
         print(json.dumps({"result": result.as_dict()}, default=str), flush=True)
         print(summary_text(result), file=sys.stderr)
+    else:
+        print(summary_text(result))
     return result.exit_code

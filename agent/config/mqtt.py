@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agent.config.home_assistant import HomeAssistantConfig
 from agent.errors import ConfigError
 from agent.io.mqtt_guard import is_loopback_host
 
@@ -167,6 +168,25 @@ class MqttConfig(BaseModel):
     )
     max_queued_jobs: int = Field(
         default=16, ge=1, le=10_000, description="jobs waiting beyond this are REJECTED"
+    )
+    session_expiry_s: int = Field(
+        default=3600,
+        ge=0,
+        le=7 * 86400,
+        description="keep the MQTT session (subscriptions, QoS 1 commands sent meanwhile) this "
+        "long while the device is offline; 0: a clean session at every connect. MQTT 3.1.1 "
+        "has no expiry: any value > 0 keeps the session until the broker's own limit "
+        "(mosquitto: persistent_client_expiration)",
+    )
+    job_cancel_grace_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="a canceled job still running after this is marked CANCELED anyway",
+    )
+    home_assistant: HomeAssistantConfig = Field(
+        default_factory=HomeAssistantConfig,
+        description="Home Assistant MQTT discovery (opt-in; agent/config/home_assistant.py)",
     )
 
     @model_validator(mode="after")

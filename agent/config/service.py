@@ -33,6 +33,12 @@ class ServiceConfig(Section):
     request_timeout_s: float = Field(
         default=5.0, gt=0, le=600, description="timeout of one request to the service"
     )
+    release_program_during_bursts: bool = Field(
+        default=True,
+        description="ask the inference service to release its loaded program while a "
+        "training burst runs, so the board holds one copy of the weights; the first request "
+        "during or after a burst loads it again (docs/architecture.md, 'Memory on the board')",
+    )
     quantize: ExpectedScheme = Field(
         default="any",
         description="base quantization the bundle should be exported with (mobizo-export "

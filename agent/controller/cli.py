@@ -5,9 +5,14 @@
     mobizo-fleet --host H --port P --fleet F devices
     mobizo-fleet ... status DEVICE
     mobizo-fleet ... cmd DEVICE NAME [k=v ... | JSON]     exit 0 ok, 1 failed, 3 no answer
+    mobizo-fleet ... cmd (dev1,dev2,... | --all) NAME ...  one row per device; 1 if any failed
+    mobizo-fleet ... cancel (DEVICE,... | --all) JOB_ID [--remove]
     mobizo-fleet ... config DEVICE FILE                   desired overrides (JSON or TOML)
     mobizo-fleet ... config reset DEVICE [FILE]           restart the version sequence
     mobizo-fleet ... watch [--count N] [--duration S]     live table; Ctrl-C ends it
+
+A finished job is acknowledged (``ack-jobs``) once its outcome is printed, so the device
+clears its retained ``jobs/<id>`` message (``--keep-job`` leaves it).
 
 It talks to the same broker settings as the agent (TLS and credentials included).
 """
@@ -16,21 +21,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import queue
 import sys
-import time
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from agent.config.mqtt import MqttConfig
-from agent.controller.client import BrokerOptions, DeviceView, FleetClient, FleetError
+from agent.controller import fanout
+from agent.controller.client import (
+    EXIT_FAILED,
+    EXIT_NO_ANSWER,
+    EXIT_OK,
+    EXIT_USAGE,
+    TERMINAL_JOB_STATES,
+    BrokerOptions,
+    DeviceView,
+    FleetClient,
+    FleetError,
+)
+from agent.controller.desired import run_config
+from agent.controller.push import add_push_parsers
+from agent.controller.watch import WatchLimits, watch
 from agent.core.commands import COMMANDS
-from agent.core.fleet_documents import MAX_CONFIG_VERSION
+from agent.core.topics import valid_segment
 from agent.errors import MobizoError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
 _TERMINAL_OK = {"SUCCEEDED"}
 
 
@@ -133,7 +148,78 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _targets(fc: FleetClient, args: argparse.Namespace) -> tuple[list[str], dict[str, DeviceView]]:
+    """The devices a fleet-wide command goes to: ``--all`` (every device with retained
+    availability or state) or the comma-separated list."""
+    if args.all:
+        views = fc.snapshot(args.wait)
+        return sorted(views), views
+    devices = [d for d in args.device.split(",") if d]
+    for device in devices:
+        if not valid_segment(device) or device.startswith("_"):
+            raise MobizoError(f"{device!r} is not a device id: use 1-64 of A-Z a-z 0-9 _ . - "
+                              "(not starting with _), comma-separated")
+    return devices, {}
+
+
+def _fleet_wide(args: argparse.Namespace, name: str, payload: dict[str, Any]) -> int:
+    with FleetClient(_options(args)) as fc:
+        devices, views = _targets(fc, args)
+        if not devices:
+            print(f"no devices seen in fleet {args.fleet!r}; nothing sent", file=sys.stderr)
+            return EXIT_FAILED
+        outcomes = fanout.run_on_devices(
+            fc, devices, name, payload, timeout=args.timeout, job_id=args.job_id,
+            expires_in=args.expires_in, follow=not args.no_wait, ack=not args.keep_job)
+    for out in outcomes:
+        seen = views.get(out.device)
+        if out.status == fanout.NO_ANSWER and seen is not None and not seen.online:
+            out.detail += f"; its link is {seen.available.status if seen.available else '?'}"
+    if args.json:
+        print(json.dumps(fanout.as_json(outcomes), indent=2))
+    else:
+        print(fanout.table(outcomes))
+    if all(o.ok for o in outcomes):
+        return EXIT_OK
+    silent = all(o.status == fanout.NO_ANSWER for o in outcomes if not o.ok)
+    return EXIT_NO_ANSWER if silent else EXIT_FAILED
+
+
+def _shift_all(args: argparse.Namespace, second: str) -> bool:
+    """With ``--all`` the first positional is not a device: move the positionals left."""
+    if not args.all:
+        return True
+    if getattr(args, second) is None and args.device is None:
+        return False
+    rest = getattr(args, "args", None)
+    if rest is not None:
+        args.args = ([getattr(args, second)] if getattr(args, second) is not None else []) + rest
+    setattr(args, second, args.device)
+    return True
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    if not _shift_all(args, "job_id_arg") or args.job_id_arg is None:
+        print("usage: mobizo-fleet cancel (DEVICE[,DEVICE...] | --all) JOB_ID", file=sys.stderr)
+        return EXIT_USAGE
+    args.job_id, args.expires_in = None, None
+    return _fleet_wide(args, "cancel", {"job_id": args.job_id_arg, "remove": args.remove})
+
+
+def _ack(fc: FleetClient, device: str, job_id: str) -> None:
+    # Best effort: an unacknowledged job only keeps its retained message a while longer.
+    try:
+        fc.request(device, "ack-jobs", {"job_ids": [job_id]}, timeout=5.0)
+    except FleetError as exc:
+        print(f"warning: job {job_id} not acknowledged ({exc}); its retained message stays",
+              file=sys.stderr)
+
+
 def cmd_cmd(args: argparse.Namespace) -> int:
+    if not _shift_all(args, "name") or args.name is None:
+        print("usage: mobizo-fleet cmd (DEVICE[,DEVICE...] | --all) NAME [ARGS]",
+              file=sys.stderr)
+        return EXIT_USAGE
     if args.name not in COMMANDS and not args.force:
         print(
             f"unknown command {args.name!r}; known: {', '.join(sorted(COMMANDS))} "
@@ -142,6 +228,8 @@ def cmd_cmd(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     payload = _parse_args_list(args.args)
+    if args.all or "," in args.device:
+        return _fleet_wide(args, args.name, payload)
     with FleetClient(_options(args)) as fc:
         try:
             result = fc.request(
@@ -169,113 +257,31 @@ def cmd_cmd(args: argparse.Namespace) -> int:
             else:
                 out["job"] = result.job.model_dump(mode="json")
             code = EXIT_OK if out["job"]["status"] in _TERMINAL_OK else EXIT_FAILED
+            if not args.keep_job and out["job"]["status"] in TERMINAL_JOB_STATES:
+                _ack(fc, args.device, out["job"]["job_id"])
     print(json.dumps(out, indent=2))
     return code
 
 
-def _read_overrides(file: str | None) -> dict[str, Any] | None:
-    if file is None:
-        return {}
-    path = Path(file)
-    try:
-        text = path.read_text(encoding="utf-8")
-        doc = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (OSError, ValueError) as exc:
-        print(f"cannot read {path}: {exc}; give a JSON or .toml file", file=sys.stderr)
-        return None
-    if not isinstance(doc, dict):
-        print(f"{path}: the overrides must be an object (a table)", file=sys.stderr)
-        return None
-    return doc
-
-
 def cmd_config(args: argparse.Namespace) -> int:
-    # `config reset DEVICE [FILE]`: a document marked "reset" is taken whatever version the
-    # device has applied, and its version (default 0) starts the sequence again.
-    reset = args.device == "reset"
-    if reset:
-        if args.file is None:
-            print("usage: mobizo-fleet config reset DEVICE [FILE]", file=sys.stderr)
-            return EXIT_USAGE
-        args.device, args.file = args.file, args.extra
-    elif args.file is None or args.extra is not None:
-        print("usage: mobizo-fleet config DEVICE FILE", file=sys.stderr)
-        return EXIT_USAGE
-    doc = _read_overrides(args.file)
-    if doc is None:
-        return EXIT_USAGE
-    with FleetClient(_options(args)) as fc:
-        dev = fc.topics.device(args.device)
-        version = args.version
-        if version is None and reset:
-            version = 0
-            fc.subscribe(dev.config_reported)
-        elif version is None:
-            # Next version after whatever the broker holds (desired or reported).
-            fc.subscribe(dev.config_desired, dev.config_reported)
-            seen = 0
-            for msg in fc.messages_within(args.wait):
-                try:
-                    body = json.loads(msg.payload or b"{}")
-                except ValueError:
-                    continue
-                for key in ("version", "rejected_version"):
-                    # A version the device refuses (>= 2**53) never counts: reset instead.
-                    if isinstance(body.get(key), int) and body[key] < MAX_CONFIG_VERSION:
-                        seen = max(seen, body[key])
-            version = seen + 1
-        else:
-            fc.subscribe(dev.config_reported)
-        desired: dict[str, Any] = {"version": version, "config": doc}
-        if reset:
-            desired["reset"] = True
-        fc.publish(dev.config_desired, json.dumps(desired).encode(), retain=True)
-        if args.no_wait:
-            print(json.dumps({"version": version, "published": True}))
-            return EXIT_OK
-        for msg in fc.messages_within(args.timeout):
-            if msg.topic != dev.config_reported or not msg.payload:
-                continue
-            body = json.loads(msg.payload)
-            if body.get("version") == version and body.get("status") == "applied":
-                print(json.dumps(body, indent=2))
-                return EXIT_OK
-            if body.get("rejected_version") == version:
-                print(json.dumps(body, indent=2))
-                return EXIT_FAILED
-    print(
-        f"error: {args.device} did not report config v{version} within {args.timeout:.0f} s "
-        "(it stays retained and applies when the device connects)",
-        file=sys.stderr,
-    )
-    return EXIT_NO_ANSWER
+    return run_config(args, _options(args))
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    views: dict[str, DeviceView] = {}
-    updates = 0
+    limits = WatchLimits(count=args.count, duration=args.duration, interval=args.interval)
     with FleetClient(_options(args)) as fc:
-        fc.subscribe(fc.topics.all_available, fc.topics.all_state, fc.topics.all_telemetry)
-        end = time.monotonic() + args.duration if args.duration else None
-        try:
-            while args.count is None or updates < args.count:
-                left = 0.5 if end is None else min(0.5, end - time.monotonic())
-                if left <= 0:
-                    break
-                try:
-                    msg = fc.messages.get(timeout=left)
-                except queue.Empty:
-                    continue
-                if fc.absorb(views, msg) is None:
-                    continue
-                updates += 1
-                if sys.stdout.isatty():
-                    print("\x1b[2J\x1b[H", end="")
-                print(_table(views))
-                print(f"-- {time.strftime('%H:%M:%S')} update {updates}", flush=True)
-        except KeyboardInterrupt:
-            pass  # Ctrl-C is the normal way out
+        watch(fc, sys.stdout, tty=sys.stdout.isatty(), limits=limits)
     return EXIT_OK
+
+
+def _fleet_wide_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--all", action="store_true",
+                   help="every device with retained availability or state in the fleet")
+    p.add_argument("--wait", type=float, default=1.0,
+                   help="with --all: seconds to collect the retained messages")
+    p.add_argument("--json", action="store_true", help="fleet-wide results as JSON")
+    p.add_argument("--keep-job", action="store_true",
+                   help="do not acknowledge finished jobs (their retained messages stay)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -303,10 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=1.0)
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("cmd", help="send a command and wait for its result")
-    p.add_argument("device")
-    p.add_argument("name", help=", ".join(sorted(COMMANDS)))
+    p = sub.add_parser("cmd", help="send a command and wait for its result (one device, a "
+                       "comma-separated list, or --all)")
+    p.add_argument("device", nargs="?", help="DEVICE or dev1,dev2,... (omit with --all)")
+    p.add_argument("name", nargs="?", help=", ".join(sorted(COMMANDS)))
     p.add_argument("args", nargs="*", help="k=v pairs or one JSON object")
+    _fleet_wide_options(p)
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--request-id")
     p.add_argument("--job-id", help="idempotency key for long commands")
@@ -316,6 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="do not follow a job to its end")
     p.add_argument("--force", action="store_true", help="send even an unknown command name")
     p.set_defaults(func=cmd_cmd)
+
+    p = sub.add_parser("cancel", help="cancel a queued or running job (CANCELED; --remove: "
+                       "REMOVED and its retained message cleared at once)")
+    p.add_argument("device", nargs="?", help="DEVICE or dev1,dev2,... (omit with --all)")
+    p.add_argument("job_id_arg", nargs="?", metavar="JOB_ID")
+    _fleet_wide_options(p)
+    p.add_argument("--remove", action="store_true", help="REMOVED instead of CANCELED")
+    p.add_argument("--timeout", type=float, default=30.0, help="for the reply, then the end")
+    p.add_argument("--no-wait", action="store_true", help="do not wait for a running job to stop")
+    p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser(
         "config",
@@ -334,7 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("watch", help="live table of the fleet")
     p.add_argument("--count", type=int, help="stop after this many updates")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--interval", type=float, default=0.5,
+                   help="redraw a terminal at most this often (seconds)")
     p.set_defaults(func=cmd_watch)
+
+    add_push_parsers(sub, _options)  # push-adapter, push-bundle (controller/push.py)
     return parser
 
 

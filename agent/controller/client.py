@@ -27,9 +27,29 @@ from agent.core.topics import FleetTopics
 from agent.errors import MobizoError
 from agent.io.mqtt import ClientTls, new_client
 
+# mobizo-fleet's exit codes: done, failed (the device said no), bad usage, no answer.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
+
 
 class FleetError(MobizoError):
     """The controller cannot reach the broker or the device did not answer."""
+
+
+# Job states after which nothing more happens (agent.core.jobs.TERMINAL, as the wire spells them).
+TERMINAL_JOB_STATES = frozenset(
+    {"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "CANCELED", "REMOVED"}
+)
+
+
+@dataclass(frozen=True)
+class PendingRequest:
+    """A command sent and not yet answered: how its reply is recognised."""
+
+    device: str
+    name: str
+    request_id: str
+    reply_topic: str
+    correlation: bytes
 
 
 @dataclass
@@ -218,6 +238,29 @@ class FleetClient:
         MQTT 5: response topic + correlation data (and the request id). MQTT 3.1.1: the reply
         comes on ``<prefix>/cmd-result/<request_id>``.
         """
+        pending = self.send(device, name, args, request_id=request_id, job_id=job_id,
+                            expires_in=expires_in)
+        for msg in self.messages_within(timeout):
+            result = self.reply_to(pending, msg)
+            if result is not None:
+                return result
+        raise FleetError(
+            f"no answer from {device} to {name} within {timeout:.0f} s (device offline, or busy?)"
+        )
+
+    def send(
+        self,
+        device: str,
+        name: str,
+        args: dict[str, Any],
+        *,
+        request_id: str | None = None,
+        job_id: str | None = None,
+        expires_in: float | None = None,
+    ) -> PendingRequest:
+        """Publish a command (QoS 1) after subscribing to its reply; match replies with
+        :meth:`reply_to`. A device with a persistent session that is offline now gets it when
+        it reconnects, within its session expiry."""
         dev = self.topics.device(device)
         request_id = request_id or uuid.uuid4().hex
         body: dict[str, Any] = {"request_id": request_id, "args": args}
@@ -238,23 +281,25 @@ class FleetClient:
             reply_topic = dev.cmd_result(request_id)
         self.subscribe(reply_topic)
         self.publish(dev.cmd(name), json.dumps(body).encode(), props=props)
-        for msg in self.messages_within(timeout):
-            if msg.topic != reply_topic:
-                continue
-            if self.v5:
-                got = getattr(msg.properties, "CorrelationData", None)
-                if got is not None and bytes(got) != correlation:
-                    continue
-            try:
-                result = CommandResult.model_validate_json(msg.payload)
-            except ValueError:
-                continue
-            if result.request_id not in (request_id, None):
-                continue
-            return result
-        raise FleetError(
-            f"no answer from {device} to {name} within {timeout:.0f} s (device offline, or busy?)"
-        )
+        return PendingRequest(device, name, request_id, reply_topic, correlation)
+
+    def reply_to(self, pending: PendingRequest, msg: paho.MQTTMessage) -> CommandResult | None:
+        """The result ``msg`` carries for ``pending``, or None when it is something else."""
+        if msg.topic != pending.reply_topic:
+            return None
+        if self.v5:
+            got = getattr(msg.properties, "CorrelationData", None)
+            if got is not None and bytes(got) != pending.correlation:
+                return None
+        try:
+            result = CommandResult.model_validate_json(msg.payload)
+        except ValueError:
+            return None
+        if result.request_id not in (pending.request_id, None):
+            return None
+        if result.device_id != pending.device:
+            return None  # one reply topic serves every device of a fleet-wide command
+        return result
 
     def wait_job(self, device: str, job_id: str, *, timeout: float) -> dict[str, Any]:
         """Follow ``jobs/<id>`` until the job is terminal; returns its last view."""
@@ -265,7 +310,7 @@ class FleetClient:
             if msg.topic != topic or not msg.payload:
                 continue
             last = json.loads(msg.payload)
-            if last.get("status") in ("SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT"):
+            if last.get("status") in TERMINAL_JOB_STATES:
                 return last
         raise FleetError(
             f"job {job_id} on {device} not finished within {timeout:.0f} s "

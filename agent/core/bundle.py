@@ -5,6 +5,8 @@ A bundle directory holds::
     manifest.json        this model, serialized
     train.pte            MP-LoRA training program, one method per (slices, batch) shape
     infer.pte            generation program (KV cache), LoRA-B as a runtime input
+    weights.ptd          the frozen weights of both programs, each stored once (format 4;
+                         in format 3 each program carried its own copy)
     adapter/             the initial adapter, PEFT layout (A random & frozen, B zero)
     tokenizer/           Hugging Face tokenizer files
 
@@ -21,12 +23,17 @@ from typing import Final, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent.core.bundle_reexport import reexport_command
 from agent.core.lora_layout import LoraLayout
 from agent.errors import BundleError
 
 # 2: train methods take the packed target window; 3: they return the target rows' hidden states
-# and the program's head_loss method scores them in chunks
-BUNDLE_FORMAT_VERSION = 3
+# and the program's head_loss method scores them in chunks; 4: the programs keep their weights
+# in one shared data file (weights.ptd, recorded with its size and sha256)
+BUNDLE_FORMAT_VERSION = 4
+# Formats this agent loads: a format-3 bundle (self-contained programs) is served as before.
+READABLE_FORMATS: Final[tuple[int, ...]] = (3, 4)
+WEIGHTS_FILE = "weights.ptd"
 MANIFEST_NAME = "manifest.json"
 TRAIN_PROGRAM = "train.pte"
 INFER_PROGRAM = "infer.pte"
@@ -106,6 +113,14 @@ class InferProgramSpec(_Strict):
     methods: tuple[str, ...] = ("prefill", "decode")
 
 
+class WeightsFileSpec(_Strict):
+    """The data file both programs read their frozen weights from (exporter/weights_file.py)."""
+
+    file: str = WEIGHTS_FILE
+    size: int = Field(ge=0, description="bytes; a loader refuses a file of another size")
+    sha256: str = Field(description="of the whole file; a loader refuses another file")
+
+
 class TokenizerSpec(_Strict):
     path: str = TOKENIZER_DIR
     bos_token_id: int | None = None
@@ -146,6 +161,9 @@ class BundleManifest(_Strict):
     infer: InferProgramSpec | None = Field(
         description="null for a train-only bundle (benchmarks): it cannot serve")
     tokenizer: TokenizerSpec
+    weights: WeightsFileSpec | None = Field(
+        default=None, description="the shared weights file (format 4); null in format 3, "
+        "whose programs carry their own weights")
     generation: GenerationSpec = Field(
         default_factory=GenerationSpec,
         description="from generation_config.json; empty when the checkpoint has none")
@@ -174,21 +192,32 @@ def manifest_from_json(raw: object, *, bundle_dir: Path, path: Path) -> BundleMa
             re-export.
     """
     version = raw.get("format_version") if isinstance(raw, dict) else None
-    if version != BUNDLE_FORMAT_VERSION:
+    if version not in READABLE_FORMATS:
+        newer = isinstance(version, int) and version > BUNDLE_FORMAT_VERSION
         raise BundleError(
-            f"{bundle_dir} has bundle format {version!r}, this agent reads format "
-            f"{BUNDLE_FORMAT_VERSION}; re-export it with this version of mobizo-export"
+            f"{bundle_dir} has bundle format {version!r}, this agent reads formats "
+            f"{', '.join(map(str, READABLE_FORMATS))}; "
+            + ("upgrade mobizo-agent, or " if newer else "")
+            + f"re-export it with this version: {reexport_command(raw, bundle_dir)}"
         )
     try:
-        return BundleManifest.model_validate(raw)
+        manifest = BundleManifest.model_validate(raw)
     except ValidationError as exc:
-        raise BundleError(f"{path} is invalid: {exc}; re-export the bundle") from exc
+        raise BundleError(f"{path} is invalid: {exc}; re-export the bundle: "
+                          f"{reexport_command(raw, bundle_dir)}") from exc
+    if (manifest.weights is None) != (version == 3):
+        raise BundleError(f"{path} is invalid: format {version} "
+                          + ("needs" if version != 3 else "cannot have")
+                          + " a weights file entry; re-export the bundle: "
+                          f"{reexport_command(raw, bundle_dir)}")
+    return manifest
 
 
 def required_parts(manifest: BundleManifest) -> tuple[str, ...]:
     """The entries a complete bundle directory holds besides its manifest."""
     programs = [manifest.train.program] + ([manifest.infer.program] if manifest.infer else [])
-    return (*programs, ADAPTER_DIR, TOKENIZER_DIR)
+    data = [manifest.weights.file] if manifest.weights else []
+    return (*programs, *data, ADAPTER_DIR, TOKENIZER_DIR)
 
 
 def lora_layout_of(manifest: BundleManifest) -> LoraLayout:

@@ -38,6 +38,7 @@ ErrorCode = Literal[
     "rejected",
     "failed",
     "timed_out",
+    "canceled",
     "internal",
 ]
 
@@ -86,6 +87,36 @@ class SetLogLevelArgs(WireIn):
         return value.upper() if isinstance(value, str) else value
 
 
+class CancelArgs(WireIn):
+    job_id: str = Field(description="the job to cancel (QUEUED or IN_PROGRESS)")
+    remove: bool = Field(
+        default=False,
+        description="REMOVED instead of CANCELED: also clear its retained jobs/<id> message "
+        "at once, without waiting for an acknowledgement (AWS DeleteJobExecution)",
+    )
+
+    @field_validator("job_id")
+    @classmethod
+    def _safe_job_id(cls, value: str) -> str:
+        if not valid_id(value):
+            raise ValueError("use 1-128 of A-Z a-z 0-9 _ . : -")
+        return value
+
+
+class AckJobsArgs(WireIn):
+    job_ids: list[str] = Field(
+        min_length=1, max_length=100, description="terminal jobs whose outcome the controller has"
+    )
+
+    @field_validator("job_ids")
+    @classmethod
+    def _safe_job_ids(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not valid_id(v)]
+        if bad:
+            raise ValueError(f"{bad[0][:40]!r}: use 1-128 of A-Z a-z 0-9 _ . : -")
+        return value
+
+
 # --- outputs --------------------------------------------------------------------------
 
 
@@ -106,6 +137,14 @@ class RollbackOutput(WireOut):
 
 class PurgeDataOutput(WireOut):
     deleted: int
+
+
+class AckJobsOutput(WireOut):
+    cleared: list[str] = Field(default_factory=list, description="retained messages cleared")
+    not_terminal: list[str] = Field(default_factory=list, description="still running: kept")
+    unknown: list[str] = Field(
+        default_factory=list, description="not (or no longer) known here; their topic cleared"
+    )
 
 
 # --- jobs, requests and results -------------------------------------------------------

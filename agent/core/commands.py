@@ -26,9 +26,19 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
+from agent.core.artifact import ArtifactStatusArgs, ChunkArgs, PushArgs
+from agent.core.artifact_calls import (
+    call_artifact_chunk,
+    call_artifact_status,
+    call_push_adapter,
+    call_push_bundle,
+)
 from agent.core.command_wire import (
     WIRE_VERSION,
     Ack,
+    AckJobsArgs,
+    AckJobsOutput,
+    CancelArgs,
     CommandFailed,
     CommandRejected,
     CommandRequest,
@@ -52,7 +62,8 @@ from agent.core.topics import valid_id, valid_publish_topic
 from agent.errors import MobizoError
 
 __all__ = [
-    "COMMANDS", "NO_JOB", "WIRE_VERSION", "Ack", "CommandFailed", "CommandHandler",
+    "COMMANDS", "NO_JOB", "WIRE_VERSION", "Ack", "AckJobsArgs", "AckJobsOutput", "CancelArgs",
+    "CommandFailed", "CommandHandler",
     "CommandRejected", "CommandRequest", "CommandResult", "CommandSpec", "ErrorCode",
     "ErrorInfo", "JobContext", "JobView", "NoArgs", "ParseError", "ParsedCommand", "PauseArgs",
     "PurgeDataArgs", "PurgeDataOutput", "RollbackArgs", "RollbackOutput", "SetLogLevelArgs",
@@ -107,12 +118,15 @@ class CommandSpec:
         args_model: the model its ``args`` must validate against.
         long: whether it runs as a job (progress on ``jobs/<id>``) or is answered at once.
         call: how the handler carries it out.
+        by_link: answered by the fleet link itself (job bookkeeping: ``cancel``,
+            ``ack-jobs``), never by the daemon; its ``call`` is not used.
     """
 
     name: str
     args_model: type[WireIn]
     long: bool
     call: HandlerCall
+    by_link: bool = False
 
 
 def _train_now(h: CommandHandler, a: TrainNowArgs, job: JobContext) -> BaseModel:
@@ -143,6 +157,10 @@ def _set_log_level(h: CommandHandler, a: SetLogLevelArgs, job: JobContext) -> Ba
     return h.set_log_level(a.level)
 
 
+def _by_link(h: CommandHandler, a: BaseModel, job: JobContext) -> BaseModel:
+    raise CommandFailed("this command is answered by the fleet link, not the daemon")
+
+
 COMMANDS: dict[str, CommandSpec] = {
     spec.name: spec
     for spec in (
@@ -153,6 +171,15 @@ COMMANDS: dict[str, CommandSpec] = {
         CommandSpec("status", NoArgs, long=False, call=_status),
         CommandSpec("purge-data", PurgeDataArgs, long=True, call=_purge_data),
         CommandSpec("set-log-level", SetLogLevelArgs, long=False, call=_set_log_level),
+        # Job bookkeeping, answered by the link (agent/services/fleet/jobs.py).
+        CommandSpec("cancel", CancelArgs, long=False, call=_by_link, by_link=True),
+        CommandSpec("ack-jobs", AckJobsArgs, long=False, call=_by_link, by_link=True),
+        # Artifact pushes (agent/core/artifact.py): the manifest is a job, chunks are short.
+        CommandSpec("push-adapter", PushArgs, long=True, call=call_push_adapter),
+        CommandSpec("push-bundle", PushArgs, long=True, call=call_push_bundle),
+        CommandSpec("artifact-chunk", ChunkArgs, long=False, call=call_artifact_chunk),
+        CommandSpec("artifact-status", ArtifactStatusArgs, long=False,
+                    call=call_artifact_status),
     )
 }
 

@@ -11,9 +11,11 @@ The daemon implements :class:`StateSource` and :class:`DesiredConfigSink` for th
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from agent.core.readings import DeviceSnapshot
 
 # Versions travel as JSON numbers: above 2**53 a controller in JavaScript cannot even tell two
 # of them apart, and one huge version would make every later, normal one stale for good.
@@ -50,10 +52,23 @@ class BurstInfo(WireOut):
     finished_at: float | None = None
 
 
+class FederatedInfo(WireOut):
+    """The device's last federated round (issue 20): its number, how it ended, and why
+    it was declined. Counts and words only: no accumulator, no data."""
+
+    round: int = Field(ge=0, description="the last round the daemon was asked for")
+    status: str = Field(description="running, trained or declined")
+    reason: str = Field(default="", max_length=200, description="why it declined")
+    served: str = Field(default="", max_length=200,
+                        description="what its eval gate did: serving vN, kept vM: why")
+    at: float | None = Field(default=None, description="when that status was reached")
+
+
 class ConstraintsInfo(WireOut):
     power: str | None = Field(default=None, description="e.g. mains, charging, battery")
     battery_pct: float | None = None
     thermal: str | None = Field(default=None, description="e.g. nominal, moderate, severe")
+    temp_c: float | None = Field(default=None, description="hottest watched thermal zone, °C")
     idle: bool | None = None
 
 
@@ -67,6 +82,8 @@ class StateDocument(WireOut):
     constraints: ConstraintsInfo = Field(default_factory=ConstraintsInfo)
     store_counts: dict[str, int] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
+    federated: FederatedInfo | None = Field(default=None,
+                                            description="last federated round, if any")
     # Filled by the fleet link, not the daemon:
     session_seq: int | None = Field(default=None, description="bdSeq of the publishing session")
     ts: float | None = None
@@ -128,11 +145,44 @@ class TelemetryPoint(WireOut):
     extra: dict[str, float] = Field(default_factory=dict)
 
 
+#: Telemetry's schema: 1 had points and resources; 2 adds ``board`` (numeric readings).
+#: A message without ``schema_version`` is version 1. Fields are only ever added.
+TELEMETRY_SCHEMA = 2
+
+
+class BoardReadings(WireOut):
+    """The board's numeric readings (telemetry schema 2): the state document keeps its text.
+
+    As of the daemon's last policy check; None where the board has no such sensor or it could
+    not be read.
+    """
+
+    temp_c: float | None = Field(default=None, description="hottest watched thermal zone, °C")
+    battery_pct: float | None = Field(default=None, description="battery charge, percent")
+    charging: bool | None = Field(default=None, description="a battery charges (or is full)")
+    power: str | None = Field(default=None, description="mains, battery or unknown")
+    mem_available_mb: float | None = Field(default=None, description="MemAvailable, MiB")
+    load_1m: float | None = Field(default=None, description="1-minute load average")
+    cpu_count: int | None = Field(default=None, description="online CPUs (load per core)")
+
+    @classmethod
+    def from_snapshot(cls, snap: DeviceSnapshot) -> BoardReadings:
+        """The readings of one sensor snapshot."""
+        power = snap.power
+        return cls(temp_c=snap.max_temp_c, battery_pct=power.battery_pct,
+                   charging=power.charging if power.has_battery else None,
+                   power=power.source, mem_available_mb=snap.mem_available_mb,
+                   load_1m=snap.load_1m, cpu_count=snap.cpu_count)
+
+
 class Telemetry(WireOut):
+    schema_version: int = Field(default=1, description="telemetry schema (absent: 1); the "
+                                "device writes TELEMETRY_SCHEMA")
     ts: float
     session_seq: int
     points: list[TelemetryPoint] = Field(default_factory=list)
     resources: dict[str, float] = Field(default_factory=dict)
+    board: BoardReadings | None = Field(default=None, description="schema 2: board readings")
 
 
 # A child's log line quoted into a reason ("trainer exited 1: <line>") and quoted text.
@@ -161,6 +211,13 @@ class StateSource(Protocol):
     """The daemon's current state, read by the link on change checks and periodically."""
 
     def current_state(self) -> StateDocument: ...
+
+
+@runtime_checkable
+class BoardSource(Protocol):
+    """A state source that also reads the board (the daemon's does): telemetry's ``board``."""
+
+    def board_readings(self) -> BoardReadings | None: ...
 
 
 class DesiredConfigSink(Protocol):

@@ -2,13 +2,21 @@
 
 ::
 
-    QUEUED ──▶ IN_PROGRESS ──▶ SUCCEEDED | FAILED | REJECTED | TIMED_OUT
-       └──────────────────────▶ REJECTED | FAILED | TIMED_OUT
+    QUEUED ──▶ IN_PROGRESS ──▶ SUCCEEDED | FAILED | REJECTED | TIMED_OUT | CANCELED | REMOVED
+       └──────────────────────▶ REJECTED | FAILED | TIMED_OUT | CANCELED | REMOVED
 
 Every job reaches a terminal state (AWS IoT Jobs / Mender convention): a job past its
 deadline is TIMED_OUT, and after a restart a job that was IN_PROGRESS is FAILED explicitly
 (its work was interrupted and may be half done), while a QUEUED one is resumed.
 Terminal states are final: a late result for a timed-out job is dropped, not applied.
+
+CANCELED and REMOVED follow AWS IoT Jobs: the controller canceled the job (``cancel``) before
+it ended: a QUEUED job never runs; an IN_PROGRESS one is asked to stop (a training burst stops
+at its next step) and may have done part of its work. REMOVED is a cancel that also takes the
+job off the broker at once (``cancel`` with ``remove``: AWS's DeleteJobExecution): its retained
+``jobs/<id>`` message is cleared without waiting for an acknowledgement. Any other terminal
+job's retained message is cleared once the controller acknowledges it (``ack-jobs``,
+:attr:`Job.acked`), so finished jobs do not pile up on the broker.
 """
 
 from __future__ import annotations
@@ -28,15 +36,19 @@ class JobStatus(StrEnum):
     FAILED = "FAILED"
     REJECTED = "REJECTED"
     TIMED_OUT = "TIMED_OUT"
+    CANCELED = "CANCELED"
+    REMOVED = "REMOVED"
 
 
 TERMINAL = frozenset(
-    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.REJECTED, JobStatus.TIMED_OUT}
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.REJECTED, JobStatus.TIMED_OUT,
+     JobStatus.CANCELED, JobStatus.REMOVED}
 )
 
 _ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset(
-        {JobStatus.IN_PROGRESS, JobStatus.REJECTED, JobStatus.FAILED, JobStatus.TIMED_OUT}
+        {JobStatus.IN_PROGRESS, JobStatus.REJECTED, JobStatus.FAILED, JobStatus.TIMED_OUT,
+         JobStatus.CANCELED, JobStatus.REMOVED}
     ),
     # IN_PROGRESS -> IN_PROGRESS is a progress update; -> REJECTED when the handler refuses
     # once it has looked (e.g. constraints no longer hold), before changing anything.
@@ -47,6 +59,8 @@ _ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
             JobStatus.FAILED,
             JobStatus.REJECTED,
             JobStatus.TIMED_OUT,
+            JobStatus.CANCELED,
+            JobStatus.REMOVED,
         }
     ),
 }
@@ -73,6 +87,7 @@ class Job(BaseModel):
     created_at: float
     updated_at: float
     deadline: float
+    acked: bool = False  # the controller saw it terminal: its retained message is cleared
 
     @property
     def terminal(self) -> bool:
@@ -204,3 +219,34 @@ def recover(job: Job, now: float) -> Job:
             ),
         )
     return job
+
+
+def canceled(
+    job: Job,
+    *,
+    now: float,
+    remove: bool = False,
+    why: str = "",
+    result: dict[str, Any] | None = None,
+) -> Job:
+    """``job`` CANCELED (or REMOVED) by the controller; ``result``: what it did before it
+    stopped (a stopped burst's steps), if anything.
+
+    Raises:
+        InvalidTransition: the job is already terminal (there is nothing to cancel).
+    """
+    if job.terminal:
+        raise InvalidTransition(
+            f"job {job.job_id} is already {job.status.value}; nothing to cancel "
+            "(acknowledge it with ack-jobs to clear its retained message)"
+        )
+    status = JobStatus.REMOVED if remove else JobStatus.CANCELED
+    return transition(
+        job,
+        status,
+        now=now,
+        message=why or f"{status.value.lower()} by the fleet controller",
+        result=result,
+        error=ErrorInfo(code="canceled", message=why or f"{status.value.lower()} by the "
+                        "fleet controller before it finished"),
+    )

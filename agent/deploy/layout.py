@@ -15,7 +15,10 @@ SERVICE_USER = "mobizo"
 AGENT_UNIT = "mobizo-agent.service"
 INFERENCE_UNIT = "mobizo-inference.service"
 TRAINER_SLICE = "mobizo-trainer.slice"
-UNITS = (INFERENCE_UNIT, AGENT_UNIT, TRAINER_SLICE)
+# Installed, never enabled by install: fleet learning is opt-in ([federated] enabled), and
+# the unit's ExecCondition= skips it while that is off.
+SUPERNODE_UNIT = "mobizo-supernode.service"
+UNITS = (INFERENCE_UNIT, AGENT_UNIT, TRAINER_SLICE, SUPERNODE_UNIT)
 # Services install enables/starts in this order (inference first: the agent is After= it).
 SERVICES = (INFERENCE_UNIT, AGENT_UNIT)
 

@@ -20,6 +20,7 @@ from agent.deploy.layout import (
     NOTIFY_RELOAD_DROPIN,
     PREFIX_MARKER,
     SERVICES,
+    SUPERNODE_UNIT,
     UNITS,
     Layout,
 )
@@ -35,7 +36,8 @@ def plan_uninstall(
     installed_units = [u for u in UNITS if layout.unit_path(u).exists()]
 
     if live and host.systemd_running and installed_units:
-        services = [s for s in SERVICES if s in installed_units]
+        # the SuperNode too (installed, enabled only by an operator who opted in)
+        services = [s for s in (*SERVICES, SUPERNODE_UNIT) if s in installed_units]
         if services:
             # Reverse start order: the agent checkpoints its burst, then the service goes.
             plan.add(RunCommand(("systemctl", "disable", "--now", *reversed(services)),

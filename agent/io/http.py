@@ -132,5 +132,9 @@ class Client:
     def reload_adapter(self) -> Reply:
         return self.post("/v1/admin/reload-adapter")
 
+    def set_program_resident(self, resident: bool) -> Reply:
+        """Release (False: a training burst starts) or load (True) the service's program."""
+        return self.post("/v1/admin/program", {"resident": resident})
+
     def health(self) -> Any:
         return self.get("/health").json

@@ -14,6 +14,12 @@ over ``max_payload_bytes`` is dropped unread (the event keeps only its size, so 
 still answer it), each topic is rate-limited, and the events queue may be bounded in bytes.
 A password is never sent in clear text to a broker that is not on loopback. The client set-up
 helpers live in :mod:`agent.io.mqtt_client` (re-exported here).
+
+With ``session_expiry_s`` > 0 the session is persistent: the broker keeps the subscriptions and
+queues QoS 1 messages (commands) while the device is away, and delivers them after the next
+CONNACK. MQTT 5 bounds it by the Session Expiry Interval; MQTT 3.1.1 (clean session off) has
+no expiry of its own, so the broker's limit applies (mosquitto: ``persistent_client_expiration``,
+unlimited by default).
 """
 
 from __future__ import annotations
@@ -73,6 +79,9 @@ class TransportSettings:
     max_payload_bytes: int | None = None  # larger inbound payloads are dropped unread
     rate_per_s: float | None = None  # per-topic inbound rate limit (None: off)
     rate_burst: int = 100
+    # > 0: a persistent session (MQTT 5: clean start off + this Session Expiry Interval;
+    # 3.1.1: clean session off, kept until the broker's own limit). 0: clean every connect.
+    session_expiry_s: int = 0
 
 
 @dataclass(frozen=True)
@@ -166,7 +175,8 @@ class MqttTransport:
         s = self.settings
         tls = ClientTls(s.ca_file, s.cert_file, s.key_file, s.tls_insecure) if s.tls else None
         client = new_client(s.client_id, v5=self.v5, username=s.username, password=s.password,
-                            tls=tls, clean_session=None if self.v5 else True,
+                            tls=tls,
+                            clean_session=None if self.v5 else s.session_expiry_s == 0,
                             reconnect_on_failure=False)
         client.connect_timeout = s.connect_timeout_s
         client.on_socket_register_write = network_thread_writes
@@ -281,14 +291,18 @@ class MqttTransport:
             else:
                 self._client.will_set(will.topic, will.payload, will.qos, will.retain)
         props = None
-        if self.v5 and s.max_packet_bytes:
+        if self.v5 and (s.max_packet_bytes or s.session_expiry_s):
             props = _properties(PacketTypes.CONNECT)
-            props.MaximumPacketSize = s.max_packet_bytes
+            if s.max_packet_bytes:
+                props.MaximumPacketSize = s.max_packet_bytes
+            if s.session_expiry_s:
+                # The broker keeps our subscriptions and queues QoS 1 commands this long
+                # after the connection drops (MQTT 5 section 3.1.2.11.2).
+                props.SessionExpiryInterval = s.session_expiry_s
         try:
             if self.v5:
-                self._client.connect(
-                    s.host, s.port, s.keepalive_s, clean_start=True, properties=props
-                )
+                self._client.connect(s.host, s.port, s.keepalive_s,
+                                     clean_start=s.session_expiry_s == 0, properties=props)
             else:
                 self._client.connect(s.host, s.port, s.keepalive_s)
         except (OSError, ssl.SSLError, ValueError) as exc:

@@ -11,7 +11,12 @@
 
 Programs are loaded from their path, so the runtime reads the file through its own data
 loader instead of a Python bytes copy that would stay resident next to XNNPACK's packed
-weights.
+weights. A format-4 bundle keeps the frozen weights of both programs once, in
+``weights.ptd`` (exporter/weights_file.py): it is checked against the manifest's size and
+sha256 (agent/io/bundle_files.py) before anything loads, then mmapped by the runtime. XNNPACK's
+weight cache is switched on before the first program loads (agent/io/xnnpack_options.py), so
+every method of the process shares one packed copy of each weight: ``prefill`` and
+``decode``, a train method and ``head_loss``, or a train and an infer program side by side.
 
 The ExecuTorch thread pool is process-wide: :func:`size_thread_pool` sizes it once, at
 process start, before any program is loaded (``[inference] threads`` in the service,
@@ -32,7 +37,8 @@ import torch
 from agent.core.bundle import BundleManifest
 from agent.core.targets import target_window
 from agent.errors import BundleError
-from agent.io.bundle_files import read_manifest
+from agent.io.bundle_files import read_manifest, weights_path
+from agent.io.xnnpack_options import enable_weight_cache
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +70,32 @@ def size_thread_pool(threads: int | None) -> int:
     return int(portable_lib._threadpool_get_thread_count())
 
 
-def _load_program(path: Path) -> Any:  # executorch.runtime.Program (the package is untyped)
+def _load_program(path: Path, weights: Path | None = None) -> Any:  # executorch Program
+    """Load the program at ``path``, its weights from ``weights`` (checked by the caller:
+    :func:`agent.io.bundle_files.weights_path`), or from the program itself if None."""
     from executorch.runtime import Runtime, Verification
 
     global _loaded
     if not path.is_file():
         raise BundleError(f"{path} is missing; re-export the bundle")
+    enable_weight_cache()
     _loaded = True  # before loading: a failed load may have touched the pool too
     try:
-        return Runtime.get().load_program(path, verification=Verification.Minimal)
+        return Runtime.get().load_program(path, verification=Verification.Minimal,
+                                          data_path=weights)
     except Exception as exc:  # the pybinding raises RuntimeError/ValueError with codes
         raise BundleError(f"ExecuTorch cannot load {path} ({exc}); re-export the bundle with "
                           "this version of mobizo-export") from exc
+
+
+def _load_methods(program: Any, path: Path, names: Sequence[str]) -> list[Any]:
+    """Load ``names`` of ``program`` (from ``path``); a method that fails is a BundleError."""
+    try:
+        return [program.load_method(name) for name in names]
+    except Exception as exc:  # the pybinding raises RuntimeError with the runtime's code
+        raise BundleError(f"ExecuTorch cannot load the methods {', '.join(names)} of {path} "
+                          f"({exc}); re-export the bundle with this version of "
+                          "mobizo-export") from exc
 
 
 class TrainProgram:
@@ -113,9 +133,13 @@ class TrainProgram:
         self.threads = threads
         self.dropped_targets = 0  # targets beyond the window so far (see agent/core/targets.py)
         self.head_rows = spec.head_rows
-        self._program = _load_program(self.bundle_dir / (program_file or spec.program))
-        self._method = self._program.load_method(shape.method)
-        self._head = self._program.load_method(spec.head_method)
+        path = self.bundle_dir / (program_file or spec.program)
+        # the bundle's own program reads the shared weights file; a benchmark program
+        # (program_file) carries its own
+        weights = None if program_file else weights_path(self.bundle_dir, self.manifest)
+        self._program = _load_program(path, weights)
+        self._method, self._head = _load_methods(self._program, path,
+                                                 (shape.method, spec.head_method))
         self.method_name = shape.method
 
     def losses(self, tokens: torch.Tensor, loss_mask: torch.Tensor,
@@ -194,9 +218,9 @@ class InferProgram:
         self.vocab_size = self.manifest.model.vocab_size
         self.num_params = self.manifest.lora.num_params
         self.threads = threads
-        self._program = _load_program(self.bundle_dir / spec.program)
-        self._prefill = self._program.load_method("prefill")
-        self._decode = self._program.load_method("decode")
+        path = self.bundle_dir / spec.program
+        self._program = _load_program(path, weights_path(self.bundle_dir, self.manifest))
+        self._prefill, self._decode = _load_methods(self._program, path, ("prefill", "decode"))
 
     def reset(self) -> None:
         """Start a new sequence (nothing to clear: unwritten positions are masked)."""

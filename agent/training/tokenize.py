@@ -23,17 +23,15 @@ __all__ = ["FALLBACK_ASSISTANT_PREFIX", "Message", "PromptFormat", "Tokenizer",
 
 
 def load_tokenizer(bundle_dir: Path, subdir: str = "tokenizer") -> Tokenizer:
-    """Load the bundle's tokenizer with ``transformers.AutoTokenizer`` (local files only)."""
+    """Load the bundle's tokenizer the way the service loads it
+    (:func:`agent.io.bundle_tokenizer.load_bundle_tokenizer`: ``tokenizer.json`` and the chat
+    template, no transformers), so both format prompts from the same object."""
     path = Path(bundle_dir) / subdir
     if not path.is_dir():
         raise BundleError(f"{path} is missing: the bundle has no tokenizer; re-export it")
-    from transformers import AutoTokenizer  # heavy import, only when a job needs it
+    from agent.io.bundle_tokenizer import load_bundle_tokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)  # type: ignore[no-any-return]
-    except Exception as exc:  # transformers raises many types for a bad directory
-        raise BundleError(f"cannot load the tokenizer in {path}: {exc}; re-export the bundle")\
-            from exc
+    return load_bundle_tokenizer(path)
 
 
 def has_chat_template(tokenizer: Tokenizer) -> bool:

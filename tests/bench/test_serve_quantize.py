@@ -68,7 +68,7 @@ def _result(gen: float, identical: bool) -> dict:
             "service": {"prompt_tok_s": 900.0, "gen_tok_s": gen, "end_to_end_s": 0.5},
             "eager": {"prompt_tok_s": 500.0, "gen_tok_s": 40.0, "end_to_end_s": 1.0},
             "parity": {"identical": identical, "greedy_prefix_agreement": 10, "of": 64},
-            "switch": {"control_p99_ms": 3.0, "failed_requests": 0},
+            "switch": {"all_p99_ms": 3.0, "failed_requests": 0},
             "targets": {}}
 
 

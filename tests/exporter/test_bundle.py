@@ -104,10 +104,12 @@ def test_program_inputs_are_borrowed_not_copied(starter_bundle):
     from executorch.runtime import Runtime
 
     m = read_manifest(starter_bundle)
+    assert m.infer is not None and m.weights is not None
     programs = {m.train.program: [s.method for s in m.train.shapes] + [m.train.head_method],
                 m.infer.program: ["prefill", "decode"]}
     for file, methods in programs.items():
-        program = Runtime.get().load_program(starter_bundle / file)
+        program = Runtime.get().load_program(starter_bundle / file,
+                                             data_path=starter_bundle / m.weights.file)
         for name in methods:
             meta = program.load_method(name).metadata
             planned = [i for i in range(meta.num_inputs())

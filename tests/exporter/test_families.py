@@ -137,16 +137,18 @@ def test_train_step_through_the_runtime(family_bundle, tmp_path):
     assert np.isfinite(b).all() and np.abs(b).max() > 0
 
 
-def test_tied_embedding_is_stored_once_in_train_program(bundle_cache_dir):
-    """A tied model's train.pte is smaller than its untied twin's by one embedding matrix
-    (they differ only in tie_word_embeddings and in rope tables of equal size); infer.pte
-    keeps the head packed for decoding speed (exporter/model.py), so it is not."""
+def test_tied_embedding_is_stored_once_in_the_bundle(bundle_cache_dir):
+    """A tied model's bundle is smaller than its untied twin's by one embedding matrix (they
+    differ only in tie_word_embeddings and in rope tables of equal size): both programs read
+    the frozen weights from weights.ptd, where the tied table is one buffer (infer.pte's
+    packed LM head is deduplicated by content); the programs themselves hold no weights."""
     untied = family_bundle_path(bundle_cache_dir, "llama")
     tied = family_bundle_path(bundle_cache_dir, "llama-tied")
     embedding_bytes = TINY["vocab_size"] * TINY["hidden_size"] * 4
 
-    def saved(program: str) -> int:
-        return (untied / program).stat().st_size - (tied / program).stat().st_size
+    def saved(part: str) -> int:
+        return (untied / part).stat().st_size - (tied / part).stat().st_size
 
-    assert 0.9 * embedding_bytes <= saved("train.pte") <= 1.1 * embedding_bytes
+    assert 0.9 * embedding_bytes <= saved("weights.ptd") <= 1.1 * embedding_bytes
+    assert abs(saved("train.pte")) < 0.1 * embedding_bytes
     assert abs(saved("infer.pte")) < 0.1 * embedding_bytes

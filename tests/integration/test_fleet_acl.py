@@ -172,3 +172,53 @@ def test_password_never_goes_to_a_remote_broker_in_clear(tmp_path, link_factory)
     with pytest.raises(ValueError, match="clear text"):
         MqttConfig.model_validate({"enabled": True, "host": "192.0.2.1", **FAST,
                                    "password_file": str(tmp_path / "pw")})
+
+
+def test_another_account_cannot_resume_a_devices_session(acl_broker, fleet, tmp_path,
+                                                           link_factory):
+    """Persistent sessions: commands queued for an offline device never go to another
+    account that presents the device's client id (mosquitto does not resume a session for a
+    different user name); the device loses them then, which is the takeover docs/security.md
+    names."""
+    import time
+
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    config = _device_config(acl_broker, fleet, tmp_path, "dev1")
+    pause = DeviceTopics.for_device(fleet, "dev1").cmd("pause")
+
+    def away_while_queued(request_id: str) -> None:
+        link, _ = link_factory(config, "dev1", start=False, state_dir=tmp_path / "dev1")
+        link.start()
+        assert link.transport.wait_connected(10)
+        time.sleep(0.3)  # subscribed (the SUBACK follows the CONNACK at once)
+        link.stop()
+        ctl = Client(acl_broker, "mobizo-fleet")
+        ctl.publish(pause, json.dumps({"request_id": request_id}).encode())
+        ctl.close()
+
+    # The device's own identity resumes its session and gets what was queued...
+    away_while_queued("r1")
+    link, device = link_factory(config, "dev1", start=False, state_dir=tmp_path / "dev1")
+    link.start()
+    deadline = time.monotonic() + 10
+    while device.state != "paused":
+        assert time.monotonic() < deadline, "the queued command never reached the device"
+        time.sleep(0.05)
+    link.stop()
+    # ...another account with the device's client id gets nothing.
+    away_while_queued("r2")
+    got: list[paho.MQTTMessage] = []
+    thief = paho.Client(CallbackAPIVersion.VERSION2, client_id=config.resolved_client_id("dev1"),
+                        protocol=paho.MQTTv5)
+    thief.username_pw_set("stranger", USERS["stranger"])
+    thief.on_message = lambda c, u, m: got.append(m)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 60
+    thief.connect(acl_broker.host, acl_broker.port, clean_start=False, properties=props)
+    thief.loop_start()
+    time.sleep(1.0)
+    thief.disconnect()
+    thief.loop_stop()
+    assert got == []

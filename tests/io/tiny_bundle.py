@@ -7,6 +7,7 @@ real ``starter_bundle`` fixture).
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from agent.core.bundle import (
     TokenizerSpec,
     TrainProgramSpec,
     TrainShape,
+    WeightsFileSpec,
     lora_layout_of,
 )
 from agent.io.adapter_fs import lora_a_sha256, write_adapter
@@ -41,6 +43,7 @@ def make_bundle(root: Path, *, seed: int = 0, weights_sha: str = "w" * 64) -> Pa
                                shapes=(TrainShape(method="s2b1", slices=2, batch=1),)),
         infer=InferProgramSpec(max_context=32, prefill_chunk=8),
         tokenizer=TokenizerSpec(),
+        weights=WeightsFileSpec(size=0, sha256=hashlib.sha256(b"").hexdigest()),
     )
     layout = lora_layout_of(manifest)
     rng = np.random.default_rng(seed)
@@ -49,7 +52,7 @@ def make_bundle(root: Path, *, seed: int = 0, weights_sha: str = "w" * 64) -> Pa
     manifest = manifest.model_copy(update={
         "lora": lora.model_copy(update={"a_sha256": lora_a_sha256(layout, a)})})
     (root / "manifest.json").write_text(manifest.model_dump_json(indent=2))
-    for name in ("train.pte", "infer.pte"):
+    for name in ("train.pte", "infer.pte", "weights.ptd"):
         (root / name).write_bytes(b"")
     (root / "tokenizer").mkdir(exist_ok=True)
     write_adapter(root / "adapter", layout, np.zeros(layout.num_params, np.float32), a)

@@ -81,8 +81,17 @@ def test_command_table():
         "status",
         "purge-data",
         "set-log-level",
+        "cancel",
+        "ack-jobs",
+        "push-adapter",
+        "push-bundle",
+        "artifact-chunk",
+        "artifact-status",
     }
-    assert {n for n, s in COMMANDS.items() if s.long} == {"train-now", "rollback", "purge-data"}
+    assert {n for n, s in COMMANDS.items() if s.long} == {
+        "train-now", "rollback", "purge-data", "push-adapter", "push-bundle"}
+    # job bookkeeping is the link's, never the daemon's
+    assert {n for n, s in COMMANDS.items() if s.by_link} == {"cancel", "ack-jobs"}
 
 
 def test_empty_payload_is_a_valid_request():

@@ -9,6 +9,7 @@ from agent.core.jobs import (
     TERMINAL,
     InvalidTransition,
     JobStatus,
+    canceled,
     job_result,
     new_job,
     recover,
@@ -96,3 +97,28 @@ def test_job_result_reports_the_job_and_a_duplicate_carries_no_error_of_its_own(
     assert again.job is not None and again.job.error == rejected.error
     queued = job_result(parsed, job(), device_id="dev", now=102.0)
     assert queued.ok and queued.error is None and queued.job.status == "QUEUED"
+
+
+@pytest.mark.parametrize("remove", [False, True])
+def test_cancel_a_queued_or_running_job(remove):
+    want = JobStatus.REMOVED if remove else JobStatus.CANCELED
+    queued = canceled(job(), now=101, remove=remove)
+    assert queued.status is want and queued.terminal and queued.error.code == "canceled"
+    running = transition(job(), JobStatus.IN_PROGRESS, now=101, progress=0.4)
+    stopped = canceled(running, now=102, remove=remove, result={"steps": 2})
+    assert stopped.status is want and stopped.result == {"steps": 2} and stopped.progress == 0.4
+
+
+@pytest.mark.parametrize("end", sorted(TERMINAL))
+def test_cancel_of_a_terminal_job_says_what_it_is(end):
+    done = transition(transition(job(), JobStatus.IN_PROGRESS, now=101), end, now=102)
+    with pytest.raises(InvalidTransition, match=f"already {end.value}; nothing to cancel"):
+        canceled(done, now=103)
+
+
+def test_an_acknowledged_job_round_trips_and_old_documents_read_as_unacknowledged():
+    j = canceled(job(), now=101).model_copy(update={"acked": True})
+    assert type(j).model_validate_json(j.model_dump_json()).acked
+    old = job().model_dump(mode="json")
+    del old["acked"]  # written by an agent from before acknowledgements
+    assert not type(j).model_validate(old).acked

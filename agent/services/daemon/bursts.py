@@ -29,6 +29,7 @@ from agent.io.children.process import (
     describe_exit,
 )
 from agent.services.daemon.children import trainer_argv
+from agent.services.daemon.metrics import stop_reason
 from agent.services.daemon.progress import BurstProgress, finite
 from agent.services.daemon.publish import RunOutcome
 from agent.services.daemon.run_context import RunContext
@@ -138,18 +139,25 @@ class RunBursts:
         runs.run = run
         runs.write_run()
         self.progress.watch(self.files.metrics_path)
+        # one copy of the weights on the board: the service lets its program go while the
+        # trainer runs (the user is idle; a request loads it again and stops the burst)
+        note = self.ctx.release_service()
+        if note is not None:
+            log.warning("the service keeps its program during this burst: %s", note)
         launcher = self.ctx.launcher
         child = launcher.job(cfg, "train", trainer_argv(cfg, run, self.files, launcher.python),
                              self.files, f"{run.run_id}-{run.attempts}")
         try:
             child.start()
         except OSError as exc:
+            self.ctx.metrics.burst_ended("failed")
             self.failed(f"could not start the trainer: {exc}", keep_run=False)
             return
         self.child = child
         runs.run = run = run.model_copy(update={"trainer_pid": child.pid})
         runs.write_run()
         self.progress.begin(run.steps_done)
+        self.ctx.metrics.burst_started(run.steps_done)
         total = cfg.training.steps_per_burst
         self.reporter.set("training", decision.reason,
                           progress=Progress(step=run.steps_done, total=total, loss=None,
@@ -183,6 +191,7 @@ class RunBursts:
             if not decision.train or paused is not None:
                 reason = paused or decision.reason
                 log.info("stopping the burst: %s", reason)
+                self.ctx.metrics.stopping(stop_reason(paused, decision.blocked_by))
                 self.stop_burst(reason)
                 self.reporter.set("training", reason, progress=self.reporter.status.progress,
                                   blocked_by=decision.blocked_by)
@@ -218,6 +227,7 @@ class RunBursts:
                      self.first_step_latency_s)
         last = rows[-1]
         runs.run = runs.run.model_copy(update={"steps_done": int(last["step"])})
+        self.ctx.metrics.stepped(int(last["step"]))
         progress = Progress(step=int(last["step"]),
                             total=self.ctx.config().training.steps_per_burst,
                             loss=float(last["loss"]) if finite(last.get("loss")) else None,
@@ -238,6 +248,8 @@ class RunBursts:
             code = EXIT_INTERRUPTED
         if code in (EXIT_OK, EXIT_INTERRUPTED):
             self.backoff.reset()
+        self.ctx.metrics.burst_ended({EXIT_OK: "finished", EXIT_INTERRUPTED: "stopped"}
+                                     .get(code, "failed"))
         if code == EXIT_OK:
             log.info("burst of run %s finished at step %d; evaluating", run.run_id,
                      run.steps_done)
@@ -297,6 +309,7 @@ class RunBursts:
         grace_s = self.ctx.config().daemon.stop_grace_s
         log.info("stopping the burst before exit (up to %.0f s)", grace_s)
         self.progress.stop_reason = "daemon stopping"
+        self.ctx.metrics.stopping("shutdown")
         code = child.stop(grace_s)
         self.read_metrics()
         self.child = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,15 @@ from pydantic import BaseModel
 
 from agent.config import LoadedConfig, diff
 from agent.config.overrides import OverridesRefused, fleet_overrides, save_fleet_overrides
+from agent.core.artifact import (
+    ArtifactStatusArgs,
+    ArtifactStatusOutput,
+    ChunkArgs,
+    ChunkOutput,
+    PushArgs,
+    PushOutput,
+)
+from agent.core.artifact_calls import ArtifactHandler
 from agent.core.command_wire import (
     Ack,
     CommandFailed,
@@ -34,6 +44,7 @@ from agent.core.commands import JobContext
 from agent.core.fleet_documents import (
     AdapterInfo,
     ApplyResult,
+    BoardReadings,
     BurstInfo,
     ConstraintsInfo,
     StateDocument,
@@ -48,6 +59,7 @@ from agent.services.daemon.commands import (
     Reply,
     TrainNowRequest,
 )
+from agent.services.daemon.federated_round import with_round
 from agent.services.daemon.loop import Daemon
 from agent.services.daemon.ports import ExampleStore
 
@@ -63,11 +75,13 @@ class FleetCommands:
     """
 
     def __init__(self, daemon: Daemon, store: ExampleStore,
-                 forced: Mapping[str, Any] | None = None, run_timeout_s: float = 3600.0) -> None:
+                 forced: Mapping[str, Any] | None = None, run_timeout_s: float = 3600.0,
+                 artifacts: ArtifactHandler | None = None) -> None:
         self.daemon = daemon
         self.store = store
         self.forced = dict(forced or {})
         self.run_timeout_s = run_timeout_s
+        self.artifacts = artifacts  # artifact pushes (agent/services/daemon/artifacts.py)
 
     def _run(self, name: str, handler: Callable[[Any], Reply], args: BaseModel) -> Reply:
         cmd = self.daemon.commands.submit(name, DaemonCommand(type(args), handler), args)
@@ -84,11 +98,39 @@ class FleetCommands:
         self._run("train-now", self.daemon.handlers.train_now,
                   TrainNowRequest(skip=skip, requested_by="fleet"))
         job.report(0.0, "training requested")
-        outcome = self.daemon.wait_for_run(self.run_timeout_s)
+        outcome = self.daemon.wait_for_run(self.run_timeout_s, give_up=job.should_stop)
+        if outcome is None and job.should_stop():
+            return self._stop_train_now()
         if outcome is None:
             raise CommandFailed(f"no run finished within {self.run_timeout_s:.0f} s")
         return TrainNowOutput(outcome=outcome.outcome, steps=outcome.steps, loss=outcome.loss,
                               adapter_version=outcome.adapter_version)
+
+    def _stop_train_now(self) -> TrainNowOutput:
+        """The fleet canceled its train-now: drop the wish and stop the burst as a pause does
+        (SIGTERM: the trainer ends its step, checkpoints, exits). The run stays resumable and
+        goes on only when the constraints allow it on their own."""
+        bursts = self.daemon.runs.bursts
+
+        stopping: list[object] = []
+
+        def stop() -> Reply:
+            self.daemon.wishes.manual = None
+            if bursts.child is not None and bursts.child.term_sent_at is None:
+                stopping.append(bursts.child)
+                bursts.stop_burst("canceled by the fleet controller")
+            return {"message": "stopping"}
+
+        cmd = self.daemon.commands.call("cancel train-now", stop)
+        if cmd.error is not None:
+            raise CommandFailed(cmd.error)
+        # The job ends when the burst has: the main loop drops the child once it exited.
+        deadline = time.monotonic() + self.run_timeout_s
+        while stopping and bursts.child is stopping[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        progress = bursts.progress
+        return TrainNowOutput(outcome="canceled", steps=len(progress.losses),
+                              loss=progress.last_loss)
 
     def pause(self, reason: str) -> Ack:
         reply = self._run("pause", self.daemon.handlers.pause, PauseRequest(reason=reason))
@@ -113,6 +155,21 @@ class FleetCommands:
         logging.getLogger().setLevel(level)
         return Ack(message=f"log level {level}")
 
+    # --- ArtifactHandler: pushes (agent/services/daemon/artifacts.py) -----------------------
+    def _artifacts(self) -> ArtifactHandler:
+        if self.artifacts is None:
+            raise CommandRejected("artifact pushes are not set up on this device")
+        return self.artifacts
+
+    def push_artifact(self, args: PushArgs, job: JobContext) -> PushOutput:
+        return self._artifacts().push_artifact(args, job)
+
+    def artifact_chunk(self, args: ChunkArgs) -> ChunkOutput:
+        return self._artifacts().artifact_chunk(args)
+
+    def artifact_status(self, args: ArtifactStatusArgs) -> ArtifactStatusOutput:
+        return self._artifacts().artifact_status(args)
+
     # --- StateSource ------------------------------------------------------------------------
     def current_state(self) -> StateDocument:
         """Built from the daemon's last status (read-only; never waits for the loop)."""
@@ -120,7 +177,14 @@ class FleetCommands:
         with contextlib.suppress(Exception):
             raw = self.store.counts()
             counts = {k: int(v) for k, v in raw.items() if isinstance(v, int)}
-        return state_document(self.daemon.status, self.daemon.last_snapshot, counts)
+        doc = state_document(self.daemon.status, self.daemon.last_snapshot, counts)
+        return with_round(doc, self.daemon.federated.status())  # issue 20: last round
+
+    # --- BoardSource (telemetry's numeric readings) -------------------------------------------
+    def board_readings(self) -> BoardReadings | None:
+        """The last sensor snapshot's numbers (None before the first policy check)."""
+        snap = self.daemon.last_snapshot
+        return None if snap is None else BoardReadings.from_snapshot(snap)
 
     # --- DesiredConfigSink --------------------------------------------------------------------
     def apply(self, version: int, document: dict[str, Any]) -> ApplyResult:
@@ -166,6 +230,9 @@ def state_document(status: AgentStatus, snap: DeviceSnapshot | None,
             power="charging" if power.charging and power.source != "mains" else power.source,
             battery_pct=power.battery_pct,
             thermal=None if snap.max_temp_c is None else f"{snap.max_temp_c:.0f} C",
+            # whole degrees, as the text: a finer value would republish the state
+            # (retained, QoS 1) at each tenth of a degree
+            temp_c=None if snap.max_temp_c is None else float(round(snap.max_temp_c)),
             idle=None if snap.user_idle_s is None else snap.user_idle_s > 0)
     evals: dict[str, float] = {}
     if last is not None:

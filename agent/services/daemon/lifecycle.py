@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +224,7 @@ class RunLifecycle:
         if verdict is None:
             return
         if isinstance(verdict, EvalFailed):
+            self.ctx.metrics.verdict(verdict.outcome.outcome)
             self.finish_run(verdict.outcome, advance_cursor=verdict.advance_cursor)
             return
         self._publish_or_reject(verdict, candidate)
@@ -241,6 +244,7 @@ class RunLifecycle:
             compared_with=self.evaluation.against[0],
             train_loss_end=self.bursts.progress.last_loss,
             tell_service=self.ctx.tell_service, before_publish=publishing)
+        self.ctx.metrics.verdict(outcome.outcome)
         self.finish_run(outcome, extra=gate_losses(gate))
 
     # ------------------------------------------------------------------ ending
@@ -287,11 +291,16 @@ class RunLifecycle:
         self.files.write_memory(self.memory)
 
     # ------------------------------------------------------------------ waiters, stop
-    def wait_for_run(self, timeout: float) -> RunOutcome | None:
-        """Block until the current/next run ends (for a fleet train-now)."""
+    def wait_for_run(self, timeout: float,
+                     give_up: Callable[[], bool] | None = None) -> RunOutcome | None:
+        """Block until the current/next run ends (for a fleet train-now), or ``give_up()``
+        (polled every 0.1 s: the fleet canceled the job)."""
         event, box = threading.Event(), list[RunOutcome]()
         self.waiters.append((event, box))
-        event.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while not event.wait(max(0.0, min(0.1, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline or (give_up is not None and give_up()):
+                break  # the waiter stays listed; the run's end fills a box nobody reads
         return box[0] if box else None
 
     def _tell_waiters(self, outcome: RunOutcome) -> None:

@@ -43,8 +43,10 @@ from agent.io.disk import DiskFaults, free_bytes, is_disk_fault_at, read_only
 from agent.io.systemd import Notifier, WatchdogPinger
 from agent.services.daemon.commands import CommandQueue, CommandTable, DaemonHandlers
 from agent.services.daemon.debug_hooks import DebugHooks
+from agent.services.daemon.federated_round import FederatedRounds
 from agent.services.daemon.handover import hand_over
 from agent.services.daemon.lifecycle import RunLifecycle
+from agent.services.daemon.metrics import DaemonMetrics, DaemonView
 from agent.services.daemon.ports import ExampleStore, Registry, Sensors, ServiceLink
 from agent.services.daemon.publish import RunOutcome
 from agent.services.daemon.run_context import ChildLauncher, RunContext
@@ -142,15 +144,21 @@ class Daemon:
         self.last_snapshot: DeviceSnapshot | None = None
         self.ticks = 0
         self.tick_errors = 0
+        # Prometheus: counters from the run code, readings from the status and the sensors
+        self.metrics = DaemonMetrics()
+        self.metrics.view = DaemonView(status=lambda: self.status,
+                                       snapshot=lambda: self.last_snapshot)
         self.runs = RunLifecycle(RunContext(
             config=lambda: self.config, store=store, registry=registry,
             files=RunFiles(state_dir, loaded.config.paths.checkpoint_dir), clock=clock,
             launcher=launcher or ChildLauncher(), tell_service=self.tell_service,
             reporter=self.reporter, decide=self.decide, wishes=self.wishes,
-            on_state_change=on_state_change or (lambda: None)))
+            on_state_change=on_state_change or (lambda: None), metrics=self.metrics,
+            release_service=self.release_service))
         self.handlers = DaemonHandlers(
             wishes=self.wishes, runs=self.runs, reporter=self.reporter, registry=registry,
             tell_service=self.tell_service, status_document=self.status_document)
+        self.federated = FederatedRounds(self.runs)  # rounds asked by the Flower SuperNode
         self.runs.recover()
 
     # ------------------------------------------------------------------ config, status
@@ -166,7 +174,7 @@ class Daemon:
 
     def command_table(self) -> CommandTable:
         """What the control socket accepts: the daemon's commands (+ the debug ones)."""
-        table = self.handlers.table()
+        table = self.handlers.table() | self.federated.table()
         if self.debug is not None:
             table.update(self.debug.table())
         return table
@@ -186,6 +194,7 @@ class Daemon:
             "first_step_latency_s": runs.bursts.first_step_latency_s,
             "new_examples": runs.new_examples,
             "config_file": str(self.loaded.file) if self.loaded.file else None,
+            "federated": self.federated.status(),
         }
         if self.last_decision is not None:
             doc["daemon"]["checks"] = [
@@ -251,6 +260,8 @@ class Daemon:
             runs.bursts.follow()
         elif runs.evaluation.child is not None:
             runs.follow_eval()
+        elif self.federated.busy():
+            self.federated.follow()
         elif self.wishes.paused is not None:
             self.reporter.set("paused", self.wishes.paused)
         elif held is not None:
@@ -310,9 +321,10 @@ class Daemon:
                            seconds_since_last_burst=since)
 
     # ------------------------------------------------------------------ runs, service
-    def wait_for_run(self, timeout: float) -> RunOutcome | None:
-        """Block until the current/next run ends (for a fleet train-now)."""
-        return self.runs.wait_for_run(timeout)
+    def wait_for_run(self, timeout: float,
+                     give_up: Callable[[], bool] | None = None) -> RunOutcome | None:
+        """Block until the current/next run ends (for a fleet train-now) or ``give_up()``."""
+        return self.runs.wait_for_run(timeout, give_up)
 
     def tell_service(self, version: str) -> str | None:
         """Ask the service to serve ``version``; its refusal, or None (see hand_over)."""
@@ -320,6 +332,17 @@ class Daemon:
         if service is None:
             return None
         return hand_over(service, version, self.config.daemon.publish_verify_s)
+
+    def release_service(self) -> str | None:
+        """A burst starts: ask the service to release its program; a note if it did not."""
+        service = self.ports.service
+        if service is None or not self.config.service.release_program_during_bursts:
+            return None
+        try:
+            reply = service.set_program_resident(False)
+        except OSError as exc:  # not running: nothing resident to release
+            return f"the inference service did not answer ({exc})"
+        return None if reply.status == 200 else f"the inference service answered {reply.status}"
 
     # ------------------------------------------------------------------ reload / stop
     def reload(self) -> bool:
@@ -360,5 +383,6 @@ class Daemon:
         """STOPPING=1; a running burst checkpoints first (bounded), an evaluation is killed."""
         self.notifier.stopping()
         self.runs.stop()
+        self.federated.stop()
         self.reporter.set("idle", "stopped")
         self.reporter.publish(force=True)

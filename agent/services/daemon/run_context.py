@@ -18,6 +18,7 @@ from agent.config import AgentConfig
 from agent.core.policy import Decision
 from agent.io.children.process import ChildProcess
 from agent.services.daemon.children import child_process
+from agent.services.daemon.metrics import DaemonMetrics
 from agent.services.daemon.ports import ExampleStore, Registry
 from agent.services.daemon.run_files import RunFiles
 from agent.services.daemon.status import StatusReporter
@@ -59,6 +60,9 @@ class RunContext:
         wishes: the user's pause / train-now wishes.
         on_state_change: told when the state changed (the fleet link republishes it).
         monotonic: seconds for durations (retry pauses, latencies, timeouts).
+        metrics: the daemon's Prometheus counters (bursts, steps, eval verdicts).
+        release_service: a burst starts: the service lets its program go (one copy of the
+            weights on the board); a note if it could not, else None.
     """
 
     config: Callable[[], AgentConfig]
@@ -73,6 +77,8 @@ class RunContext:
     wishes: UserWishes
     on_state_change: Callable[[], None] = field(default=lambda: None)
     monotonic: Callable[[], float] = time.monotonic
+    metrics: DaemonMetrics = field(default_factory=DaemonMetrics)
+    release_service: Callable[[], str | None] = field(default=lambda: None)
 
     def state_changed(self) -> None:
         """Tell whoever listens that the state changed."""

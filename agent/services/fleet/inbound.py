@@ -43,6 +43,7 @@ from agent.core.fleet_documents import (
 from agent.core.json_depth import json_depth_exceeds
 from agent.io.fleet_store import FleetStore
 from agent.io.mqtt import Inbound
+from agent.services.fleet import job_commands
 from agent.services.fleet.jobs import FleetJobs
 from agent.services.fleet.session import FleetSession, wire_bytes
 
@@ -220,6 +221,11 @@ class FleetInbound:
         if isinstance(parsed, ParseError):
             result = error_result(parsed, command=name, device_id=self.device_id, now=self.clock())
             self._reply(msg, parsed.reply_to, result)
+            return
+        if parsed.spec.by_link:  # cancel, ack-jobs: the link's own job bookkeeping
+            result = job_commands.answer(self.jobs, parsed, device_id=self.device_id,
+                                         now=self.clock())
+            self._reply(msg, parsed.request.reply_to, result)
             return
         if not parsed.spec.long:
             result = run_short(self.handler, parsed, device_id=self.device_id, clock=self.clock)

@@ -5,6 +5,13 @@ A job is persisted in ``fleet.db`` before it is announced, so a QoS 1 redelivery
 jobs left open are recovered (:func:`agent.core.jobs.recover`). Each job runs in a helper
 thread so its deadline can be enforced; its updates go to ``<prefix>/jobs/<id>``, retained,
 and a late progress report never overwrites the terminal update on the broker.
+
+The controller can cancel a job (:meth:`FleetJobs.cancel`: a QUEUED one never runs, a running
+one is asked to stop and ends CANCELED, or REMOVED) and acknowledge terminal ones
+(:meth:`FleetJobs.ack`): an acknowledged or removed job's retained message is cleared (an
+empty retained publish), now or at the next connect. With a persistent MQTT session a command
+may be delivered twice (a QoS 1 redelivery after a reconnect): a long command is still run
+once, since its job id is known (``fleet.db``).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 
 from agent.config.mqtt import MqttConfig
 from agent.core import jobs as jobsm
+from agent.core.command_wire import AckJobsOutput
 from agent.core.commands import (
     COMMANDS,
     CommandHandler,
@@ -47,6 +55,15 @@ class _JobRun:
         self.stop = threading.Event()
         self._lock = threading.Lock()
         self._last_pub = 0.0
+        self.cancel: jobsm.JobStatus | None = None  # CANCELED or REMOVED once asked
+        self.cancel_at = 0.0  # monotonic time of the cancel
+
+    def request_cancel(self, remove: bool) -> None:
+        """Ask the handler to stop (it polls :meth:`should_stop`); the runner ends the job."""
+        if self.cancel is None:
+            self.cancel = jobsm.JobStatus.REMOVED if remove else jobsm.JobStatus.CANCELED
+            self.cancel_at = time.monotonic()
+        self.stop.set()
 
     def report(self, fraction: float | None, message: str) -> None:
         with self._lock:
@@ -112,6 +129,9 @@ class FleetJobs:
         self._stale: set[str] = set()  # updates not yet published (offline)
         self._publish_lock = threading.Lock()
         self._terminal_published: dict[str, None] = {}  # insertion-ordered, bounded
+        # A cancel and the runner's start of a job read-modify-write the same record.
+        self._state_lock = threading.Lock()
+        self._current: _JobRun | None = None
 
     def recover(self) -> None:
         """After a restart: fail what cannot resume (published on connect), requeue the rest."""
@@ -180,7 +200,8 @@ class FleetJobs:
             ok = (
                 self.session.transport.publish(
                     self.session.topics.job(job.job_id),
-                    wire_bytes(job.view()),
+                    # acknowledged (or removed): an empty retained message clears the topic
+                    b"" if job.acked else wire_bytes(job.view()),
                     qos=self.config.qos,
                     retain=True,
                 )
@@ -201,6 +222,58 @@ class FleetJobs:
             if self.publish(job):
                 self._stale.discard(job.job_id)
 
+    def cancel(self, job_id: str, *, remove: bool = False) -> jobsm.Job:
+        """Cancel a QUEUED job (terminal now) or ask a running one to stop (terminal once its
+        handler returns, or after ``job_cancel_grace_s``); the job as it stands.
+
+        Raises:
+            KeyError: no such job here.
+            jobsm.InvalidTransition: the job is already terminal.
+        """
+        with self._state_lock:
+            job = self.store.get_job(job_id)
+            if job is None:
+                raise KeyError(job_id)
+            run = self._current
+            if run is not None and run.job.job_id == job_id and not run.job.terminal:
+                run.request_cancel(remove)
+                return jobsm.transition(run.job, jobsm.JobStatus.IN_PROGRESS, now=self.clock(),
+                                        message="cancel requested; stopping")
+            job = jobsm.canceled(job, now=self.clock(), remove=remove)
+            if remove:
+                job = job.model_copy(update={"acked": True})
+            self.store.save_job(job)
+        self._publish_terminal(job)
+        return job
+
+    def ack(self, job_ids: list[str]) -> AckJobsOutput:
+        """The controller has these terminal jobs' outcomes: clear their retained messages."""
+        out = AckJobsOutput()
+        for job_id in dict.fromkeys(job_ids):
+            job = self.store.get_job(job_id)
+            if job is None:
+                # Pruned, or from before a reinstall: its topic is ours, clearing is harmless.
+                self.session.transport.publish(self.session.topics.job(job_id), b"",
+                                               qos=self.config.qos, retain=True)
+                out.unknown.append(job_id)
+            elif not job.terminal:
+                out.not_terminal.append(job_id)
+            else:
+                job = job.model_copy(update={"acked": True})
+                self.store.save_job(job)
+                if not self.publish(job):
+                    self._stale.add(job_id)  # cleared at the next connect
+                out.cleared.append(job_id)
+        return out
+
+    def _publish_terminal(self, job: jobsm.Job) -> None:
+        # A REMOVED job: the terminal update first (a controller following it live sees why),
+        # then the clear.
+        if job.acked:
+            self.publish(job.model_copy(update={"acked": False}))
+        self.publish(job)
+        self._on_finished()
+
     def run_forever(self) -> None:
         """The job thread: run queued jobs one at a time until the link stops."""
         while not self._stop.is_set():
@@ -213,22 +286,40 @@ class FleetJobs:
             except Exception:  # noqa: BLE001
                 log.exception("job %s: unexpected error", job_id)
 
+    def _start(self, job_id: str) -> _JobRun | None:
+        """Move a queued job to IN_PROGRESS (None: nothing to run), under the state lock."""
+        with self._state_lock:
+            job = self.store.get_job(job_id)
+            if job is None or job.terminal:
+                return None
+            late = jobsm.timed_out(job, self.clock())
+            if late is not None:
+                self._finish(late)
+                return None
+            job = jobsm.transition(
+                job, jobsm.JobStatus.IN_PROGRESS, now=self.clock(), progress=0.0,
+                message="started"
+            )
+            self.store.save_job(job)
+            self._current = _JobRun(self, job)
+        self.publish(job)
+        return self._current
+
     def _run(self, job_id: str) -> None:
-        job = self.store.get_job(job_id)
-        if job is None or job.terminal:
+        run = self._start(job_id)
+        if run is None:
             return
-        late = jobsm.timed_out(job, self.clock())
-        if late is not None:
-            self._finish(late)
-            return
+        try:
+            self._run_job(run)
+        finally:
+            with self._state_lock:
+                self._current = None
+
+    def _run_job(self, run: _JobRun) -> None:
+        job = run.job
+        job_id = job.job_id
         spec = COMMANDS[job.command]
         parsed = ParsedCommand(spec, _request_of(job), spec.args_model.model_validate(job.args))
-        job = jobsm.transition(
-            job, jobsm.JobStatus.IN_PROGRESS, now=self.clock(), progress=0.0, message="started"
-        )
-        self.store.save_job(job)
-        self.publish(job)
-        run = _JobRun(self, job)
         outcome: dict[str, Any] = {}
 
         def target() -> None:
@@ -241,11 +332,16 @@ class FleetJobs:
         worker.start()
         # the wait counts on the monotonic clock: an NTP step must not end or stretch it
         until = time.monotonic() + max(0.0, job.deadline - self.clock())
+        grace = self.config.job_cancel_grace_s
         while worker.is_alive() and time.monotonic() < until and not self._stop.is_set():
+            if run.cancel is not None and time.monotonic() > run.cancel_at + grace:
+                break  # asked to stop and did not: CANCELED all the same (said below)
             worker.join(0.1)
         now = self.clock()
         current = run.job
-        if worker.is_alive():
+        if run.cancel is not None and not self._stop.is_set():
+            final = self._canceled_final(run, outcome, now, stopped=not worker.is_alive())
+        elif worker.is_alive():
             run.stop.set()
             if self._stop.is_set():
                 return  # shutting down: left IN_PROGRESS, failed explicitly at next start
@@ -267,13 +363,28 @@ class FleetJobs:
                 message="done",
                 result=outcome["output"].model_dump(mode="json"),
             )
-        run.finish(final)
-        self._finish(final)
+        with self._state_lock:  # a cancel arriving now finds the job terminal, not half-done
+            run.finish(final)
+            self._current = None
+            self.store.save_job(final)
+        self._publish_terminal(final)
+
+    def _canceled_final(self, run: _JobRun, outcome: dict[str, Any], now: float, *,
+                        stopped: bool) -> jobsm.Job:
+        output = outcome.get("output")
+        why = "" if stopped else (
+            f"asked to stop but still running after {self.config.job_cancel_grace_s:.0f} s; "
+            "its work may still finish")
+        final = jobsm.canceled(
+            run.job, now=now, remove=run.cancel is jobsm.JobStatus.REMOVED, why=why,
+            result=output.model_dump(mode="json") if output is not None else None)
+        if final.status is jobsm.JobStatus.REMOVED:
+            final = final.model_copy(update={"acked": True})
+        return final
 
     def _finish(self, job: jobsm.Job) -> None:
         self.store.save_job(job)
-        self.publish(job)
-        self._on_finished()
+        self._publish_terminal(job)
 
 
 def _request_of(job: jobsm.Job) -> CommandRequest:

@@ -42,6 +42,7 @@ from agent.io.fleet_store import FleetStore
 from agent.io.mqtt import Connected, Disconnected, Inbound, MqttTransport
 from agent.io.mqtt_guard import ByteBoundedQueue
 from agent.io.spool import Spool
+from agent.services.fleet.ha_discovery import HaDiscovery
 from agent.services.fleet.inbound import FleetInbound
 from agent.services.fleet.jobs import FleetJobs
 from agent.services.fleet.outbound import FleetOutbound
@@ -73,6 +74,7 @@ class FleetLink:
         clock: Callable[[], float] = time.time,
         password: str | None = None,
         faults: DiskFaults | None = None,
+        device_model: str | None = None,
     ) -> None:
         """Build the link; nothing connects before :meth:`start`.
 
@@ -85,6 +87,7 @@ class FleetLink:
             password: broker password; default read from ``config.password_file``.
             faults: where the spool's and the fleet store's write failures are shown
                 (the daemon's status); None: only logged.
+            device_model: the model Home Assistant discovery shows (the bundle's).
         """
         self.config = config
         self.device_id = device_id
@@ -129,6 +132,8 @@ class FleetLink:
             clock=clock,
             poll_state_now=self._poll_state_now,
         )
+        self.ha = HaDiscovery(config.home_assistant, session=self.session, store=self.store,
+                              model=device_model, qos=config.qos)
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -211,7 +216,7 @@ class FleetLink:
         if isinstance(event, Inbound):
             self.inbound.on_message(event)
         elif isinstance(event, Connected):
-            self._on_connected()
+            self._on_connected(event.session_present)
         elif isinstance(event, Disconnected):
             log.info("fleet broker connection lost: %s", event.reason)
         elif isinstance(event, _Poke):
@@ -221,13 +226,17 @@ class FleetLink:
         # Worker thread only: the tick that follows this event checks the state.
         self._next_state_poll = 0.0
 
-    def _on_connected(self) -> None:
-        log.info("connected to fleet broker (session %d)", self.session_seq)
+    def _on_connected(self, session_present: bool = False) -> None:
+        # session_present: the broker kept our persistent session (commands queued while we
+        # were away arrive next, QoS 1); else it starts a new one.
+        log.info("connected to fleet broker (session %d, broker session %s)", self.session_seq,
+                 "resumed" if session_present else "new")
         seq = self.session.session_seq
         self.outbound.publish_state(force=True)  # the latest state first (supersedes spooled)
         if self.session.publish_birth() == seq:  # else the connection changed meanwhile
             self.outbound.announced_seq = seq  # state and birth are out: telemetry may follow
         self.inbound.republish_reported_config()
+        self.ha.announce()  # Home Assistant discovery: announce, or clear when turned off
         self.jobs.publish_stale()
         self.outbound.drain_spool()
 

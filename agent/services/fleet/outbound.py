@@ -18,7 +18,15 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.config.mqtt import MqttConfig
-from agent.core.fleet_documents import StateDocument, StateSource, Telemetry, TelemetryPoint
+from agent.core.fleet_documents import (
+    TELEMETRY_SCHEMA,
+    BoardReadings,
+    BoardSource,
+    StateDocument,
+    StateSource,
+    Telemetry,
+    TelemetryPoint,
+)
 from agent.io.spool import Spool
 from agent.services.fleet.session import FleetSession, wire_bytes
 
@@ -119,10 +127,12 @@ class FleetOutbound:
             points = list(self._points)
             self._points.clear()
         message = Telemetry(
+            schema_version=TELEMETRY_SCHEMA,
             ts=self.clock(),
             session_seq=self.session.session_seq,
             points=points,
             resources=process_resources(),
+            board=self._board(),
         )
         payload = wire_bytes(message)
         # Live only when nothing older waits in the spool, so order is kept.
@@ -136,6 +146,16 @@ class FleetOutbound:
             return
         self.spool.append(self.topics.telemetry, payload)
         self.drain_spool()
+
+    def _board(self) -> BoardReadings | None:
+        """The board's numeric readings, when the state source reads the board (the daemon)."""
+        if not isinstance(self.state_source, BoardSource):
+            return None
+        try:
+            return self.state_source.board_readings()
+        except Exception:  # noqa: BLE001 - a broken source must not stop the telemetry
+            log.exception("board readings failed")
+            return None
 
     def drain_spool(self) -> None:
         """Publish spooled telemetry in order; delete rows once handed over.

@@ -58,6 +58,7 @@ def transport_settings(
         max_payload_bytes=config.command_max_payload_bytes,
         rate_per_s=config.inbound_rate_per_s,
         rate_burst=config.inbound_burst,
+        session_expiry_s=config.session_expiry_s,
     )
 
 

@@ -29,13 +29,15 @@ from agent.services.inference.guard import (
     content_length,
     token_ok,
 )
-from agent.services.inference.protocol import error_body
+from agent.services.inference.protocol import error_body, refused_fields
 from agent.services.inference.settings import ServeConfig
 
 if TYPE_CHECKING:
     from agent.io.store import InteractionStore
     from agent.services.inference.generation import Generator, TextCodec
     from agent.services.inference.hotswap import AdapterSlot
+    from agent.services.inference.metrics import ServiceMetrics
+    from agent.services.inference.residency import ReleasableProgram
     from agent.services.inference.worker import GenerationWorker
 
 log = logging.getLogger("agent.services.inference.server")
@@ -57,6 +59,8 @@ class ServedApp(Protocol):
     codec: TextCodec
     generator: Generator
     worker: GenerationWorker
+    program: ReleasableProgram
+    metrics: ServiceMetrics
 
     def health(self) -> dict[str, Any]: ...
 
@@ -217,6 +221,15 @@ class ApiHandler(BaseHTTPRequestHandler):
         try:
             return model.model_validate(body)
         except ValidationError as exc:
+            refused = refused_fields(exc.errors())  # unknown fields: 400 naming each
+            if refused:
+                names = ", ".join(repr(f) for f, _ in refused)
+                why = "; ".join(f"{f}: {reason}" for f, reason in refused)
+                raise HttpError(400, f"unsupported field{'s' if len(refused) > 1 else ''} "
+                                f"{names}: {why}", "invalid_request_error",
+                                param=refused[0][0],
+                                details=[{"field": f, "problem": r} for f, r in refused]
+                                ) from exc
             problems = [{"field": ".".join(str(p) for p in e["loc"]) or "(body)",
                          "problem": e["msg"]} for e in exc.errors()]
             summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)

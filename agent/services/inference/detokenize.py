@@ -10,7 +10,9 @@ character of a byte-level tokenizer: hold it back until the next token completes
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 Decode = Callable[[Sequence[int]], str]
 
@@ -44,3 +46,46 @@ class IncrementalDecoder:
         text = self._decode(self.ids[self._prefix:])
         self._prefix = self._read = len(self.ids)
         return text[len(prefix_text):]
+
+
+def _byte_level_chars() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, inverted: the character a token string uses → the byte.
+
+    Printable bytes stand for themselves; the others are shifted past U+0100 (Radford et al.
+    2019, ``bytes_to_unicode`` in openai/gpt-2 ``encoder.py``).
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    table, shift = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[chr(b)] = b
+        else:
+            table[chr(256 + shift)] = b
+            shift += 1
+    return table
+
+
+_BYTE_LEVEL = _byte_level_chars()
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def token_bytes(tokenizer: Any, token: int) -> bytes:
+    """The bytes ``token`` stands for in a Hugging Face tokenizer's vocabulary.
+
+    A token that decodes to whole characters is its decoded text; otherwise the vocabulary
+    string says: SentencePiece byte fallback ``<0xE2>``, or GPT-2 byte-level characters.
+    Special tokens are their own text (``</s>``); an id outside the vocabulary is ``b""``.
+    """
+    text = str(tokenizer.decode([token], skip_special_tokens=False))
+    if "\ufffd" not in text:
+        return text.encode()
+    convert = getattr(tokenizer, "convert_ids_to_tokens", None)
+    name = convert(token) if convert is not None else None
+    if not isinstance(name, str):
+        return b""
+    if (m := _BYTE_FALLBACK.fullmatch(name)) is not None:
+        return bytes([int(m.group(1), 16)])
+    if all(c in _BYTE_LEVEL for c in name):
+        return bytes(_BYTE_LEVEL[c] for c in name)
+    return name.replace("\u2581", " ").encode()

@@ -19,13 +19,15 @@ import numpy as np
 
 from agent.core.bundle import BundleManifest
 from agent.core.prompt_format import PromptFormat, conversation
-from agent.services.inference.detokenize import IncrementalDecoder
+from agent.services.inference.constrained import JsonConstraints
+from agent.services.inference.detokenize import IncrementalDecoder, token_bytes
 from agent.services.inference.prompt_cache import PromptCache
 from agent.services.inference.sampling import (
+    Sampler,
     SamplingDefaults,
     SamplingParams,
     StopScanner,
-    choose_token,
+    TokenLogprob,
 )
 
 
@@ -64,13 +66,16 @@ class TextCodec:
         self.eos_ids = frozenset(int(i) for i in eos if i is not None)
         self.has_chat_template = self.format.has_chat_template
         self.defaults = defaults or SamplingDefaults()
+        self._pieces: dict[int, bytes] = {}
 
     @classmethod
     def from_dir(cls, path: Path, extra_eos: Sequence[int | None] = (),
                  defaults: SamplingDefaults | None = None) -> TextCodec:
-        from transformers import AutoTokenizer
+        # tokenizer.json + the chat template in Jinja: no transformers in the service
+        # (agent/io/bundle_tokenizer.py; the trainer loads it the same way)
+        from agent.io.bundle_tokenizer import load_bundle_tokenizer
 
-        return cls(AutoTokenizer.from_pretrained(str(path)), extra_eos, defaults)
+        return cls(load_bundle_tokenizer(path), extra_eos, defaults)
 
     @classmethod
     def for_bundle(cls, bundle_dir: Path, manifest: BundleManifest) -> TextCodec:
@@ -98,6 +103,28 @@ class TextCodec:
         with self._lock:
             return str(self.tok.decode(list(ids), skip_special_tokens=True))
 
+    def tokenize(self, text: str, add_special: bool = False) -> list[int]:
+        """Token ids of ``text`` as is (``/tokenize``); ``add_special``: BOS and the like."""
+        with self._lock:
+            return [int(i) for i in self.tok.encode(text, add_special_tokens=add_special)]
+
+    def piece(self, token: int) -> bytes:
+        """The bytes one token stands for (logprobs, ``/tokenize`` pieces); cached."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            with self._lock:
+                cached = self._pieces[token] = token_bytes(self.tok, token)
+        return cached
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of the reply for a streaming client, and the log-probabilities of the tokens
+    whose text it completes (empty unless the request asked for logprobs)."""
+
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+
 
 @dataclass(frozen=True)
 class GenerationResult:
@@ -108,6 +135,33 @@ class GenerationResult:
     prefill_s: float
     decode_s: float
     cached_tokens: int = 0  # prompt tokens whose KV state a previous request left resident
+    logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens whose text was emitted
+    host_s: float = 0.0  # decode time outside the program: sampling, detokenizing, stops
+
+
+class _Emitter:
+    """Hands text to the client as the stop scanner releases it, with the log-probabilities
+    of the tokens behind it: a token's entry goes out with the first text it completes, and
+    the entries of tokens that only formed a stop string are dropped with it."""
+
+    def __init__(self, stops: Sequence[str], on_delta: Callable[[TextDelta], None] | None
+                 ) -> None:
+        self.scanner = StopScanner(stops)
+        self._on_delta = on_delta
+        self._waiting: list[TokenLogprob] = []
+        self.logprobs: list[TokenLogprob] = []
+
+    def push(self, piece: str, entry: TokenLogprob | None, last: bool = False) -> None:
+        if entry is not None:
+            self._waiting.append(entry)
+        text = self.scanner.finish(piece) if last else self.scanner.feed(piece)
+        if not text and not (last and self._waiting and not self.scanner.stopped):
+            return
+        sent = tuple(self._waiting)
+        self._waiting.clear()
+        self.logprobs.extend(sent)
+        if self._on_delta is not None:
+            self._on_delta(TextDelta(text, sent))
 
 
 class Generator:
@@ -126,6 +180,20 @@ class Generator:
         self._clock = clock
         self._context_cap = context_cap
         self.prompt_cache = prompt_cache or PromptCache(0)
+        self._constraints: JsonConstraints | None = None
+
+    @property
+    def constraints(self) -> JsonConstraints:
+        """JSON-schema token masks for this tokenizer (``response_format``), made on first use."""
+        if self._constraints is None:
+            self._constraints = JsonConstraints(self.codec.tok, self.vocab_size,
+                                                self.codec.eos_ids)
+        return self._constraints
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids the program scores (logit_bias and /detokenize are checked against it)."""
+        return int(self.program.vocab_size)
 
     @property
     def max_context(self) -> int:
@@ -148,13 +216,14 @@ class Generator:
         params: SamplingParams,
         lora_b: np.ndarray,
         *,
-        on_delta: Callable[[str], None] | None = None,
+        on_delta: Callable[[TextDelta], None] | None = None,
         cancelled: Callable[[], bool] = lambda: False,
         cache_key: str | None = None,
     ) -> GenerationResult:
         """Generate a completion of ``prompt_ids`` with adapter ``lora_b``.
 
-        ``on_delta`` receives each new piece of text (stop strings never leak into it).
+        ``on_delta`` receives each new piece of text (stop strings never leak into it) with
+        the log-probabilities of its tokens when ``params.logprobs`` asks for them.
         ``cache_key`` names the adapter (its version) for the prompt cache; None: no reuse.
         Generation that reaches the end of the context stops with ``"length"``.
         """
@@ -163,26 +232,27 @@ class Generator:
             raise ValueError(f"prompt of {n_prompt} tokens does not fit the context "
                              f"of {self.max_context}")
         budget = min(params.max_tokens, self.max_context - n_prompt)
-        rng = np.random.default_rng(params.seed)
-        scanner = StopScanner(params.stop)
+        constraint = None if params.json_schema is None else \
+            self.constraints.for_schema(params.json_schema)
+        sampler = Sampler(params, prompt_ids, constraint)
+        emit = _Emitter(params.stop, on_delta)
         detok = IncrementalDecoder(self.codec.decode)
-        t0 = self._clock()
+        clock = self._clock
+        t0 = clock()
         logits, reused = self._prefill(prompt_ids, lora_b, cache_key)
-        t1 = self._clock()
+        t1 = clock()
         out: list[int] = []
         fed = list(prompt_ids)  # what the program's KV cache holds, for the prompt cache
-        text, finish, pos = "", "length", n_prompt
+        finish, pos, in_program = "length", n_prompt, 0.0
         while len(out) < budget:
-            token = choose_token(logits, params, rng)
+            token, entry = sampler.next(logits)
             if token in self.codec.eos_ids and not params.ignore_eos:
                 finish = "stop"
                 break
             out.append(token)
-            text += detok.push(token)
-            delta = scanner.feed(text)
-            if delta and on_delta is not None:
-                on_delta(delta)
-            if scanner.stopped:
+            sampler.accept(token)
+            emit.push(detok.push(token), entry)
+            if emit.scanner.stopped or sampler.done:
                 finish = "stop"
                 break
             if cancelled():
@@ -190,16 +260,17 @@ class Generator:
                 break
             if len(out) >= budget:
                 break
+            t = clock()
             logits = self.program.forward([token], pos, lora_b)
+            in_program += clock() - t
             fed.append(token)
             pos += 1
         self.prompt_cache.store(cache_key, fed)
-        text += detok.flush()
-        tail = scanner.finish(text) if not scanner.stopped else ""
-        if tail and on_delta is not None:
-            on_delta(tail)
+        emit.push(detok.flush(), None, last=True)
+        decode_s = clock() - t1
         return GenerationResult(
-            text=text[: scanner.emitted], finish_reason=finish, prompt_tokens=n_prompt,
-            completion_tokens=len(out), prefill_s=t1 - t0, decode_s=self._clock() - t1,
-            cached_tokens=reused,
+            text=emit.scanner.text, finish_reason=finish, prompt_tokens=n_prompt,
+            completion_tokens=len(out), prefill_s=t1 - t0, decode_s=decode_s,
+            cached_tokens=reused, logprobs=tuple(emit.logprobs),
+            host_s=decode_s - in_program,
         )

@@ -11,9 +11,17 @@ Routes (OpenAI-compatible subset plus our own):
 - ``GET /v1/models`` — the base model, with the active adapter version.
 - ``GET /health`` — status, adapter, queue depth, last request time (the daemon's "user idle");
   without the token only status, model and bundle id.
+- ``GET /metrics`` — Prometheus text format (:mod:`agent.services.inference.metrics`); the
+  token on TCP, like every route but ``/health``.
 - ``POST /v1/feedback`` — ``{id, rating: up|down, correction?}`` for a served interaction.
 - ``POST /v1/admin/reload-adapter`` — switch to the registry's active adapter now (loopback
   and unix-socket clients only).
+- ``POST /tokenize``, ``POST /detokenize`` — llama.cpp's: text ↔ token ids.
+- ``POST /v1/admin/program`` — ``{"resident": false}`` releases the program while a training
+  burst runs, ``true`` loads it (loopback and unix socket only; residency.py).
+
+Which OpenAI request fields are implemented, and how the others are refused (400 naming the
+field): docs/api.md.
 
 Errors use OpenAI's envelope ``{"error": {"message", "type", ...}}``: malformed JSON 400,
 wrong types 422, body, prompt, stop strings or correction too large 413, prompt longer than
@@ -30,39 +38,51 @@ import json
 import queue
 import sqlite3
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from agent.core.prompt_format import PromptError
 from agent.io.store_records import new_interaction_id
 from agent.services.inference.api_handler import (
     ApiContext,
-    ApiHandler,
     ServedApp,
     serve_connection,
 )
+from agent.services.inference.constrained import ConstraintError, ConstraintUnavailable
 from agent.services.inference.context_fit import fit_messages
 from agent.services.inference.guard import HttpError, check_stops, is_loopback
+from agent.services.inference.logprob_format import chat_logprobs, completion_logprobs
 from agent.services.inference.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     FeedbackRequest,
+    FieldRefused,
     chat_chunk,
     chat_response,
     completion_chunk,
     completion_response,
     timings,
     usage,
+    usage_chunk,
 )
+from agent.services.inference.sampling import TokenLogprob
+from agent.services.inference.tokenize_routes import TokenizeRoutes
 from agent.services.inference.worker import Job, JobDone
+
+if TYPE_CHECKING:
+    from agent.services.inference.generation import TextDelta
 
 __all__ = ["ApiContext", "Handler", "ServedApp", "serve_connection"]
 
 
-class Handler(ApiHandler):
+class Handler(TokenizeRoutes):
     """The API's routes (see the module docstring); the plumbing is :class:`ApiHandler`."""
 
+    _status: int | None = None  # the first status sent (GET /metrics counts it)
+
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
-        self._dispatch({"/health": self._health, "/v1/models": self._models})
+        self._dispatch({"/health": self._health, "/v1/models": self._models,
+                        "/metrics": self._metrics})
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib name
         self._dispatch({
@@ -70,7 +90,31 @@ class Handler(ApiHandler):
             "/v1/completions": lambda: self._generate("completion"),
             "/v1/feedback": self._feedback,
             "/v1/admin/reload-adapter": self._reload,
+            "/v1/admin/program": self._program,
+            "/tokenize": self._tokenize,
+            "/detokenize": self._detokenize,
         })
+
+    def _dispatch(self, routes: dict[str, Any]) -> None:
+        try:
+            super()._dispatch(routes)
+        finally:  # every answered request, by route (unknown paths: "other") and status
+            path = self.path.split("?", 1)[0].rstrip("/") or "/"
+            if self._status is not None:
+                self.app.metrics.request(path if path in routes else "other", self._status)
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        if self._status is None:
+            self._status = code
+        super().send_response(code, message)
+
+    def _metrics(self) -> None:
+        body, content_type = self.app.metrics.render()
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _health(self) -> None:
         if self.authorized:
@@ -96,6 +140,24 @@ class Handler(ApiHandler):
         status = 200 if result.error is None else 409
         self._send_json(status, {"version": result.version, "switched": result.switched,
                                  "error": result.error, "seconds": result.seconds})
+
+    def _program(self) -> None:
+        """``{"resident": false}``: release the program (a burst starts); ``true``: load it."""
+        if isinstance(self.client_address, tuple) and not is_loopback(self.client_address[0]):
+            raise HttpError(403, "program residency is set from loopback or the unix socket only",
+                            "permission_error")
+        body = self._body()
+        resident = body.get("resident") if isinstance(body, dict) else None
+        if not isinstance(resident, bool):
+            raise HttpError(400, 'send {"resident": false} to release the program while a '
+                            'burst runs, or {"resident": true} to load it', param="resident")
+        program = self.app.program
+        if resident:
+            program.load()
+        elif not program.release():
+            raise HttpError(409, "a request is still generating; the program stays loaded",
+                            "busy")
+        self._send_json(200, program.status())
 
     def _feedback(self) -> None:
         self.app.last_request_at = time.time()  # the user is here: not idle
@@ -128,6 +190,7 @@ class Handler(ApiHandler):
                             limit_chars=cfg.max_correction_chars)
         wait = self.server.corrections.take()  # type: ignore[attr-defined]
         if wait is not None:
+            self.app.metrics.refused("rate_limited")
             raise HttpError(429, f"more than {cfg.corrections_per_minute} corrections a "
                             "minute; retry later", "rate_limit_error",
                             headers={"Retry-After": str(max(1, int(wait + 0.999)))})
@@ -138,6 +201,15 @@ class Handler(ApiHandler):
         body = self._body()
         req: ChatCompletionRequest | CompletionRequest = self._validated(
             ChatCompletionRequest if kind == "chat" else CompletionRequest, body)
+        vocab = app.generator.vocab_size
+        try:
+            req.check_supported(vocab)
+            if (schema := req.schema_text()) is not None:
+                app.generator.constraints.check(schema)
+        except FieldRefused as exc:
+            raise HttpError(400, str(exc), param=exc.field) from exc
+        except (ConstraintError, ConstraintUnavailable) as exc:
+            raise HttpError(400, f"response_format: {exc}", param="response_format") from exc
         try:  # text content; the prompt format is shared with the trainer
             messages = req.text_messages() if isinstance(req, ChatCompletionRequest) else None
         except PromptError as exc:
@@ -168,15 +240,15 @@ class Handler(ApiHandler):
                             f"{ctx} tokens (prompt + generated), so at most {ctx - 1} for the "
                             "prompt", prompt_tokens=len(ids), max_context=ctx)
         params = req.sampling_params(  # the model's generation_config.json fills the gaps
-            app.codec.defaults,
-            max_tokens=min(want, ctx - len(ids)))
+            app.codec.defaults, max_tokens=min(want, ctx - len(ids)), vocab_size=vocab)
         job = Job(id=new_interaction_id(), kind=kind, prompt_ids=ids, params=params,
                   messages=messages, prompt=prompt, truncated_messages=dropped)
         if not app.worker.submit(job):
+            app.metrics.refused("queue_full")
             raise HttpError(503, "the service is busy (request queue full); retry shortly",
                             "overloaded", headers={"Retry-After": str(app.retry_after_s())})
         if req.stream:
-            self._stream(kind, job)
+            self._stream(kind, job, req.include_usage)
         else:
             self._complete(kind, job)
 
@@ -195,19 +267,30 @@ class Handler(ApiHandler):
             if event == "done":
                 break
         done: JobDone = value
+        self.app.metrics.generated(done.result, done.latency_ms / 1000)
         if done.ticket is not None:
             done.ticket.wait(self.app.config.commit_ack_timeout_s)
         r = done.result
         build = chat_response if kind == "chat" else completion_response
         body = build(job.id, int(time.time()), self.app.model_name, r.text, r.finish_reason,
                      usage(r.prompt_tokens, r.completion_tokens, r.cached_tokens,
-                           job.truncated_messages), done.adapter_version)
+                           job.truncated_messages), done.adapter_version,
+                     self._logprobs(kind, job, r.logprobs, 0)[0])
         body["timings"] = timings(r.prompt_tokens, r.prefill_s, r.completion_tokens, r.decode_s)
         self._send_json(200, body, {"x-interaction-id": job.id,
                                     "x-adapter-version": done.adapter_version,
                                     **_truncated_header(job)})
 
-    def _stream(self, kind: str, job: Job) -> None:
+    def _logprobs(self, kind: str, job: Job, entries: Sequence[TokenLogprob], offset: int
+                  ) -> tuple[dict[str, Any] | None, int]:
+        """The wire form of ``entries`` (None when the request asked for no logprobs)."""
+        if job.params.logprobs is None:
+            return None, offset
+        if kind == "chat":
+            return chat_logprobs(entries, self.app.codec.piece), offset
+        return completion_logprobs(entries, self.app.codec.piece, offset)
+
+    def _stream(self, kind: str, job: Job, include_usage: bool = False) -> None:
         event, value = self._next_event(job)
         if event == "error":
             raise HttpError(500, value, "server_error")
@@ -223,6 +306,8 @@ class Handler(ApiHandler):
         created, model = int(time.time()), self.app.model_name
 
         def send(payload: Any) -> None:
+            if include_usage and isinstance(payload, dict):  # OpenAI: null until the last
+                payload.setdefault("usage", None)
             data = payload if isinstance(payload, str) else json.dumps(payload)
             self.wfile.write(f"data: {data}\n\n".encode())
             self.wfile.flush()
@@ -231,18 +316,24 @@ class Handler(ApiHandler):
             if kind == "chat":
                 send(chat_chunk(job.id, created, model, {"role": "assistant", "content": ""},
                                 None, version))
+            offset = 0  # completions' text_offset runs across chunks
             while True:
                 event, value = self._next_event(job)
                 if event == "delta":
-                    send(chat_chunk(job.id, created, model, {"content": value}, None, version)
+                    piece: TextDelta = value
+                    lp, offset = self._logprobs(kind, job, piece.logprobs, offset)
+                    send(chat_chunk(job.id, created, model, {"content": piece.text}, None,
+                                    version, lp)
                          if kind == "chat" else
-                         completion_chunk(job.id, created, model, value, None, version))
+                         completion_chunk(job.id, created, model, piece.text, None, version,
+                                          lp))
                 elif event == "error":
                     send({"error": {"message": value, "type": "server_error"}})
                     return
                 elif event == "done":
                     break
             done: JobDone = value
+            self.app.metrics.generated(done.result, done.latency_ms / 1000)
             r = done.result
             final = (chat_chunk(job.id, created, model, {}, r.finish_reason, version)
                      if kind == "chat" else
@@ -254,6 +345,8 @@ class Handler(ApiHandler):
             if done.ticket is not None:
                 done.ticket.wait(self.app.config.commit_ack_timeout_s)
             send(final)
+            if include_usage:
+                send(usage_chunk(job.id, created, model, kind, final["usage"], version))
             send("[DONE]")
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             job.cancelled.set()  # the client left (or stopped reading): stop generating

@@ -24,7 +24,9 @@ from agent.services.inference.connections import ConnectionFront
 from agent.services.inference.generation import Generator, InferProgramLike, TextCodec
 from agent.services.inference.guard import RateWindow, allowed_hosts
 from agent.services.inference.hotswap import AdapterSlot, PointerWatcher, PostSwitchHook
+from agent.services.inference.metrics import ServiceMetrics
 from agent.services.inference.prompt_cache import PromptCache
+from agent.services.inference.residency import ReleasableProgram
 from agent.services.inference.server import ApiContext, Handler, serve_connection
 from agent.services.inference.settings import ServeConfig, listen_host
 from agent.services.inference.worker import GenerationWorker
@@ -60,22 +62,30 @@ class InferenceService:
         self.registry = AdapterRegistry.in_state_dir(
             self.state_dir, validator=validator, keep=self.config.adapters_kept)
         hook = PostSwitchHook(self.config.post_switch_command, self.config.post_switch_url)
-        self.slot = AdapterSlot(self.registry, hook=hook)
+        # GET /metrics: read at each scrape, so the worker may come later
+        self.metrics = ServiceMetrics(queue_depth=lambda: self.worker.depth,
+                                      adapter_version=lambda: self.slot.version)
+        self.slot = AdapterSlot(self.registry, hook=self.metrics.counting_swaps(hook))
         # the ExecuTorch pool is sized before the program loads ([inference] threads); an
         # injected program has no such pool (None)
         self.runtime_threads: int | None = (
             _size_thread_pool(self.config.threads) if program_factory is None else None)
         factory = program_factory or _executorch_program
-        self.program = factory(self.bundle_dir, self.config.threads)
+        prompt_cache = PromptCache(self.config.prompt_cache_slots)
+        # released while a training burst runs (residency.py): its KV cache goes with it
+        self.program = ReleasableProgram(
+            functools.partial(factory, self.bundle_dir, self.config.threads),
+            on_release=prompt_cache.invalidate)
         self.codec = TextCodec.for_bundle(self.bundle_dir, self.manifest)
         self.generator = Generator(self.program, self.codec,
                                    context_cap=self.config.max_context,
-                                   prompt_cache=PromptCache(self.config.prompt_cache_slots))
+                                   prompt_cache=prompt_cache)
         self.store: InteractionStore | None = (
             InteractionStore.in_state_dir(self.state_dir, self.config.store)
             if self.config.store.capture else None)
         self.worker = GenerationWorker(self.generator, self.slot, self.store,
-                                       max_queue=self.config.max_queue)
+                                       max_queue=self.config.max_queue,
+                                       program_lock=self.program.lock)
         self.watcher = PointerWatcher(self.slot, self.config.watch_interval_s)
         self.started_at = int(time.time())
         self.last_request_at: float | None = None
@@ -156,6 +166,7 @@ class InferenceService:
             "failed": self.worker.failed,
             "capture": store is not None,
             "runtime_threads": self.runtime_threads,
+            "program": self.program.status(),
             "store": None if store is None else {
                 "pending": store.pending, "evicted": store.evicted,
                 "dropped_oversize": store.dropped_oversize,

@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,8 +59,11 @@ class GenerationWorker:
     """Bounded FIFO of :class:`Job` and the single thread that runs them."""
 
     def __init__(self, generator: Generator, slot: AdapterSlot, store: InteractionStore | None,
-                 *, max_queue: int = 16, clock: Callable[[], float] = time.time) -> None:
+                 *, max_queue: int = 16, clock: Callable[[], float] = time.time,
+                 program_lock: AbstractContextManager[Any] | None = None) -> None:
         self.generator = generator
+        # held for a whole request: the program is not released between its forwards
+        self._program_lock = program_lock or nullcontext()
         self.slot = slot
         self.store = store
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
@@ -104,7 +108,8 @@ class GenerationWorker:
                 continue
             self.busy = True
             try:
-                self._run(job)
+                with self._program_lock:
+                    self._run(job)
                 self.served += 1
             except Exception as exc:  # a failed request must not take the worker down
                 self.failed += 1

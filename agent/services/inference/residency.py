@@ -1,0 +1,128 @@
+"""The service's program, released while a training burst runs and loaded again on demand.
+
+One copy of the weights on the board (docs/architecture.md, "Memory on the board"): a burst
+runs only while the user is idle, so the daemon asks the service to let its program go
+(``POST /v1/admin/program {"resident": false}``) before it starts the trainer. The service
+then holds no packed weights; the trainer holds the only copy.
+
+A request that arrives meanwhile is answered: the generation worker holds :attr:`lock` for a
+whole request, and the first ``reset``/``forward`` of a released program loads it again (what
+the request waits for is :attr:`ReleasableProgram.last_load_s`, reported in ``/health`` and by
+``mobizo-bench memory``). The same request moves ``last_request_at``, so the daemon's policy
+sees the user is back and stops the burst within one step, as it always did. A release
+waits for the request in progress (the program is never dropped in the middle of one) and
+forgets the prompt cache, whose keys and values went with the program.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# How long a release waits for the request in progress. Short: the daemon's client gives up
+# after its own [service] request_timeout_s (5 s), and a request in progress means the user
+# is active, so the burst is about to be refused anyway.
+RELEASE_WAIT_S = 2.0
+
+
+def _trim_heap() -> None:
+    """glibc's ``malloc_trim(0)``: return freed heap pages to the kernel (no-op elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: the allocator keeps them
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class ReleasableProgram:
+    """An inference program that can be dropped and loaded again (the generator's
+    ``InferProgramLike``).
+
+    Args:
+        load: builds the program (``agent.io.runtime.InferProgram`` for the bundle).
+        on_release: told after each release (the generator's prompt cache forgets).
+        clock: seconds for the load timings.
+    """
+
+    def __init__(self, load: Callable[[], Any], *, on_release: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self._load_program = load
+        self._on_release = on_release
+        self._clock = clock
+        # held by the generation worker for a whole request, and by release(): a program is
+        # never dropped between two forwards of one request
+        self.lock = threading.RLock()
+        self.loads = self.releases = 0
+        self.last_load_s: float | None = None
+        self.released_at: float | None = None  # wall time of the last release, if released
+        self._program: Any = None
+        program = self._ensure()
+        self.max_context = int(program.max_context)
+        self.vocab_size = int(program.vocab_size)
+
+    @property
+    def resident(self) -> bool:
+        """Whether the program is loaded now."""
+        return self._program is not None
+
+    def _ensure(self) -> Any:
+        program = self._program
+        if program is None:
+            with self.lock:
+                if self._program is None:
+                    t0 = self._clock()
+                    self._program = self._load_program()
+                    self.last_load_s = self._clock() - t0
+                    self.loads += 1
+                    if self.released_at is not None:
+                        log.info("program loaded again in %.2f s (released %.0f s before)",
+                                 self.last_load_s, time.time() - self.released_at)
+                    self.released_at = None
+                program = self._program
+        return program
+
+    def reset(self) -> None:
+        self._ensure().reset()
+
+    def forward(self, token_ids: Sequence[int], start_pos: int,
+                lora_b: np.ndarray) -> np.ndarray:
+        return self._ensure().forward(token_ids, start_pos, lora_b)  # type: ignore[no-any-return]
+
+    def load(self) -> float:
+        """Load the program now if it is released; seconds it took (0.0 when resident)."""
+        was = self.loads
+        self._ensure()
+        return float(self.last_load_s or 0.0) if self.loads != was else 0.0
+
+    def release(self, timeout_s: float = RELEASE_WAIT_S) -> bool:
+        """Drop the program once the request in progress ends; False if that took longer than
+        ``timeout_s`` (nothing released: the user is active, the burst will not start)."""
+        if not self.lock.acquire(timeout=timeout_s):
+            return False
+        try:
+            if self._program is None:
+                return True
+            self._program = None
+            self.releases += 1
+            self.released_at = time.time()
+            self._on_release()
+            # the runtime frees the packed weights when the last method goes; collect now
+            # and hand glibc's free pages back, so they are gone before the trainer loads
+            gc.collect()
+            _trim_heap()
+        finally:
+            self.lock.release()
+        log.info("program released (a training burst runs); the next request loads it again")
+        return True
+
+    def status(self) -> dict[str, Any]:
+        """For ``/health``: resident, loads, releases and the last load's seconds."""
+        return {"resident": self.resident, "loads": self.loads, "releases": self.releases,
+                "last_load_s": self.last_load_s, "released_at": self.released_at}
