@@ -26,6 +26,11 @@ ROUND_REPLY_FILE = "round_reply.json"
 # The served adapter (global + personal) a trained round leaves, and its held-out losses.
 CANDIDATE_DIR = "candidate"
 ROUND_EVAL_FILE = "round_eval.json"
+# What the round child keeps between rounds (a purge removes all three: a personal delta
+# records no data window).
+STATE_FILE = "state.json"
+GLOBAL_FILE = "global.npy"
+PERSONAL_FILE = "personal.npy"
 
 
 class FederatedRoundJob(BaseModel):

@@ -26,7 +26,14 @@ import torch
 from pydantic import ValidationError
 
 from agent.core.bundle import ADAPTER_DIR
-from agent.core.federated_job import CANDIDATE_DIR, ROUND_EVAL_FILE, FederatedRoundJob
+from agent.core.federated_job import (
+    CANDIDATE_DIR,
+    GLOBAL_FILE,
+    PERSONAL_FILE,
+    ROUND_EVAL_FILE,
+    STATE_FILE,
+    FederatedRoundJob,
+)
 from agent.errors import MobizoError
 from agent.federated.client_app import DeviceLearner
 from agent.federated.messages import DeviceReply, RoundInstructions
@@ -36,9 +43,6 @@ from agent.io.atomic import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.json"
-GLOBAL_FILE = "global.npy"
-PERSONAL_FILE = "personal.npy"
 
 
 @dataclass

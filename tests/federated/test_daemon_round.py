@@ -117,8 +117,27 @@ def test_an_allowed_round_returns_a_clipped_accumulator_over_the_pool(
         bad = _instructions("another-bundle", rnd=2)
         other = _round(daemon, {"round": 2, "salt": 7, "instructions": bad})
         assert other["status"] == "declined" and "bundle" in other["reason"]
+        # a purge: the personal delta and the global copy (trained on the user's rows, with
+        # no data window recorded) are removed, the served federated version rolled back
+        _purge_all(tmp_path / "state")
+        fed = tmp_path / "state" / "federated"
+        deadline = time.monotonic() + 30
+        while any((fed / n).exists() for n in ("state.json", "global.npy", "personal.npy")):
+            assert time.monotonic() < deadline, daemon.log()[-3000:]
+            time.sleep(0.2)
+        assert _active(tmp_path / "state") in (None, "initial")
     finally:
         daemon.terminate()
+
+
+def _purge_all(state: Path) -> None:
+    from agent.io.store import InteractionStore
+
+    store = InteractionStore(state / "interactions.sqlite3")
+    try:
+        assert store.purge() > 0
+    finally:
+        store.close()
 
 
 def test_a_device_off_its_charger_declines_with_the_policys_reason(

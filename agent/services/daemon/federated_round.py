@@ -35,9 +35,12 @@ from agent.core.eval_gate import judge
 from agent.core.federated_job import (
     CANDIDATE_DIR,
     FEDERATED_DIR,
+    GLOBAL_FILE,
+    PERSONAL_FILE,
     ROUND_EVAL_FILE,
     ROUND_JOB_FILE,
     ROUND_REPLY_FILE,
+    STATE_FILE,
     FederatedRoundJob,
 )
 from agent.core.fleet_documents import FederatedInfo, StateDocument, WireIn
@@ -217,7 +220,9 @@ class FederatedRounds:
         if not gate.publish:
             return f"kept {self.against}: {gate.reason}"
         registry = self.ctx.registry
-        metrics = {"federated_round": rnd, "data_seq": self.data_seq,
+        # a run_id marks it trained on this device's store: a purge then removes it
+        metrics = {"run_id": f"federated-round-{rnd}", "federated_round": rnd,
+                   "data_seq": self.data_seq,
                    "compared_with": self.against}
         try:
             version = registry.publish(self.dir / CANDIDATE_DIR, parent=self.against,
@@ -231,6 +236,20 @@ class FederatedRounds:
             return f"rolled back to {back}: the service refused {version} ({refused})"
         self.ctx.reporter.update(active_adapter=version)
         return f"serving {version}"
+
+    def forget_learning(self) -> None:
+        """After a purge: the personal delta and the global copy (which holds this device's
+        own steps at its example weight) may have been trained on purged rows, and no
+        ``data_seq`` tells which; a running round's snapshot may hold them. All of it goes:
+        the next round starts from the bundle's initial adapter (``behind`` until it catches
+        up). Published federated versions go with the registry's purge (they record
+        ``data_seq``)."""
+        if self.child is not None:
+            self.stop_reason = "its training data was purged"
+            self.child.terminate()
+        for name in (STATE_FILE, GLOBAL_FILE, PERSONAL_FILE):
+            (self.dir / name).unlink(missing_ok=True)
+        log.info("federated state removed after a purge (%s)", self.dir)
 
     def stop(self) -> None:
         """The daemon stops: stop a running round (its reply is lost; the server tolerates)."""

@@ -80,16 +80,17 @@ class RunLifecycle:
                             self.ctx.config().daemon.stop_grace_s)
 
     # ------------------------------------------------------------------ purges
-    def check_purges(self) -> None:
+    def check_purges(self) -> bool:
         """After a store purge (CLI or fleet), remove what was trained on the purged rows.
 
         See :mod:`agent.services.daemon.purge_cleanup`: the run in progress if its snapshot
         may hold a purged row, every leftover candidate and checkpoint, and every adapter
         version trained on purged rows (rolling back first when one of them is active).
+        Returns whether there was a new purge (the caller clears its federated state too).
         """
         newest, first_seq = self.ctx.store.purges_after(self.memory.purge_seen)
         if first_seq is None:
-            return
+            return False
         log.info("the store was purged (from insertion seq %d): removing what was trained "
                  "on the purged rows", first_seq)
         run = self.run
@@ -103,6 +104,7 @@ class RunLifecycle:
         self.seen_change_seq = None  # recount the new examples
         self.data_short_at = None
         self.remember(purge_seen=newest)
+        return True
 
     def _forget_adapters(self, first_seq: int) -> None:
         registry = self.ctx.registry

@@ -254,8 +254,8 @@ class Daemon:
     def _advance(self) -> None:
         runs = self.runs
         held = self._disk_hold()
-        if held is None:  # the store may not even open while the card is full or read-only
-            runs.check_purges()
+        if held is None and runs.check_purges():  # the store may not open on a full card
+            self.federated.forget_learning()
         if runs.bursts.child is not None:
             runs.bursts.follow()
         elif runs.evaluation.child is not None:
