@@ -33,6 +33,7 @@ from agent.io.store import InteractionStore
 from agent.io.sysfs import IdleSource, SysfsSensors, idle_since
 from agent.io.systemd import Notifier, configure_logging, watchdog_interval
 from agent.services.daemon.artifact_journal import recover as recover_push
+from agent.services.daemon.artifact_journal import recover_link
 from agent.services.daemon.artifacts import artifact_service
 from agent.services.daemon.control import control_server
 from agent.services.daemon.debug_hooks import DebugHooks
@@ -142,8 +143,10 @@ class App:
         except OSError as exc:
             raise ConfigError(f"paths.state_dir {state_dir} cannot be created ({exc}); set it "
                               "to a writable directory or pass --state-dir") from exc
+        # a push that activated something and never committed it is undone first: a bundle's
+        # link before the registry opens (it validates against the bundle the link names)
+        recover_link(state_dir)
         self.registry = self._open_registry(loaded)
-        # a push that activated something and never committed it is undone first
         recover_push(state_dir, self.registry, self.clock)
         # one set of disk faults: the store's writer reports into what the status shows
         faults = DiskFaults(self.clock)

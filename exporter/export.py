@@ -28,6 +28,7 @@ from agent.core.bundle import (
     lora_layout_of,
 )
 from agent.core.lora_layout import LoraLayout
+from agent.core.zo_directions import GENERATOR
 from agent.errors import ExportError
 from exporter import bundle_writer
 from exporter.checkpoint import (
@@ -228,6 +229,7 @@ def _draft_manifest(opts: ExportOptions, shape: ModelShape, tok: Any, layers: tu
         backend=opts.backend,
         quantize=opts.quantize,
         versions=_versions(),
+        zo_generator=GENERATOR,
     )
 
 

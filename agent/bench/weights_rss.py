@@ -54,12 +54,11 @@ def _files(bundle: Path) -> dict[str, Any]:
 
 def _rss_steps(bundle: Path, which: str, q: int, batch: int, cache: bool) -> dict[str, Any]:
     """Resident memory after each load step, loading as agent/io/runtime.py does."""
-    from executorch.runtime import Runtime, Verification
-
     from agent.io import xnnpack_options
     from agent.io.bundle_files import read_manifest, weights_path
+    from agent.io.pybindings import load_program, pybindings
 
-    Runtime.get()
+    pybindings()
     base = _rss_mb()
     if cache:
         xnnpack_options.enable_weight_cache()
@@ -75,7 +74,7 @@ def _rss_steps(bundle: Path, which: str, q: int, batch: int, cache: bool) -> dic
         assert shape is not None, f"no train method {2 * q}x{batch} in {bundle}"
         path, methods = bundle / m.train.program, [shape.method, m.train.head_method]
     steps: dict[str, float] = {}
-    prog = Runtime.get().load_program(path, verification=Verification.Minimal, data_path=data)
+    prog = load_program(str(path), None if data is None else str(data))
     steps["load_program"] = _rss_mb() - base
     loaded = []
     for name in methods:

@@ -268,6 +268,9 @@ class ArtifactJournal(WireIn):
     Attributes:
         previous: what served before (adapter version, or bundle directory name).
         new: what the push activated (None until known).
+        previous_adapter: a bundle push's adapter active before it (adapters trained for
+            the old bundle do not fit the new one, so the push serves the new bundle's own
+            and a rollback activates this one again); None for an adapter push.
     """
 
     artifact_id: str
@@ -276,5 +279,6 @@ class ArtifactJournal(WireIn):
     job_id: str | None = None
     previous: str | None = None
     new: str | None = None
+    previous_adapter: str | None = None
     reason: str = ""
     updated_at: float

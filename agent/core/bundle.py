@@ -170,6 +170,11 @@ class BundleManifest(_Strict):
     backend: Backend = "xnnpack"
     quantize: QuantScheme = "none"
     versions: dict[str, str] = Field(default_factory=dict)
+    zo_generator: str | None = Field(
+        default=None, min_length=1, max_length=200,
+        description="what draws the ZO directions (agent.core.zo_directions.GENERATOR) where "
+        "the bundle was exported; a federated round with another generator is declined. "
+        "null: an older bundle that did not record it")
 
     @property
     def bundle_id(self) -> str:

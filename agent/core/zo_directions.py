@@ -14,6 +14,13 @@ from agent.core.zo_settings import Mode
 
 _MASK64 = (1 << 64) - 1
 
+# What draws a z (:func:`perturbation`): the generator, its seeding and the dtype, named so
+# that two parties can check they draw the same directions for a seed. A federated round's
+# devices and server compare it (agent/federated/pool.py), and a bundle's manifest records
+# the one its exporter had (``zo_generator``): torch does not promise the same randn bits
+# across versions, so a version change is a different generator.
+GENERATOR = f"torch-{torch.__version__.split('+')[0]}:cpu-generator:splitmix64:randn-float32"
+
 
 def _splitmix64(x: int) -> int:
     """SplitMix64 finalizer (Steele et al. 2014): a cheap, well-mixed 64-bit hash."""

@@ -50,12 +50,25 @@ def _always() -> str | None:
     return None
 
 
+def generator_differs(ins: RoundInstructions, bundle_generator: str | None) -> str | None:
+    """Why a round's directions cannot be drawn here, or None: the round names another
+    generator than this device's, or than the one its bundle's manifest records
+    (``zo_generator``; None, from an older bundle, is not checked)."""
+    if ins.generator != GENERATOR:
+        return f"generator differs: the round's {ins.generator}, this device's {GENERATOR}"
+    if bundle_generator is not None and bundle_generator != ins.generator:
+        return (f"generator differs: the round's {ins.generator}, the bundle's "
+                f"{bundle_generator} (re-export it)")
+    return None
+
+
 @dataclass
 class DeviceLearner:
     """One device's federated state: its program, data, global copy and personal delta.
 
     Attributes:
         bundle_id: the bundle this device runs.
+        bundle_generator: the ZO generator its manifest records (None: not recorded).
         program: its train program (S >= q for prge).
         batch_at: its own data, batch of step t.
         examples: how many training examples it holds (its aggregation weight).
@@ -79,6 +92,7 @@ class DeviceLearner:
     max_steps: int = 64  # [federated] max_steps_per_round
     max_pool: int = 4096  # [federated] max_pool_size
     steps_done: int = 0
+    bundle_generator: str | None = None
     rounds_trained: list[int] = field(default_factory=list)
 
     @property
@@ -90,12 +104,15 @@ class DeviceLearner:
         log.info("declining round %d: %s", ins.round, reason)
         return DeviceReply(round=ins.round, bundle_id=self.bundle_id, generator=GENERATOR,
                            pool_base=ins.pool_base, at_round=self.glob.round,
-                           status="declined", reason=reason)
+                           status="declined", reason=reason[:200])  # the wire's limit
 
     def train_round(self, ins: RoundInstructions) -> DeviceReply:
         """Steps 1-5 of the module docstring for one round's instructions."""
-        if ins.bundle_id != self.bundle_id or ins.generator != GENERATOR:
-            return self._decline(ins, "bundle or generator differs from this device's")
+        if ins.bundle_id != self.bundle_id:
+            return self._decline(ins, "bundle differs from this device's")
+        differs = generator_differs(ins, self.bundle_generator)
+        if differs:
+            return self._decline(ins, differs)
         if ins.round <= self.glob.round:  # e.g. a server restarted without its history
             return self._decline(ins, f"stale round: this device replayed up to round "
                                       f"{self.glob.round}")

@@ -35,7 +35,7 @@ from agent.core.federated_job import (
     FederatedRoundJob,
 )
 from agent.errors import MobizoError
-from agent.federated.client_app import DeviceLearner
+from agent.federated.client_app import DeviceLearner, generator_differs
 from agent.federated.messages import DeviceReply, RoundInstructions
 from agent.federated.pool import GENERATOR
 from agent.federated.replay import GlobalAdapter
@@ -124,6 +124,9 @@ def run_job(job: FederatedRoundJob) -> DeviceReply:
     validator = AdapterValidator(job.bundle, manifest)
     init_b = validator.load_flat_b(job.bundle / ADAPTER_DIR)
     state = load_state(job.state_dir, manifest.bundle_id, np.asarray(init_b, np.float32))
+    differs = generator_differs(ins, manifest.zo_generator)  # before paying for the program
+    if differs:
+        return _declined(job, differs, state.glob.round)
     try:
         batch = resolve_batch(manifest, "prge", ins.q, job.batch or None)
         shape = choose_train_shape(manifest, "prge", ins.q, batch)
@@ -137,7 +140,8 @@ def run_job(job: FederatedRoundJob) -> DeviceReply:
     learner = DeviceLearner(bundle_id=manifest.bundle_id, program=program,
                             batch_at=stream.batch_at, examples=len(data.train), salt=job.salt,
                             glob=state.glob, personal=state.personal, max_steps=job.max_steps,
-                            max_pool=job.max_pool, steps_done=state.steps_done)
+                            max_pool=job.max_pool, steps_done=state.steps_done,
+                            bundle_generator=manifest.zo_generator)
     reply = learner.train_round(ins)
     state = DeviceState(manifest.bundle_id, learner.glob, learner.personal, learner.steps_done)
     save_state(job.state_dir, state)

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
+# GENERATOR lives with the draw it names, below the exporter, which records it in manifests
+from agent.core.zo_directions import GENERATOR as GENERATOR
 from agent.core.zo_directions import perturbation, step_seed
 
-# What draws a z: the generator, its seeding and the dtype. Devices and server compare it.
-GENERATOR = f"torch-{torch.__version__.split('+')[0]}:cpu-generator:splitmix64:randn-float32"
 MAX_POOL = 1 << 16  # K is at most 65536: an index fits in 16 bits on the wire
 
 

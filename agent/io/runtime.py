@@ -1,4 +1,5 @@
-"""Thin adapter over the ExecuTorch runtime: the only module that imports ``executorch.runtime``.
+"""Thin adapter over the ExecuTorch runtime: the only module that loads the service's and the
+trainer's programs (through agent/io/pybindings.py, without ``executorch.runtime``'s imports).
 
 - :class:`TrainProgram`: one method of a bundle's ``train.pte`` (one static (slices, batch)
   shape) and its ``head_loss`` method, ``losses(tokens, loss_mask, lora_b) -> [S]``; the mask
@@ -38,6 +39,7 @@ from agent.core.bundle import BundleManifest
 from agent.core.targets import target_window
 from agent.errors import BundleError
 from agent.io.bundle_files import read_manifest, weights_path
+from agent.io.pybindings import load_program, method_names, pybindings
 from agent.io.xnnpack_options import enable_weight_cache
 
 log = logging.getLogger(__name__)
@@ -57,32 +59,28 @@ def size_thread_pool(threads: int | None) -> int:
     Args:
         threads: the wanted number of threads (``[inference]``/``[device] threads``).
     """
-    from executorch.extension.pybindings import portable_lib
-
-    current = int(portable_lib._threadpool_get_thread_count())
+    c = pybindings()
+    current = int(c._threadpool_get_thread_count())
     if not threads or threads == current:
         return current
     if _loaded:
         log.warning("the ExecuTorch thread pool has %d threads and a program is loaded; "
                     "not resizing it to %d (size it at process start)", current, threads)
         return current
-    portable_lib._unsafe_reset_threadpool(int(threads))
-    return int(portable_lib._threadpool_get_thread_count())
+    c._unsafe_reset_threadpool(int(threads))
+    return int(c._threadpool_get_thread_count())
 
 
 def _load_program(path: Path, weights: Path | None = None) -> Any:  # executorch Program
     """Load the program at ``path``, its weights from ``weights`` (checked by the caller:
     :func:`agent.io.bundle_files.weights_path`), or from the program itself if None."""
-    from executorch.runtime import Runtime, Verification
-
     global _loaded
     if not path.is_file():
         raise BundleError(f"{path} is missing; re-export the bundle")
     enable_weight_cache()
     _loaded = True  # before loading: a failed load may have touched the pool too
     try:
-        return Runtime.get().load_program(path, verification=Verification.Minimal,
-                                          data_path=weights)
+        return load_program(str(path), None if weights is None else str(weights))
     except Exception as exc:  # the pybinding raises RuntimeError/ValueError with codes
         raise BundleError(f"ExecuTorch cannot load {path} ({exc}); re-export the bundle with "
                           "this version of mobizo-export") from exc
@@ -91,6 +89,10 @@ def _load_program(path: Path, weights: Path | None = None) -> Any:  # executorch
 def _load_methods(program: Any, path: Path, names: Sequence[str]) -> list[Any]:
     """Load ``names`` of ``program`` (from ``path``); a method that fails is a BundleError."""
     try:
+        have = method_names(program)
+        for name in names:  # the KeyError executorch.runtime's Program raised, same message
+            if name not in have:
+                raise KeyError(name)
         return [program.load_method(name) for name in names]
     except Exception as exc:  # the pybinding raises RuntimeError with the runtime's code
         raise BundleError(f"ExecuTorch cannot load the methods {', '.join(names)} of {path} "
@@ -177,8 +179,8 @@ class TrainProgram:
                             "larger --max-targets to train on whole long responses",
                             self.bundle_dir, self.max_targets, window.dropped)
             self.dropped_targets += window.dropped
-        hidden = self._method.execute([tokens.contiguous(), window.positions,
-                                       lora_b.contiguous()])[0]  # [S·b·K, d], slice-major
+        hidden = self._method([tokens.contiguous(), window.positions,
+                               lora_b.contiguous()])[0]  # [S·b·K, d], slice-major
         targets = torch.gather(tokens, 1, window.positions + 1).repeat(self.slices, 1)
         nll = self._head_nll(hidden, targets.reshape(-1))
         weights = window.weights.reshape(1, -1)
@@ -190,8 +192,8 @@ class TrainProgram:
         parts = []
         for start in range(0, hidden.shape[0], self.head_rows):
             stop = start + self.head_rows
-            parts.append(self._head.execute([hidden[start:stop].contiguous(),
-                                             targets[start:stop].contiguous()])[0].clone())
+            parts.append(self._head([hidden[start:stop].contiguous(),
+                                     targets[start:stop].contiguous()])[0].clone())
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
@@ -249,11 +251,11 @@ class InferProgram:
                 chunk[0, :n] = torch.tensor(ids[i : i + n])
                 # padding beyond n writes cache slots that later tokens overwrite before
                 # anything attends to them
-                logits = self._prefill.execute(
+                logits = self._prefill(
                     [chunk, torch.tensor([pos]), torch.tensor([n - 1]), row])[0]
             else:
                 n = 1
-                logits = self._decode.execute(
+                logits = self._decode(
                     [torch.tensor([[ids[i]]]), torch.tensor([pos]), torch.tensor([0]), row])[0]
             i += n
             pos += n

@@ -85,9 +85,9 @@ def enable_weight_cache() -> bool:
     global _state
     if _state is not None:
         return _state
-    from executorch.runtime import Runtime
+    from agent.io.pybindings import pybindings
 
-    Runtime.get()  # loads the runtime and registers the XNNPACK backend
+    pybindings()  # loads libexecutorch.so and registers the XNNPACK backend
     before = weight_cache_enabled()
     if before is None:
         log.warning("cannot reach XNNPACK's weight cache option in this ExecuTorch build; "

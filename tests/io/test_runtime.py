@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -47,3 +52,44 @@ def test_context_overflow_is_an_error(starter_bundle):
     with pytest.raises(ValueError, match="do not fit the context"):
         prog.forward([1, 2, 3], prog.max_context - 2, zero)
     assert prog.forward([1, 2], prog.max_context - 2, zero).shape == (prog.vocab_size,)
+
+
+def test_a_bad_program_or_method_is_a_bundle_error(starter_bundle, tmp_path):
+    manifest = read_manifest(starter_bundle)
+    for part in starter_bundle.iterdir():  # the bundle, but its infer.pte is garbage
+        if part.name != manifest.infer.program:
+            (tmp_path / part.name).symlink_to(part)
+    (tmp_path / manifest.infer.program).write_bytes(b"not a program" * 16)
+    with pytest.raises(BundleError, match=r"ExecuTorch cannot load .*infer\.pte .*re-export"):
+        InferProgram(tmp_path)
+    train = manifest.train.model_copy(update={"head_method": "no_such_head"})
+    with pytest.raises(BundleError, match=r"cannot load the methods .*, no_such_head of .*"
+                                          r"\('no_such_head'\)"):
+        TrainProgram(starter_bundle, slices=1, batch=2,
+                     manifest=manifest.model_copy(update={"train": train}))
+
+
+# A process that only loads and runs programs pays neither executorch.runtime's imports (exir,
+# sympy, torchao: ~135 MB resident, agent/io/pybindings.py) nor transformers.
+_LOAD_ONLY = """
+import sys
+from pathlib import Path
+import numpy as np
+from agent.io import xnnpack_options
+from agent.io.runtime import InferProgram, TrainProgram, size_thread_pool
+size_thread_pool(1)
+infer = InferProgram(Path(sys.argv[1]))
+infer.forward([1, 2, 3], 0, np.zeros(infer.num_params, np.float32))
+TrainProgram(Path(sys.argv[1]), slices=1, batch=2)
+heavy = ("executorch.runtime", "executorch.exir", "sympy", "torchao", "transformers")
+print([m for m in heavy if m in sys.modules], xnnpack_options.weight_cache_enabled())
+"""
+
+
+def test_loading_programs_imports_only_the_runtime_extension(starter_bundle):
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}  # this checkout's agent, not an installed one
+    done = subprocess.run([sys.executable, "-c", _LOAD_ONLY, str(starter_bundle)], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[] True"

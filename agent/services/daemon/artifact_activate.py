@@ -8,7 +8,11 @@ rollback points ``active`` back at what served before and deletes the pushed ver
 A **bundle** is renamed into ``<state dir>/bundles/<bundle id>/`` and the link
 ``<state dir>/bundles/current`` (what ``[service] bundle_dir`` must name) is switched by
 symlink-to-temp + rename, so it names the old or the new bundle, never neither. A rollback
-switches it back and deletes the new directory.
+switches it back and deletes the new directory. The inference service follows the link by
+itself (agent/services/inference/bundle_switch.py). Adapters trained for the old bundle do not
+fit the new one: before the switch the registry's ``active`` goes to ``initial`` (the bundle's
+own adapter, whichever bundle the link names), after it the registry validates against the
+new bundle (:func:`revalidate`); a rollback undoes both (:func:`restore_adapter`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 
 from agent.core.adapters import INITIAL_VERSION
 from agent.errors import AdapterError
+from agent.io.adapter_fs import AdapterValidator
 from agent.io.atomic import fsync_dir, replace_dir
 from agent.io.registry import AdapterRegistry
 
@@ -99,6 +104,21 @@ def activate_bundle(link: Path, files: Path, bundle_id: str) -> str:
     switch_link(link, name)
     log.info("bundle link %s now names %s", link, name)
     return name
+
+
+def revalidate(registry: AdapterRegistry, link: Path) -> None:
+    """Validate adapters against the bundle ``link`` names now (it was just switched)."""
+    registry.validator = AdapterValidator(link)
+
+
+def restore_adapter(registry: AdapterRegistry, previous: str | None) -> bool:
+    """After a bundle rollback: activate ``previous`` again (the registry validates against
+    the old bundle); True when the pointer moved."""
+    if previous is None or (registry.active() or INITIAL_VERSION) == previous:
+        return False
+    registry.activate(previous)
+    log.warning("adapter %s serves again with the bundle it was trained for", previous)
+    return True
 
 
 def rollback_bundle(link: Path, previous: str | None, new: str | None) -> None:

@@ -38,12 +38,15 @@ class HealthWindow:
         window_s: how long the artifact must stay healthy.
         poll_s: seconds between polls.
         should_stop: ends the window early (the job was canceled): unhealthy.
+        switch_s: how long a bundle push waits for the service to load the new bundle
+            before its window starts.
     """
 
     service: HealthService | None
     window_s: float
     poll_s: float = 0.5
     should_stop: Callable[[], bool] = lambda: False
+    switch_s: float = 120.0
     monotonic: Callable[[], float] = field(default=time.monotonic)
     sleep: Callable[[float], None] = field(default=time.sleep)
 
@@ -87,15 +90,36 @@ class HealthWindow:
         polls = self._watch(check)
         return f"served {version} for {self.window_s:.0f} s ({polls} health checks)"
 
+    def _await_bundle(self, bundle_id: str) -> None:
+        """Wait (up to ``switch_s``) for the service to load the bundle the link names now:
+        it notices the link within its watch interval, then loads the new program."""
+        end = self.monotonic() + self.switch_s
+        while True:
+            health = self._health()
+            if health.get("bundle_id") == bundle_id:
+                return
+            # the service names the directory it failed on: <state>/bundles/<bundle id>
+            error = str((health.get("bundle") or {}).get("last_error") or "")
+            if f"/{bundle_id}: " in error:
+                raise Unhealthy(f"the service could not load bundle {bundle_id}: "
+                                f"{str(error)[:300]}")
+            if self.monotonic() >= end or self.should_stop():
+                raise Unhealthy(f"the service still runs bundle {health.get('bundle_id')}, "
+                                f"not {bundle_id}, after {self.switch_s:.0f} s (an older "
+                                "service that does not follow its bundle link must be "
+                                "restarted on a bundle switch)")
+            self.sleep(self.poll_s)
+
     def bundle(self, bundle_id: str) -> str:
-        """Watch a bundle push: the service reports it, and a probe generation answers."""
+        """Watch a bundle push: the service loads and reports it, and a probe generation
+        answers."""
 
         def check(health: dict[str, Any]) -> None:
             if health.get("bundle_id") != bundle_id:
                 raise Unhealthy(f"the service runs bundle {health.get('bundle_id')}, not "
-                                f"{bundle_id} (restart the service on a bundle switch)")
+                                f"{bundle_id}")
 
-        check(self._health())
+        self._await_bundle(bundle_id)
         # the probe generation: a client without chat (not the HTTP one) cannot prove it
         chat = getattr(self.service, "chat", None)
         if chat is None:

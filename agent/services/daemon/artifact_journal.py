@@ -7,6 +7,10 @@ that lost power, between ``activating`` and the end finds the journal at its nex
 :func:`recover` rolls back whatever the push activated, so the previous artifact serves again
 (Mender's rule: nothing that was not committed survives a reboot). Chunks staged before the
 cut are kept for a re-push of the same artifact.
+
+A bundle push is undone in two parts at start: :func:`recover_link` switches the bundle link
+back before the daemon opens its adapter registry (which validates against the bundle the
+link names), then :func:`recover` activates the adapter that served before the push.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from agent.io.atomic import atomic_write_text
 from agent.io.registry import AdapterRegistry
 from agent.services.daemon.artifact_activate import (
     bundle_link,
+    restore_adapter,
+    revalidate,
     rollback_adapter,
     rollback_bundle,
 )
@@ -61,11 +67,11 @@ class Journal:
 
     def write(self, artifact_id: str, kind: ArtifactKind, step: JournalStep, *,
               job_id: str | None = None, previous: str | None = None, new: str | None = None,
-              reason: str = "") -> ArtifactJournal:
+              previous_adapter: str | None = None, reason: str = "") -> ArtifactJournal:
         """Record ``step`` durably (before the step's effect happens)."""
         entry = ArtifactJournal(artifact_id=artifact_id, kind=kind, step=step, job_id=job_id,
-                                previous=previous, new=new, reason=reason,
-                                updated_at=self.clock())
+                                previous=previous, new=new, previous_adapter=previous_adapter,
+                                reason=reason, updated_at=self.clock())
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path, entry.model_dump_json())
         return entry
@@ -77,6 +83,18 @@ class Journal:
         values.update(changes, step=step)
         values.pop("updated_at")
         return self.write(**values)
+
+
+def recover_link(state_dir: Path) -> None:
+    """At start, before the registry opens: point the bundle link back at the bundle that
+    served before an uncommitted bundle push (the journal is advanced by :func:`recover`)."""
+    entry = Journal(artifacts_root(state_dir) / JOURNAL_NAME).read()
+    if entry is None or entry.step not in UNCOMMITTED or entry.kind != "bundle":
+        return
+    try:
+        rollback_bundle(bundle_link(state_dir), entry.previous, entry.new)
+    except OSError:  # recover() tries again and records the failure
+        log.exception("switching the bundle link back after push %s failed", entry.artifact_id)
 
 
 def recover(state_dir: Path, registry: AdapterRegistry,
@@ -98,6 +116,8 @@ def recover(state_dir: Path, registry: AdapterRegistry,
                 rollback_adapter(registry, entry.previous, entry.artifact_id)
         else:
             rollback_bundle(bundle_link(state_dir), entry.previous, entry.new)
+            revalidate(registry, bundle_link(state_dir))  # opened before the link moved back?
+            restore_adapter(registry, entry.previous_adapter)
     except Exception as exc:  # noqa: BLE001 - logged; the daemon must still start
         log.exception("rolling back the interrupted push %s failed", entry.artifact_id)
         return journal.advance(entry, "rolled_back", reason=f"{reason}; rollback failed: {exc}")

@@ -60,6 +60,8 @@ class ArtifactService:
         registry: the adapter registry (validated against the serving bundle).
         main_loop: runs activation and rollback on the daemon's main loop.
         on_active: (main loop) tell the service and the status which adapter serves now.
+        on_bundle_switch: (main loop) before a bundle switch: the run in progress trained on
+            the old bundle, so it ends (its examples stay for the next run).
         service: the inference service client for the health window (None: none).
         bundle_dir: ``[service] bundle_dir`` (a bundle push needs it to be the managed link).
         max_payload_bytes: the command payload limit (``mqtt.command_max_payload_bytes``).
@@ -74,6 +76,7 @@ class ArtifactService:
     service: Callable[[], HealthService | None]
     bundle_dir: Path
     max_payload_bytes: int
+    on_bundle_switch: Callable[[], None] = lambda: None
     eval_gate: EvalGate | None = None
     poll_s: float = 0.5
     clock: Callable[[], float] = time.time
@@ -218,9 +221,10 @@ class ArtifactService:
                               should_stop=job.should_stop)
         adapter = manifest.kind == "adapter"
         link = act.bundle_link(self.state_dir)
-        previous = (self.registry.active() or INITIAL_VERSION) if adapter else \
-            act.current_bundle(link)
-        entry = self.journal.advance(entry, "activating", previous=previous)
+        active = self.registry.active() or INITIAL_VERSION
+        previous = active if adapter else act.current_bundle(link)
+        entry = self.journal.advance(entry, "activating", previous=previous,
+                                     previous_adapter=None if adapter else active)
 
         def activate() -> Reply:
             if adapter:
@@ -228,7 +232,7 @@ class ArtifactService:
                                                manifest.artifact_id)
                 self.on_active(version)
                 return {"new": version}
-            return {"new": act.activate_bundle(link, staging.files_dir, manifest.bundle_id)}
+            return {"new": self._switch_bundle(link, staging.files_dir, manifest.bundle_id)}
 
         try:
             new = str(self._on_loop("push-activate", activate)["new"])
@@ -252,6 +256,17 @@ class ArtifactService:
                           version=new if adapter else None, bundle_id=manifest.bundle_id,
                           bytes=manifest.total_size, chunks_reused=staging.reused, health=seen)
 
+    def _switch_bundle(self, link: Path, files: Path, bundle_id: str) -> str:
+        """(main loop) The old bundle's run ends and its adapter steps aside (it does not fit
+        the new bundle), then the link switches and the registry validates against it."""
+        self.on_bundle_switch()
+        if (self.registry.active() or INITIAL_VERSION) != INITIAL_VERSION:
+            self.registry.activate(INITIAL_VERSION)
+            self.on_active(INITIAL_VERSION)
+        name = act.activate_bundle(link, files, bundle_id)
+        act.revalidate(self.registry, link)
+        return name
+
     def _eval(self, new: str, previous: str, staging: Staging, job: Progress) -> str:
         if self.eval_gate is None:
             return "eval gate not configured"
@@ -265,7 +280,11 @@ class ArtifactService:
                 act.rollback_adapter(self.registry, previous, entry.artifact_id)
                 self.on_active(previous)
             else:
-                act.rollback_bundle(act.bundle_link(self.state_dir), previous, new)
+                link = act.bundle_link(self.state_dir)
+                act.rollback_bundle(link, previous, new)
+                act.revalidate(self.registry, link)
+                if act.restore_adapter(self.registry, entry.previous_adapter):
+                    self.on_active(str(entry.previous_adapter))
             return {}
 
         self._on_loop("push-rollback", undo)
@@ -283,7 +302,9 @@ def artifact_service(daemon: Daemon, registry: AdapterRegistry | None,
 
     return ArtifactService(
         state_dir=cfg.paths.state_dir, registry=registry, main_loop=daemon.commands,
-        on_active=on_active, service=lambda: daemon.ports.service, bundle_dir=cfg.bundle_dir,
+        on_active=on_active, on_bundle_switch=lambda: daemon.runs.abandon(
+            "a new bundle was pushed; this run trained on the old one"),
+        service=lambda: daemon.ports.service, bundle_dir=cfg.bundle_dir,
         max_payload_bytes=cfg.mqtt.command_max_payload_bytes, clock=daemon.clock,
         eval_gate=EvalGate(config=lambda: daemon.config, store=store,
                            python=daemon.runs.ctx.launcher.python))

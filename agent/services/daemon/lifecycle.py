@@ -277,6 +277,14 @@ class RunLifecycle:
         self.reporter.set("waiting", f"last run {outcome.outcome}: {outcome.reason}")
         self.ctx.state_changed()
 
+    def abandon(self, reason: str) -> None:
+        """End the run in progress, if any, as failed; its examples stay for the next run."""
+        if self.run is None:
+            return
+        self.bursts.stop()
+        self.evaluation.stop()
+        self.finish_run(RunOutcome("failed", reason), advance_cursor=False)
+
     def discard_run(self) -> None:
         """Forget the current run and remove its files (the next start begins a new one)."""
         self.run = None

@@ -34,6 +34,7 @@ from agent.services.inference.settings import ServeConfig
 
 if TYPE_CHECKING:
     from agent.io.store import InteractionStore
+    from agent.services.inference.bundle_switch import ServingGate
     from agent.services.inference.generation import Generator, TextCodec
     from agent.services.inference.hotswap import AdapterSlot
     from agent.services.inference.metrics import ServiceMetrics
@@ -61,6 +62,7 @@ class ServedApp(Protocol):
     worker: GenerationWorker
     program: ReleasableProgram
     metrics: ServiceMetrics
+    gate: ServingGate
 
     def health(self) -> dict[str, Any]: ...
 

@@ -182,6 +182,13 @@ class Generator:
         self.prompt_cache = prompt_cache or PromptCache(0)
         self._constraints: JsonConstraints | None = None
 
+    def use_codec(self, codec: TextCodec) -> None:
+        """Another bundle's tokenizer (the program was replaced): its JSON-schema masks are
+        made again, and no cached prompt survives."""
+        self.codec = codec
+        self._constraints = None
+        self.prompt_cache.clear()
+
     @property
     def constraints(self) -> JsonConstraints:
         """JSON-schema token masks for this tokenizer (``response_format``), made on first use."""

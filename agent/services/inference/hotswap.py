@@ -138,6 +138,30 @@ class AdapterSlot:
             self._hook(version, self.registry.path_of(version), self.registry.validator.bundle_id)
         return ReloadResult(version, True, None, time.perf_counter() - t0)
 
+    def rebind(self, registry: AdapterRegistry) -> str:
+        """Serve from ``registry`` (validated against another bundle) from now on.
+
+        The active adapter if it fits the new bundle, else the bundle's own (``initial``,
+        with ``last_error`` saying why): an adapter trained for the old bundle cannot serve
+        on the new one. Returns the version now served.
+        """
+        with self._lock:
+            try:
+                version, flat = registry.load_flat_b()
+                error = None
+            except AdapterError as exc:
+                version, flat = registry.load_flat_b(INITIAL_VERSION)
+                error = f"the active adapter does not fit the new bundle ({exc}); serving " \
+                        "the bundle's own"
+                log.warning("%s", error)
+            self.registry = registry
+            self._validated.clear()  # validated against the old bundle's LoRA-A
+            self._current = (version, flat)
+            self.last_error = error
+            self.switches.append((self._clock(), version))
+            del self.switches[:-256]
+        return version
+
     def _file_key(self, version: str) -> tuple[int, ...]:
         path = self.registry.path_of(version)
         key: list[int] = []

@@ -72,6 +72,12 @@ class PromptCache:
         """The program's cache is being written: nothing in it is known good until stored."""
         self._resident = None
 
+    def clear(self) -> None:
+        """Forget every sequence: another bundle serves (its adapter versions may repeat the
+        old bundle's, e.g. ``initial``, but none of their keys and values carry over)."""
+        self._seqs.clear()
+        self._resident = None
+
     def store(self, key: str | None, fed_ids: Sequence[int]) -> None:
         """The program now holds ``fed_ids`` (prompt + generated tokens fed back), for ``key``."""
         if key is None or self.slots == 0:

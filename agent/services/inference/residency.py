@@ -122,6 +122,29 @@ class ReleasableProgram:
         log.info("program released (a training burst runs); the next request loads it again")
         return True
 
+    def replace(self, load: Callable[[], Any]) -> float:
+        """Serve another bundle's program: drop this one, then load ``load``'s; seconds it took.
+
+        The old program goes first, so the board never holds two copies of the weights; the
+        caller has already let the requests on it finish (bundle_switch.ServingGate). If the
+        new one fails to load, the old loader is kept (the next request loads the old program
+        again) and the error is raised.
+        """
+        with self.lock:  # no request is between two forwards while the program changes
+            self._program = None
+            self._on_release()
+            gc.collect()
+            _trim_heap()
+            t0 = self._clock()
+            program = load()
+            self._load_program, self._program = load, program
+            self.last_load_s = self._clock() - t0
+            self.loads += 1
+            self.released_at = None
+            self.max_context = int(program.max_context)
+            self.vocab_size = int(program.vocab_size)
+        return self.last_load_s
+
     def status(self) -> dict[str, Any]:
         """For ``/health``: resident, loads, releases and the last load's seconds."""
         return {"resident": self.resident, "loads": self.loads, "releases": self.releases,

@@ -9,8 +9,10 @@ Routes (OpenAI-compatible subset plus our own):
 - ``POST /v1/chat/completions``, ``POST /v1/completions`` — ``stream: true`` answers with
   server-sent events ``data: {chunk}`` and a final ``data: [DONE]``.
 - ``GET /v1/models`` — the base model, with the active adapter version.
-- ``GET /health`` — status, adapter, queue depth, last request time (the daemon's "user idle");
-  without the token only status, model and bundle id.
+- ``GET /health`` — status, bundle (id, path, switches, last error), adapter, queue depth,
+  last request time (the daemon's "user idle"); without the token only status, model and
+  bundle id. When ``bundle_dir`` is a link that moves, the service serves the new bundle
+  (bundle_switch.py): a generation request arriving during the switch waits for it.
 - ``GET /metrics`` — Prometheus text format (:mod:`agent.services.inference.metrics`); the
   token on TCP, like every route but ``/health``.
 - ``POST /v1/feedback`` — ``{id, rating: up|down, correction?}`` for a served interaction.
@@ -48,6 +50,7 @@ from agent.services.inference.api_handler import (
     ServedApp,
     serve_connection,
 )
+from agent.services.inference.bundle_switch import GateTimeout
 from agent.services.inference.constrained import ConstraintError, ConstraintUnavailable
 from agent.services.inference.context_fit import fit_messages
 from agent.services.inference.guard import HttpError, check_stops, is_loopback
@@ -86,8 +89,8 @@ class Handler(TokenizeRoutes):
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib name
         self._dispatch({
-            "/v1/chat/completions": lambda: self._generate("chat"),
-            "/v1/completions": lambda: self._generate("completion"),
+            "/v1/chat/completions": lambda: self._gated("chat"),
+            "/v1/completions": lambda: self._gated("completion"),
             "/v1/feedback": self._feedback,
             "/v1/admin/reload-adapter": self._reload,
             "/v1/admin/program": self._program,
@@ -194,6 +197,17 @@ class Handler(TokenizeRoutes):
             raise HttpError(429, f"more than {cfg.corrections_per_minute} corrections a "
                             "minute; retry later", "rate_limit_error",
                             headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+
+    def _gated(self, kind: str) -> None:
+        """A generation request, from tokenizing to its last byte, on one bundle: a bundle
+        switch waits for it, and one in progress makes it wait (bundle_switch.py)."""
+        app = self.app
+        try:
+            with app.gate.serving(app.config.request_timeout_s):
+                self._generate(kind)
+        except GateTimeout as exc:
+            raise HttpError(503, f"{exc}; retry shortly", "overloaded",
+                            headers={"Retry-After": "5"}) from exc
 
     def _generate(self, kind: str) -> None:
         app = self.app

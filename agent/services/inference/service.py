@@ -1,7 +1,9 @@
 """Composition root of the inference service: builds the parts, starts them, stops them.
 
 Start order: adapter slot (validates the active adapter, falling back to the bundle's own),
-program, store, worker, watcher, listeners. Stop in reverse. ``mobizo-agent serve`` runs it.
+program, store, worker, watchers, listeners. Stop in reverse. ``mobizo-agent serve`` runs it.
+When ``bundle_dir`` is a link that moves (``push-bundle``), :meth:`InferenceService.follow_bundle`
+serves the new bundle in place (agent/services/inference/bundle_switch.py).
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.config.service import TOKEN_FILE_NAME
+from agent.core.bundle import BundleManifest
 from agent.io.adapter_fs import AdapterValidator
 from agent.io.bundle_files import read_manifest
 from agent.io.registry import AdapterRegistry
 from agent.io.store import InteractionStore
 from agent.io.token_file import ensure_token
+from agent.services.inference.bundle_switch import BundleLinkWatcher, ServingGate, resolved
 from agent.services.inference.connections import ConnectionFront
 from agent.services.inference.generation import Generator, InferProgramLike, TextCodec
 from agent.services.inference.guard import RateWindow, allowed_hosts
@@ -55,12 +59,14 @@ class InferenceService:
         self.config = config or ServeConfig()
         self.bundle_dir, self.state_dir = Path(bundle_dir), Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.manifest = read_manifest(self.bundle_dir)
+        # what the link names now: every part below reads this one directory, so a switch
+        # of the link while they load (or a program loaded again after a release) cannot
+        # mix two bundles
+        self.bundle_path = resolved(self.bundle_dir)
+        self.manifest = read_manifest(self.bundle_path)
         self.bundle_id = self.manifest.bundle_id
         self.model_name = _model_name(self.manifest.base.source)
-        validator = AdapterValidator(self.bundle_dir, self.manifest)
-        self.registry = AdapterRegistry.in_state_dir(
-            self.state_dir, validator=validator, keep=self.config.adapters_kept)
+        self.registry = self._registry_for(self.bundle_path, self.manifest)
         hook = PostSwitchHook(self.config.post_switch_command, self.config.post_switch_url)
         # GET /metrics: read at each scrape, so the worker may come later
         self.metrics = ServiceMetrics(queue_depth=lambda: self.worker.depth,
@@ -70,13 +76,13 @@ class InferenceService:
         # injected program has no such pool (None)
         self.runtime_threads: int | None = (
             _size_thread_pool(self.config.threads) if program_factory is None else None)
-        factory = program_factory or _executorch_program
+        self._factory = program_factory or _executorch_program
         prompt_cache = PromptCache(self.config.prompt_cache_slots)
         # released while a training burst runs (residency.py): its KV cache goes with it
         self.program = ReleasableProgram(
-            functools.partial(factory, self.bundle_dir, self.config.threads),
+            functools.partial(self._factory, self.bundle_path, self.config.threads),
             on_release=prompt_cache.invalidate)
-        self.codec = TextCodec.for_bundle(self.bundle_dir, self.manifest)
+        self.codec = TextCodec.for_bundle(self.bundle_path, self.manifest)
         self.generator = Generator(self.program, self.codec,
                                    context_cap=self.config.max_context,
                                    prompt_cache=prompt_cache)
@@ -87,6 +93,12 @@ class InferenceService:
                                        max_queue=self.config.max_queue,
                                        program_lock=self.program.lock)
         self.watcher = PointerWatcher(self.slot, self.config.watch_interval_s)
+        self.gate = ServingGate()  # generation requests vs a bundle switch
+        self.bundle_watcher = BundleLinkWatcher(self.bundle_dir, lambda: self.bundle_path,
+                                                self.follow_bundle,
+                                                self.config.watch_interval_s)
+        self.bundle_switches: list[tuple[float, str]] = [(time.time(), self.bundle_id)]
+        self.bundle_error: str | None = None
         self.started_at = int(time.time())
         self.last_request_at: float | None = None
         # the bearer token TCP clients send (None: not required, a loopback listen by config)
@@ -125,6 +137,7 @@ class InferenceService:
         front = self._listen()  # before the threads: a bad token file or port fails fast
         self.worker.start()
         self.watcher.start()
+        self.bundle_watcher.start()
         front.start()
         self._front = front
         log.info("serving %s (bundle %s, adapter %s) on %s%s", self.model_name, self.bundle_id,
@@ -136,6 +149,7 @@ class InferenceService:
             self._front.stop()
         if self.config.unix_socket and Path(self.config.unix_socket).exists():
             Path(self.config.unix_socket).unlink()
+        self.bundle_watcher.stop()
         self.watcher.stop()
         self.worker.stop()
         if self.store is not None:
@@ -143,7 +157,7 @@ class InferenceService:
 
     def alive(self) -> bool:
         """Whether every thread of the service still runs (the systemd watchdog asks)."""
-        threads = [self.worker._thread, self.watcher._thread,
+        threads = [self.worker._thread, self.watcher._thread, self.bundle_watcher._thread,
                    *(self._front._threads if self._front is not None else [])]
         return all(t.is_alive() for t in threads)
 
@@ -157,6 +171,9 @@ class InferenceService:
             "status": "ok",
             "model": self.model_name,
             "bundle_id": self.bundle_id,
+            "bundle": {"path": str(self.bundle_path), "switched_at": self.bundle_switches[-1][0],
+                       "switches": len(self.bundle_switches) - 1,
+                       "last_error": self.bundle_error},
             "adapter": {"version": self.slot.version, "last_error": self.slot.last_error,
                         "switched_at": self.slot.switches[-1][0]},
             "queue_depth": self.worker.depth,
@@ -172,6 +189,45 @@ class InferenceService:
                 "dropped_oversize": store.dropped_oversize,
                 "dropped_full_queue": store.dropped_full_queue},
         }
+
+
+    def _registry_for(self, bundle: Path, manifest: BundleManifest) -> AdapterRegistry:
+        """The adapter registry in the state dir, validated against ``bundle``."""
+        return AdapterRegistry.in_state_dir(
+            self.state_dir, validator=AdapterValidator(bundle, manifest),
+            keep=self.config.adapters_kept)
+
+    def follow_bundle(self, target: Path) -> None:
+        """Serve the bundle at ``target`` (the link moved): program, tokenizer, manifest,
+        adapter registry; the prompt cache starts empty.
+
+        What can fail without touching the serving bundle (its manifest, tokenizer, adapter
+        registry) is read first. Then the gate waits for the requests in flight, the old
+        program goes and the new one loads (one copy of the weights at a time); a request
+        arriving meanwhile waits and is answered by the new bundle. If the new program
+        fails to load, the old bundle stays (its program loads again on the next request).
+        """
+        t0 = time.perf_counter()
+        try:
+            manifest = read_manifest(target)
+            codec = TextCodec.for_bundle(target, manifest)
+            registry = self._registry_for(target, manifest)
+            with self.gate.exclusive():
+                self.program.replace(functools.partial(self._factory, target,
+                                                       self.config.threads))
+                self.generator.use_codec(codec)  # and an empty prompt cache
+                self.codec, self.manifest, self.registry = codec, manifest, registry
+                self.bundle_path, self.bundle_id = target, manifest.bundle_id
+                self.model_name = _model_name(manifest.base.source)
+                version = self.slot.rebind(registry)
+                self.bundle_error = None
+                self.bundle_switches.append((time.time(), self.bundle_id))
+                del self.bundle_switches[:-256]
+        except Exception as exc:
+            self.bundle_error = f"could not serve the bundle at {target}: {exc}"
+            raise
+        log.info("now serving bundle %s (%s, adapter %s); switched in %.2f s", self.bundle_id,
+                 target, version, time.perf_counter() - t0)
 
 
 def _model_name(source: str) -> str:
