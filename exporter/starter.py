@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agent.core.byte_level import byte_of_char
+
 STARTER_NAME = "starter"
 # Small enough that exporting takes seconds and a ZO step milliseconds on 2 cores.
 STARTER_CONFIG = dict(
@@ -34,7 +36,7 @@ def byte_tokenizer():  # -> PreTrainedTokenizerFast
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), key=lambda ch: _byte_of(ch))
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), key=byte_of_char().__getitem__)
     vocab = {ch: i for i, ch in enumerate(alphabet)}
     for tok in (PAD, BOS, EOS):
         vocab[tok] = len(vocab)
@@ -47,21 +49,6 @@ def byte_tokenizer():  # -> PreTrainedTokenizerFast
     fast.add_special_tokens({"pad_token": PAD, "bos_token": BOS, "eos_token": EOS})
     fast.chat_template = CHAT_TEMPLATE
     return fast
-
-
-def _byte_of(ch: str) -> int:
-    """Inverse of GPT-2's bytes_to_unicode for one character."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1)
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip([chr(c) for c in cs], bs, strict=True))[ch]
 
 
 def make_starter_checkpoint(out_dir: Path, *, seed: int = 0) -> Path:

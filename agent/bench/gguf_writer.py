@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.core.byte_level import byte_of_char
 from agent.errors import ExportError
 
 INSTALL_GGUF = ".venv/bin/python -m pip install gguf  (or: pip install -e '.[llamacpp]')"
@@ -158,7 +159,7 @@ def byte_vocab(checkpoint: Path, vocab_size: int) -> tuple[list[str], list[int],
     if not path.is_file():
         raise ExportError(f"{checkpoint} has no tokenizer.json")
     tok = Tokenizer.from_file(str(path))
-    to_byte = _gpt2_byte_decoder()
+    to_byte = byte_of_char()
     tokens, types = [], []
     for i in range(256):
         piece = tok.id_to_token(i)
@@ -181,20 +182,6 @@ def byte_vocab(checkpoint: Path, vocab_size: int) -> tuple[list[str], list[int],
         if tid is not None:
             specials[role] = tid
     return tokens, types, specials
-
-
-def _gpt2_byte_decoder() -> dict[str, int]:
-    """GPT-2's printable character -> byte map (the ByteLevel pre-tokenizer's alphabet)."""
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-          *range(ord("®"), ord("ÿ") + 1)]
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
 
 
 def write_model(checkpoint: Path, out: Path, *, name: str = "mobizo-bench") -> Path:

@@ -14,6 +14,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from agent.core.byte_level import byte_of_char
+
 Decode = Callable[[Sequence[int]], str]
 
 
@@ -48,25 +50,7 @@ class IncrementalDecoder:
         return text[len(prefix_text):]
 
 
-def _byte_level_chars() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, inverted: the character a token string uses → the byte.
-
-    Printable bytes stand for themselves; the others are shifted past U+0100 (Radford et al.
-    2019, ``bytes_to_unicode`` in openai/gpt-2 ``encoder.py``).
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
-    table, shift = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[chr(b)] = b
-        else:
-            table[chr(256 + shift)] = b
-            shift += 1
-    return table
-
-
-_BYTE_LEVEL = _byte_level_chars()
+_BYTE_LEVEL = byte_of_char()
 _BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
