@@ -15,7 +15,8 @@ the programs' methods:
   (Chunking inside one method does not bound them: XNNPACK fuses the chunks into one
   partition that outputs them all at once, and a chunk per partition packs the head's
   weights once per chunk.)
-- Inference (:class:`InferStep`) writes a KV cache of mutable buffers shared by its methods.
+- Inference (:class:`InferStep`) writes a KV cache of mutable buffers shared by its methods,
+  through ExecuTorch's LLM ops (the runtime loads their kernels: agent/io/llm_ops.py).
 
 Rows are slice-major: row ``s·b + j`` is sequence j evaluated with slice s. With LoRA only on
 the last k layers, the frozen prefix runs once on the b sequences ("prefix sharing", DESIGN §3).
@@ -49,6 +50,7 @@ from exporter.layers import (
     ModelDims,
     RMSNorm,
     attention,
+    cached_attention,
     frozen_linear,
     rotate_half_matrix,
 )
@@ -338,10 +340,13 @@ class InferStep(nn.Module):
 
     Feeds C tokens at positions start_pos..start_pos+C-1, writes their keys/values into the
     cache (in place: mutable buffers that every method of the program shares) and returns the
-    logits at chunk index ``last``. Attention runs over the whole fixed-size cache with a mask
-    ``j <= position`` built without slicing (a symbolic slice of a fixed buffer adds guards and
-    breaks delegation, DESIGN §3). Positions past the ones written are masked, so stale or
-    padding entries there are never read before being overwritten.
+    logits at chunk index ``last``. The cache write and the attention are ExecuTorch's LLM ops
+    (:func:`exporter.layers.cached_attention`: ``llama::update_cache``, ``llama::custom_sdpa``),
+    which take ``start_pos`` as a value: a causal layer reads only the positions written so
+    far (0..start_pos+i for chunk index i), so stale or padding entries past them are never
+    read before being overwritten. A sliding-window layer scores the whole cache under its
+    window mask, built without slicing (a symbolic slice of a fixed buffer adds guards and
+    breaks delegation, DESIGN §3).
     """
 
     def __init__(self, core: Decoder, cache: KVCache, *, chunk: int, max_context: int) -> None:
@@ -351,22 +356,22 @@ class InferStep(nn.Module):
         core.register_rope(self, max_context, (max_context, -1))  # cos_i, sin_i [ctx, hd]
         self.sliding = any(blk.sliding for blk in core.blocks)
         self.register_buffer("ctx_pos", torch.arange(max_context), persistent=False)
-        # chunk positions repeated for the query heads that share a kv head (see attention())
         self.register_buffer("chunk_pos", torch.arange(chunk), persistent=False)
-        self.register_buffer("chunk_pos_grouped", torch.arange(chunk).repeat(core.dims.groups),
-                             persistent=False)
 
     def forward(self, tokens: Tensor, start_pos: Tensor, last: Tensor, lora_b: Tensor) -> Tensor:
         core, d = self.core, self.core.dims
+        # the first position as a value: the cache ops take it so (a SymInt when exported)
+        start = start_pos[0].item()
+        torch._check(start >= 0)
+        torch._check(start + self.chunk <= self.max_context)
         pos = start_pos + self.chunk_pos  # [C]
         rope = [(torch.index_select(getattr(self, f"cos_{i}"), 0, pos)[:, None, :],  # [C,1,hd]
                  torch.index_select(getattr(self, f"sin_{i}"), 0, pos)[:, None, :])
                 for i in range(len(core.layer_kinds))]
-        pos_grouped = start_pos + self.chunk_pos_grouped  # [groups·C]
-        seen = self.ctx_pos[None, :] <= pos_grouped[:, None]
-        mask = torch.where(seen, 0.0, NEG_INF)
-        if self.sliding:  # and within the window: q attends to q-W+1..q (transformers')
-            near = self.ctx_pos[None, :] > pos_grouped[:, None] - d.window
+        window_mask = None
+        if self.sliding:  # q attends to q-W+1..q (transformers'), [C, ctx]
+            seen = self.ctx_pos[None, :] <= pos[:, None]
+            near = self.ctx_pos[None, :] > pos[:, None] - d.window
             window_mask = torch.where(seen & near, 0.0, NEG_INF)
         h = core.embed_tokens(tokens)  # [1, C, d]
         for i, blk in enumerate(core.blocks):
@@ -375,11 +380,10 @@ class InferStep(nn.Module):
             x = blk.input_norm(h)
             q, k, v = blk.qkv(x, lb, 1, cos, sin, core.rot)
             k_cache, v_cache = self.cache.layer(i)
-            k_cache.index_copy_(1, pos, k)
-            v_cache.index_copy_(1, pos, v)
-            o = attention(q, k_cache, v_cache, window_mask if blk.sliding else mask,
-                          core.scale, d.groups)
+            o = cached_attention(q, k, v, k_cache, v_cache, start, core.scale,
+                                 window_mask if blk.sliding else None)
             h = h + blk.attn_out(o, lb, 1)
             h = h + blk.ffn(h, lb, 1)
-        h = torch.index_select(h, 1, last)  # [1, 1, d]
+        if self.chunk > 1:  # one token is its own last (no op between the trunk and the head)
+            h = torch.index_select(h, 1, last)  # [1, 1, d]
         return core.logits(core.norm(h), packed=True).reshape(1, d.vocab)

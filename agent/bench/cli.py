@@ -20,6 +20,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("agent.bench.serve", "inference service: generation speed and adapter swap"),
     "host": ("agent.bench.host_overhead",
              "per-token host time (sampling, detokenizing, stops) vs the decode step"),
+    "decode-profile": ("agent.bench.decode_profile",
+                       "op-by-op time of a bundle's decode and prefill (ExecuTorch ETDump)"),
     "learn": ("agent.bench.learn", "does ZO fine-tuning learn: held-out loss over steps"),
     "zo-quant": ("agent.bench.zo_quant", "fp32 vs 8da8w vs 8da4w base: time, memory, fidelity"),
     "kernels": ("agent.bench.kernels", "per-scheme speed of the base linears on this CPU"),

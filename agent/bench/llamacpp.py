@@ -17,7 +17,7 @@ llama-cpp-python has no wheel for these machines: it builds llama.cpp from sourc
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,15 +143,19 @@ def speed(engine: LlamaCppEngine, prompt_ids: Sequence[int], gen_tokens: int,
 
 
 def time_to_first_token(engine: LlamaCppEngine, other_ids: Sequence[int],
-                        history_ids: Sequence[int], conversation_ids: Sequence[int],
+                        history_ids: Sequence[int],
+                        follow_up: Callable[[list[int]], Sequence[int]],
                         reply_tokens: int, repeats: int) -> dict[str, float]:
-    """Cold vs follow-up time to the first token of ``conversation_ids``.
+    """Cold vs follow-up time to the first token of a follow-up turn.
 
-    Cold: another conversation (``other_ids``) is resident, as after another user's
-    request. Follow-up: the previous turn (``history_ids``, then ``reply_tokens``
-    generated) is resident and the prompt cache re-reads only the rest. Medians over
-    ``repeats``.
+    The previous turn is ``history_ids`` answered with ``reply_tokens`` greedy tokens;
+    ``follow_up(reply)`` gives the next turn's prompt ids (the reply as text in the chat
+    template, as a client sends it back, then a new user message). Cold: another
+    conversation (``other_ids``) is resident, as after another user's request. Follow-up:
+    the previous turn (prompt and reply) is resident and the prompt cache re-reads only
+    what follows the longest common prefix. Medians over ``repeats``.
     """
+    conversation_ids = list(follow_up(greedy(engine, history_ids, reply_tokens).tokens))
     cold, follow, reused = [], [], 0
     for _ in range(repeats):
         greedy(engine, other_ids, 1, reuse=False)
@@ -161,4 +165,4 @@ def time_to_first_token(engine: LlamaCppEngine, other_ids: Sequence[int],
         follow.append(run.prefill_s)
         reused = run.reused
     return {"cold_s": float(np.median(cold)), "follow_up_s": float(np.median(follow)),
-            "reused_tokens": reused}
+            "reused_tokens": reused, "prompt_tokens": len(conversation_ids)}

@@ -2,9 +2,10 @@
 
 One run, one machine, side by side:
 
-1. Speed: the same prompt, the same adapter (random LoRA-B, published and active), greedy,
-   a fixed number of generated tokens (``ignore_eos``). The service is measured through its
-   HTTP API (its ``timings``: prefill and decode time inside the worker) and end to end;
+1. Speed: prompts of the same length, the same adapter (random LoRA-B, published and
+   active), greedy, a fixed number of generated tokens (``ignore_eos``). The service is
+   measured through its HTTP API (its ``timings``: prefill and decode time inside the worker;
+   a distinct prompt per request, so the prompt cache does not skip the prefill) and end to end;
    eager is transformers ``generate`` on the bundle's base model with the adapter merged
    (``exporter.reference``), prefill timed as one forward over the prompt.
 2. Parity: how many of the generated token ids agree between the two (greedy, so they should,
@@ -113,7 +114,7 @@ def run(bundle: Path, *, prompt_tokens: int = 64, gen_tokens: int = 64, repeats:
                                "load_avg_1m": os.getloadavg()[0]}
     versions = [svc.registry.publish(work / f"a{k}", activate=False) for k in range(2)]
     svc.registry.activate(versions[0])
-    prompt_ids, prompt = bench_prompt(svc, prompt_tokens)
+    prompt_ids, _ = bench_prompt(svc, prompt_tokens)
     # the service's greedy token ids, from its own generator before the HTTP front starts:
     # a random model's text does not give its token ids back (most ids decode to nothing)
     svc_ids = greedy_ids(svc, prompt_ids, gen_tokens, flats[0])
@@ -122,8 +123,10 @@ def run(bundle: Path, *, prompt_tokens: int = 64, gen_tokens: int = 64, repeats:
         assert svc.address is not None
         client = Client(*svc.address, token=svc.token)
         assert client.post("/v1/admin/reload-adapter").json["version"] == versions[0]
-        req = {"prompt": prompt, "max_tokens": gen_tokens, "temperature": 0, "ignore_eos": True}
-        results["service"], _ = _measure_service(client, req, repeats)
+        req = {"max_tokens": gen_tokens, "temperature": 0, "ignore_eos": True}
+        # a distinct prompt per request: a repeated one would be a prompt-cache hit
+        prompts = [bench_prompt(svc, prompt_tokens, k)[1] for k in range(repeats + 1)]
+        results["service"], _ = _measure_service(client, req, prompts)
         results["eager"], eager_tokens = _measure_eager(
             bundle, validator, work, flats[0], prompt_ids, prompt_tokens, gen_tokens, repeats)
         results["parity"] = id_parity(svc_ids, eager_tokens)
@@ -140,13 +143,14 @@ def run(bundle: Path, *, prompt_tokens: int = 64, gen_tokens: int = 64, repeats:
 
 
 def _measure_service(client: Any, req: dict[str, Any],
-                     repeats: int) -> tuple[dict[str, float], str]:
-    """The service's own timings (median of ``repeats``) and the text of the last run."""
-    client.complete(**req)  # warm-up
+                     prompts: list[str]) -> tuple[dict[str, float], str]:
+    """The service's own timings (median over ``prompts[1:]``; the first warms up) and the
+    text of the last run. Prompt tokens/s counts the tokens the service fed (``prompt_n``)."""
+    client.complete(prompts[0], **req)  # warm-up
     svc_runs = []
-    for _ in range(repeats):
+    for prompt in prompts[1:]:
         t0 = time.perf_counter()
-        body = client.complete(**req).json
+        body = client.complete(prompt, **req).json
         wall = time.perf_counter() - t0
         svc_runs.append((body["timings"], wall, body))
     stats = {

@@ -3,6 +3,7 @@ token ids from the service's own generator, and adapter switches under load."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -29,14 +30,51 @@ def write_adapters(work: Path, validator: Any, count: int) -> list[np.ndarray]:
     return flats
 
 
-def bench_prompt(svc: Any, prompt_tokens: int) -> tuple[list[int], str]:
-    """A prompt of exactly ``prompt_tokens`` tokens: its ids and its text."""
-    base_ids = svc.codec.encode_prompt("The quick brown fox jumps over the lazy dog. " * 64)
-    prompt_ids = base_ids[:prompt_tokens]
+SENTENCE = ("The", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog.")
+
+
+def bench_prompt(svc: Any, prompt_tokens: int, variant: int = 0) -> tuple[list[int], str]:
+    """A prompt of exactly ``prompt_tokens`` tokens: its ids and its text.
+
+    ``variant`` k starts the sentence at its k-th word (then a number before it), so
+    prompts of different variants share no prefix but the tokenizer's BOS: timed repeats
+    of distinct prompts are cold prefills, as a user's new prompt is, not prompt-cache hits.
+    """
+    k, lap = variant % len(SENTENCE), variant // len(SENTENCE)
+    words = [*SENTENCE[k:], *SENTENCE[:k]]
+    text = (f"{lap} " if lap else "") + (" ".join(words) + " ") * 64
+    prompt_ids = svc.codec.encode_prompt(text)[:prompt_tokens]
     prompt = svc.codec.decode(prompt_ids)  # without a BOS the tokenizer adds back itself
     if svc.codec.encode_prompt(prompt) != prompt_ids:
         raise RuntimeError("the benchmark prompt does not round-trip through the tokenizer")
     return prompt_ids, prompt
+
+
+def http_speeds(client: Any, prompt_tokens: int, gen_tokens: int, repeats: int,
+                svc: Any) -> dict[str, float]:
+    """Our service through HTTP, one distinct prompt per request (no prompt-cache hit
+    beyond the BOS): medians of prompt and decode tokens/s from its ``timings`` (prompt
+    tokens/s over the tokens it fed, ``prompt_n``), of the whole request's latency, and of
+    the request's time outside prefill + decode; the load average when it ended."""
+    prompts = [bench_prompt(svc, prompt_tokens, k)[1] for k in range(repeats + 1)]
+    req = {"max_tokens": gen_tokens, "temperature": 0, "ignore_eos": True}
+    client.complete(prompts[0], **req)  # warm-up
+    rows, cached = [], 0
+    for prompt in prompts[1:]:
+        t0 = time.perf_counter()
+        reply = client.complete(prompt, **req)
+        wall = time.perf_counter() - t0
+        if reply.status != 200:
+            raise RuntimeError(f"the service answered {reply.status}: {reply.text[:300]}")
+        t = reply.json["timings"]
+        cached = max(cached, int(t.get("cache_n", 0)))
+        rows.append((t["prompt_n"] / (t["prompt_ms"] / 1000),
+                     (t["predicted_n"] - 1) / (t["predicted_ms"] / 1000), wall,
+                     wall - (t["prompt_ms"] + t["predicted_ms"]) / 1000))
+    med = np.median(np.asarray(rows), axis=0)
+    return {"prompt_tok_s": float(med[0]), "gen_tok_s": float(med[1]),
+            "end_to_end_s": float(med[2]), "outside_program_ms_per_request": 1000 * med[3],
+            "max_cached_tokens": cached, "load_avg_1m": os.getloadavg()[0]}
 
 
 def switches_under_load(svc: Any, client: Any, versions: list[str], n: int) -> dict[str, Any]:
@@ -84,6 +122,7 @@ def switches_under_load(svc: Any, client: Any, versions: list[str], n: int) -> d
         "all_p50_ms": percentile(control + watched, 50),
         "all_p99_ms": percentile(control + watched, 99),
         "watch_interval_ms": svc.config.watch_interval_s * 1000,
+        "load_avg_1m": os.getloadavg()[0],  # a loaded machine stretches every switch
     }
 
 

@@ -4,13 +4,16 @@ One run, one machine, the same token ids fed to both engines, greedy, ``--thread
 (issue 18 item 5). Per precision (our bundle's scheme beside llama.cpp's GGUF type:
 fp32 / f32, 8da8w / q8_0, 8da4w / q4_0):
 
-- **Our service, through its HTTP API** (what a user sees): a completion of
-  ``--prompt-tokens`` + ``--gen-tokens`` with the adapter active; prompt and decode tokens/s
-  from the service's ``timings``, the whole request's latency beside them; the time to the
-  first token of a multi-turn conversation (``--turns`` messages, about
-  ``--conversation-tokens`` tokens) cold and as a follow-up turn (the prompt cache re-reads
-  only the new turn); ``--switches`` adapter switches while a client keeps generating
-  (control-request p99, failed requests).
+- **Our service, through its HTTP API** (what a user sees): completions of
+  ``--prompt-tokens`` + ``--gen-tokens`` with the adapter active, a distinct prompt each
+  (a repeated prompt would be a prompt-cache hit, not a prefill); prompt and decode tokens/s
+  from the service's ``timings`` (prompt tokens/s over the tokens it fed), the whole
+  request's latency beside them; the time to the first token of a multi-turn conversation
+  (``--turns`` messages, about ``--conversation-tokens`` tokens) cold and as a follow-up
+  turn: the client sends back the reply the service generated for the turn before (as a chat
+  client does), and the prompt cache re-reads only what follows the longest common prefix;
+  ``--switches`` adapter switches while a client keeps generating (control-request p99,
+  failed requests).
 - **Our generator in-process** (the same program object, before the HTTP front starts): the
   host's time per token (sampling, detokenizing, stop scan: what is not the program) as a
   share of a decode step, and the greedy token ids.
@@ -18,7 +21,7 @@ fp32 / f32, 8da8w / q8_0, 8da4w / q4_0):
   checkpoint (agent/bench/gguf_writer.py), without and with our active adapter as a GGUF
   LoRA; prompt and decode tokens/s, the same multi-turn time to first token with its prompt
   cache (the longest common prefix stays in the KV cache, like llama.cpp server's
-  ``cache_prompt``).
+  ``cache_prompt``), its own reply sent back in the follow-up.
 - **Parity** (fp32 vs f32): max |logits difference| over the first ``--parity-steps`` steps
   (teacher-forced on our greedy tokens), and the greedy token ids of both, compared as ids.
 
@@ -34,7 +37,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,7 @@ from agent.bench.gguf_writer import quantize, read_shape, write_lora, write_mode
 from agent.bench.serve_common import (
     bench_prompt,
     greedy_ids,
+    http_speeds,
     id_parity,
     switches_under_load,
     write_adapters,
@@ -183,52 +187,49 @@ def logits_parity(program: Any, lora_b: np.ndarray, engine: lc.LlamaCppEngine,
     return {"max_abs_diff": max(diffs), "max_abs_logit": max(scale), "steps": steps}
 
 
-def service_http(client: Any, prompt: str, gen_tokens: int, repeats: int) -> dict[str, float]:
-    """Our service through HTTP: medians of prompt/decode tokens/s (its ``timings``) and of
-    the whole request's latency, and the request time outside prefill + decode."""
-    req = {"prompt": prompt, "max_tokens": gen_tokens, "temperature": 0, "ignore_eos": True}
-    client.complete(**req)  # warm-up
-    rows = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        body = client.complete(**req).json
-        wall = time.perf_counter() - t0
-        t = body["timings"]
-        rows.append((t["prompt_n"] / (t["prompt_ms"] / 1000),
-                     (t["predicted_n"] - 1) / (t["predicted_ms"] / 1000), wall,
-                     wall - (t["prompt_ms"] + t["predicted_ms"]) / 1000))
-    med = np.median(np.asarray(rows), axis=0)
-    return {"prompt_tok_s": float(med[0]), "gen_tok_s": float(med[1]),
-            "end_to_end_s": float(med[2]), "outside_program_ms_per_request": 1000 * med[3]}
+def follow_up(messages: list[dict[str, str]], reply: str) -> list[dict[str, str]]:
+    """``messages`` with its last assistant turn replaced by ``reply``: the conversation a
+    chat client sends after the engine answered ``messages[:-2]`` with ``reply``."""
+    return [*messages[:-2], {"role": "assistant", "content": reply}, messages[-1]]
 
 
 def service_ttft(client: Any, messages: list[dict[str, str]], reply_tokens: int,
                  repeats: int) -> dict[str, float]:
-    """Time to the first token of the last turn of ``messages`` through HTTP (a request for
-    one token, as a client sees it): cold, and as the follow-up of the turn before it."""
-    def ask(msgs: list[dict[str, str]], n: int) -> tuple[float, int]:
+    """Time to the first token of a follow-up turn through HTTP (a request for one token, as
+    a client sees it), cold and right after the turn before it.
+
+    The turn before is ``messages[:-2]`` (ending at a user message), answered with
+    ``reply_tokens`` tokens; the follow-up sends that reply back as the assistant message
+    and the last user message of ``messages``. Cold: another conversation ran in between.
+    """
+    def ask(msgs: list[dict[str, str]], n: int) -> tuple[float, dict[str, Any], str]:
         t0 = time.perf_counter()
         r = client.post("/v1/chat/completions", {"messages": msgs, "max_tokens": n,
                                                  "temperature": 0, "ignore_eos": True})
         wall = time.perf_counter() - t0
         if r.status != 200:
-            raise RuntimeError(f"the service answered {r.status}: {r.body[:300]}")
-        return wall, int(r.json["usage"]["prompt_tokens_details"]["cached_tokens"])
+            raise RuntimeError(f"the service answered {r.status}: {r.text[:300]}")
+        body = r.json
+        return wall, body["usage"], str(body["choices"][0]["message"]["content"])
 
     history = messages[:-2]  # the turn before: its prompt ended at the user message
-    cold, follow, reused = [], [], 0
+    conversation = follow_up(messages, ask(history, reply_tokens)[2])  # greedy: same reply
+    cold, follow = [], []
+    used: dict[str, Any] = {}
     for _ in range(repeats):
         ask(OTHER, 1)  # another conversation: this one is no longer resident
-        cold.append(ask(messages, 1)[0])
+        cold.append(ask(conversation, 1)[0])
         ask(history, reply_tokens)
-        wall, reused = ask(messages, 1)
+        wall, used, _ = ask(conversation, 1)
         follow.append(wall)
     return {"cold_s": float(np.median(cold)), "follow_up_s": float(np.median(follow)),
-            "reused_tokens": reused}
+            "reused_tokens": int(used["prompt_tokens_details"]["cached_tokens"]),
+            "prompt_tokens": int(used["prompt_tokens"])}
 
 
 def llama_side(files: dict[str, Path], lora: Path, kind: str, prompt_ids: list[int],
-               conv: tuple[list[int], list[int], list[int]], args: VsOptions) -> dict[str, Any]:
+               conv: tuple[list[int], list[int], Callable[[list[int]], list[int]]],
+               args: VsOptions) -> dict[str, Any]:
     """llama.cpp at ``kind``: speeds without and with the LoRA, multi-turn TTFT with it."""
     out: dict[str, Any] = {}
     for label, adapter in (("base", None), ("lora", lora)):
@@ -281,20 +282,25 @@ def run_scheme(bundle: Path, scheme: QuantScheme, files: dict[str, Path],
         listen="127.0.0.1:0", threads=args.threads, watch_interval_s=0.01))
     versions = [svc.registry.publish(work / f"a{k}", activate=False) for k in range(2)]
     svc.registry.activate(versions[0])
-    prompt_ids, prompt = bench_prompt(svc, args.prompt_tokens)
+    prompt_ids, _ = bench_prompt(svc, args.prompt_tokens)
     messages = conversation(args.turns, args.conversation_tokens)
-    conv = (svc.codec.encode_chat(OTHER), svc.codec.encode_chat(messages[:-2]),
-            svc.codec.encode_chat(messages))
-    need = max(len(conv[2]) + 1, args.prompt_tokens + args.gen_tokens)
+    codec = svc.codec
+
+    def follow_up_ids(reply_ids: list[int]) -> list[int]:  # llama.cpp's reply sent back
+        return codec.encode_chat(follow_up(messages, codec.decode(reply_ids)))
+
+    conv = (codec.encode_chat(OTHER), codec.encode_chat(messages[:-2]), follow_up_ids)
+    longest = len(codec.encode_chat(messages)) + args.reply_tokens  # a generous bound
+    need = max(longest + 1, args.prompt_tokens + args.gen_tokens)
     if need > args.n_ctx:
         raise BundleError(f"{bundle} holds {args.n_ctx} tokens of context, the benchmark needs "
-                          f"{need} (conversation {len(conv[2])} + 1, prompt + generated "
+                          f"{need} (conversation {longest} + 1, prompt + generated "
                           f"{args.prompt_tokens + args.gen_tokens}); lower "
                           "--conversation-tokens / --prompt-tokens / --gen-tokens or give a "
                           "bundle exported with a larger --max-context")
     res: dict[str, Any] = {"scheme": scheme, "gguf": GGUF_TYPE[scheme], "bundle": str(bundle),
                            "prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens,
-                           "conversation_tokens": len(conv[2]),
+                           "conversation_tokens": len(codec.encode_chat(messages)),
                            "runtime_threads": svc.runtime_threads}
     progress("ours in-process")
     res["in_process"] = ours_in_process(svc, prompt_ids, args.gen_tokens, flats[0],
@@ -308,10 +314,12 @@ def run_scheme(bundle: Path, scheme: QuantScheme, files: dict[str, Path],
         client = Client(*svc.address, token=svc.token)
         assert client.post("/v1/admin/reload-adapter").json["version"] == versions[0]
         progress("ours through HTTP")
-        res["http"] = service_http(client, prompt, args.gen_tokens, args.repeats)
+        res["http"] = http_speeds(client, args.prompt_tokens, args.gen_tokens, args.repeats,
+                                  svc)
         progress("ours: multi-turn time to first token")
         res["http"]["ttft"] = service_ttft(client, messages, args.reply_tokens,
                                            args.ttft_repeats)
+        res["conversation_tokens"] = res["http"]["ttft"]["prompt_tokens"]
         progress(f"ours: {args.switches} adapter switches while generating")
         res["switch"] = switches_under_load(svc, client, versions, args.switches)
     finally:

@@ -69,10 +69,12 @@ def format_vs_table(results: dict[str, Any]) -> str:
         f"{m['threads']} threads both engines, {m['cpus']} cpus, load avg "
         f"{m['load_avg_1m']:.1f} at start; llama-cpp-python {version}. A shared machine is "
         "noisy: compare rows of one run, not runs.",
-        f"prompt {first.get('prompt_tokens', '?')} tok, gen {first.get('gen_tokens', '?')} tok"
-        f" greedy; multi-turn: {first['conversation_tokens']}-token conversation, time to "
-        "first token through HTTP for ours (whole request), prefill + first pick for "
-        "llama.cpp (its prompt cache keeps the longest common prefix)",
+        f"prompt {first.get('prompt_tokens', '?')} tok (a distinct prompt per request: "
+        f"prefills, not prompt-cache hits), gen {first.get('gen_tokens', '?')} tok"
+        f" greedy; multi-turn: {first['conversation_tokens']}-token conversation whose "
+        "follow-up sends the engine's own reply back, time to first token through HTTP for "
+        "ours (whole request), prefill + first pick for llama.cpp (both prompt caches keep "
+        "the longest common prefix)",
         "| precision | engine | measured | decode tok/s | prompt tok/s | decode ratio "
         "| prompt ratio | TTFT cold s | TTFT follow-up s | follow/cold |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -102,11 +104,20 @@ def _details(scheme: str, r: dict[str, Any]) -> list[str]:
         f"{scheme} host time per token {ip['host_ms_per_token']:.3f} ms = "
         f"{ip['host_overhead_pct']:.1f} % of a decode step ({ip['decode_step_ms']:.2f} ms); "
         f"HTTP request outside prefill + decode {http['outside_program_ms_per_request']:.1f} ms"
-        f"; follow-up reused {http['ttft']['reused_tokens']} cached tokens")
+        f"{_load(http)}; follow-up reused {http['ttft']['reused_tokens']} cached tokens"
+        + (f" of {http['ttft']['prompt_tokens']}" if "prompt_tokens" in http["ttft"] else ""))
     out.append(
         f"{scheme} adapter switches while generating: {sw['switches']}, requests during "
         f"{sw['requests_during']}, failed {sw['failed_requests']}; p99 over all "
         f"{sw['all_p99_ms']:.1f} ms; control p50 "
         f"{sw['control_p50_ms']:.1f} ms, p99 {sw['control_p99_ms']:.1f} ms; swap alone p99 "
-        f"{sw['swap_only_p99_ms']:.1f} ms; watcher p99 {sw['watcher_p99_ms']:.1f} ms")
+        f"{sw['swap_only_p99_ms']:.1f} ms; watcher p99 {sw['watcher_p99_ms']:.1f} ms"
+        f"{_load(sw)}")
     return out
+
+
+def _load(stage: dict[str, Any]) -> str:
+    """`` (load avg X)`` when the stage recorded the machine's load: a loaded shared machine
+    stretches latencies, so a number is read beside it."""
+    load = stage.get("load_avg_1m")
+    return "" if load is None else f" (load avg {load:.1f})"

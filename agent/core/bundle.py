@@ -4,8 +4,9 @@ A bundle directory holds::
 
     manifest.json        this model, serialized
     train.pte            MP-LoRA training program, one method per (slices, batch) shape
-    infer.pte            generation program (KV cache), LoRA-B as a runtime input
-    weights.ptd          the frozen weights of both programs, each stored once (format 4;
+    infer.pte            generation program (KV cache), LoRA-B as a runtime input; from
+                         format 5 it attends with ExecuTorch's LLM ops (agent/io/llm_ops.py)
+    weights.ptd          the frozen weights of both programs, each stored once (format 4+;
                          in format 3 each program carried its own copy)
     adapter/             the initial adapter, PEFT layout (A random & frozen, B zero)
     tokenizer/           Hugging Face tokenizer files
@@ -29,10 +30,13 @@ from agent.errors import BundleError
 
 # 2: train methods take the packed target window; 3: they return the target rows' hidden states
 # and the program's head_loss method scores them in chunks; 4: the programs keep their weights
-# in one shared data file (weights.ptd, recorded with its size and sha256)
-BUNDLE_FORMAT_VERSION = 4
-# Formats this agent loads: a format-3 bundle (self-contained programs) is served as before.
-READABLE_FORMATS: Final[tuple[int, ...]] = (3, 4)
+# in one shared data file (weights.ptd, recorded with its size and sha256); 5: infer.pte calls
+# llama::update_cache / llama::custom_sdpa, kernels an agent before 5 does not register, so
+# the number tells such an agent to upgrade rather than fail at load_method
+BUNDLE_FORMAT_VERSION = 5
+# Formats this agent loads: 3 (self-contained programs) and 4 (attention without the LLM
+# ops) are served as before; re-exporting them is faster and smaller.
+READABLE_FORMATS: Final[tuple[int, ...]] = (3, 4, 5)
 WEIGHTS_FILE = "weights.ptd"
 MANIFEST_NAME = "manifest.json"
 TRAIN_PROGRAM = "train.pte"

@@ -19,6 +19,8 @@ from typing import Any
 # (portable_lib imports torch first for the same reason)
 import torch  # noqa: F401
 
+from agent.io.llm_ops import load_llm_ops
+
 
 def pybindings() -> Any:  # the extension module, untyped
     """The ExecuTorch extension module ``executorch.extension.pybindings._C`` (imported once).
@@ -44,6 +46,7 @@ def load_program(path: str, data_path: str | None = None) -> Any:  # an ExecuTor
     time. Raises what the extension raises (RuntimeError with the runtime's error code).
     """
     c = pybindings()
+    load_llm_ops(c)  # the infer program's KV-cache and attention kernels (agent/io/llm_ops.py)
     return c._load_program(path, enable_etdump=False, debug_buffer_size=0,
                            program_verification=c.Verification.Minimal, data_path=data_path)
 

@@ -4,7 +4,10 @@ Writes go through ONE thread that commits a batch every ``flush_interval_s`` (on
 batch instead of one per request, for SD-card wear; shared/DESIGN.md §5). Queueing never
 blocks: above ``max_pending`` a write is dropped and counted. Each write has a
 :class:`Ticket` whose ``wait`` returns once the row is committed, so a caller that waits before
-answering knows that an interaction the user has seen survives ``kill -9``.
+answering knows that an interaction the user has seen survives ``kill -9``. Someone waiting
+on a ticket ends the batch window at once (what is queued by then still goes in one
+commit): a request's answer does not wait ``flush_interval_s`` for writes that may never
+come (the service runs one generation at a time, so its inserts rarely share a window).
 
 A batch that cannot be committed (a full or read-only disk, a locked file) is rolled back
 whole: what was committed before stays, its tickets say "not stored" (so the service answers
@@ -34,10 +37,12 @@ log = logging.getLogger(__name__)
 class Ticket:
     """Handle for a queued write; :meth:`wait` returns True once it is committed."""
 
-    def __init__(self, accepted: bool = True) -> None:
+    def __init__(self, accepted: bool = True,
+                 hurry: Callable[[], None] | None = None) -> None:
         self._event = threading.Event()
         self.accepted = accepted
         self.error: str | None = None  # why a write that was queued was not committed
+        self._hurry = hurry  # asks the writer to commit now: someone waits
         if not accepted:
             self._event.set()
 
@@ -50,11 +55,14 @@ class Ticket:
         self._event.set()
 
     def wait(self, timeout: float | None = None) -> bool:
+        hurry, self._hurry = self._hurry, None
+        if hurry is not None and not self._event.is_set():
+            hurry()
         return self._event.wait(timeout) and self.accepted
 
 
 # (kind, payload, ticket): kind "insert" (payload: the row's columns), "feedback" (payload:
-# id, value, correction) or "noop" (a flush marker).
+# id, value, correction), "noop" (a flush marker) or "hurry" (end the batch window now).
 _Op = tuple[str, Any, Ticket]
 
 
@@ -107,7 +115,7 @@ class StoreWriter:
         if self._queue.qsize() >= self.max_pending:
             self.dropped_full_queue += 1
             return Ticket(accepted=False)
-        ticket = Ticket()
+        ticket = Ticket(hurry=self._hurry)
         if pending_id is not None:
             with self._pending_lock:
                 self._pending_ids.add(pending_id)
@@ -116,9 +124,13 @@ class StoreWriter:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is committed."""
-        ticket = Ticket()
+        ticket = Ticket(hurry=self._hurry)
         self._queue.put(("noop", None, ticket))
         return ticket.wait(timeout)
+
+    def _hurry(self) -> None:
+        """End the current batch window: it follows the waited-for write in the queue."""
+        self._queue.put(("hurry", None, Ticket()))
 
     def is_pending(self, interaction_id: str) -> bool:
         with self._pending_lock:
@@ -198,6 +210,8 @@ class StoreWriter:
         """The writes of the next batch (waiting for the first), and whether to stop after."""
         stop = False
         first = self._queue.get()
+        while first is not None and first[0] == "hurry":  # its write went in a past batch
+            first = self._queue.get()
         batch: list[_Op] = []
         if first is None:
             return batch, True
@@ -212,6 +226,8 @@ class StoreWriter:
                 break
             if op is None:
                 stop = True
+                break
+            if op[0] == "hurry":  # a caller waits for what is queued before it
                 break
             batch.append(op)
         return batch, stop

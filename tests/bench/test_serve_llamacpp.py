@@ -65,6 +65,18 @@ def test_table_has_a_row_per_engine_and_ratios_to_llama_cpp_with_the_lora() -> N
     assert "max |logits diff| 2.00e-04" in table and "greedy token ids identical (3/3" in table
 
 
+def test_switch_and_http_lines_carry_the_load_average() -> None:
+    scheme = _scheme(60.0, 30.0, 2.0)
+    scheme["switch"]["load_avg_1m"] = 3.2
+    scheme["http"]["load_avg_1m"] = 0.4
+    scheme["http"]["ttft"]["prompt_tokens"] = 700
+    table = serve_vs_table.format_vs_table(_results(none=scheme))
+    switch = next(line for line in table.splitlines() if "adapter switches" in line)
+    assert switch.endswith("(load avg 3.2)")
+    assert "decode 4.0 ms (load avg 0.4); follow-up reused 600 cached tokens of 700" in table
+    assert "a distinct prompt per request" in table and "own reply back" in table
+
+
 def test_targets_pass_and_fail_by_their_thresholds() -> None:
     ok = serve_vs_table.targets(_results(none=_scheme(60.0, 30.0, 2.0)))
     assert all(ok.values()) and len(ok) == 5
@@ -142,3 +154,32 @@ def test_llama_cpp_f32_matches_our_fp32_program(starter_bundle: Path, tmp_path: 
             ours.append(int(np.argmax(logits)))
             logits, pos = program.forward([ours[-1]], pos, b), pos + 1
         assert ours == theirs
+
+
+@pytest.mark.slow
+@pytest.mark.runtime
+def test_llama_cpp_follow_up_turn_reuses_its_own_reply(starter_bundle: Path,
+                                                       tmp_path: Path) -> None:
+    """llama.cpp's side of the multi-turn TTFT: the follow-up carries the reply llama.cpp
+    generated, and its prompt cache keeps the previous prompt and that reply."""
+    if not HAVE_LLAMA_CPP:
+        pytest.skip(f"needs llama-cpp-python: {INSTALL_LLAMA_CPP}")
+    from agent.bench import llamacpp
+    from agent.bench.serve_vs_llamacpp import gguf_files
+    from agent.io.adapter_fs import AdapterValidator
+
+    files = gguf_files(AdapterValidator(starter_bundle).manifest, tmp_path, ["f32"], threads=2)
+    engine = llamacpp.LlamaCppEngine(files["f32"], threads=2, n_ctx=128)
+    history, tail = list(range(40, 70)), list(range(80, 90))
+    replies: list[list[int]] = []
+
+    def follow_up(reply: list[int]) -> list[int]:
+        replies.append(reply)
+        return [*history, *reply, *tail]
+
+    ttft = llamacpp.time_to_first_token(engine, list(range(100, 110)), history, follow_up,
+                                        reply_tokens=6, repeats=1)
+    assert len(replies) == 1 and len(replies[0]) == 6
+    # all of the reply but its last token (picked, never fed) was resident
+    assert ttft["reused_tokens"] == len(history) + 6 - 1
+    assert ttft["prompt_tokens"] == len(history) + 6 + len(tail)

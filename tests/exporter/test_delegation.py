@@ -46,9 +46,11 @@ def delegate_calls(program: Path) -> dict[str, int]:
 
 # Per method of every family's test bundle: the trunk and the final norm of a train method;
 # the head and the loss of head_loss (XNNPACK has no gather); in prefill/decode, partitions
-# around the KV-cache writes (index_put, which XNNPACK does not take). A tied head in
-# head_loss is one partition more (its weight is a run-time input, exporter/lower.py).
-DELEGATES = {"train_s1_b2": 2, "train_s3_b2": 2, "head_loss": 2, "prefill": 4, "decode": 4}
+# around each layer's cache write and attention (ExecuTorch's llama::update_cache and
+# llama::custom_sdpa, outside XNNPACK), and prefill's pick of the last row before the head.
+# A tied head in head_loss is one partition more (its weight is a run-time input,
+# exporter/lower.py).
+DELEGATES = {"train_s1_b2": 2, "train_s3_b2": 2, "head_loss": 2, "prefill": 4, "decode": 3}
 TIED_EXTRA = {"head_loss": 1}
 
 
@@ -59,3 +61,23 @@ def test_family_programs_stay_delegated(family_bundle):
     tied = FAMILY_CASES[case][1].get("tie_word_embeddings", False)
     assert counts == {m: n + (TIED_EXTRA.get(m, 0) if tied else 0)
                       for m, n in DELEGATES.items()}
+
+
+def operators(program: Path) -> dict[str, set[str]]:
+    """The operators (``namespace::name``) each method of an exported ``.pte`` calls outside
+    its delegates (read from the file)."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    prog = deserialize_pte_binary(program.read_bytes())
+    prog = getattr(prog, "program", prog)
+    return {plan.name: {op.name for op in plan.operators} for plan in prog.execution_plan}
+
+
+@pytest.mark.runtime
+def test_infer_methods_attend_through_the_llm_ops(family_bundle):
+    """Each layer's cache write and attention are ExecuTorch's LLM ops (exporter/layers.py
+    ``cached_attention``): no whole-cache transposes or masked matmuls over the context."""
+    _, bundle = family_bundle
+    for method, ops in operators(bundle / "infer.pte").items():
+        assert {"llama::update_cache", "llama::custom_sdpa"} <= ops, method
+        assert "aten::index_put" not in ops, method

@@ -163,6 +163,43 @@ def test_infer_step_matches_transformers_with_cache(hf):
 
 
 
+def test_infer_step_reads_only_the_positions_written(hf):
+    """Causal layers attend through llama::custom_sdpa up to the query's own position: cache
+    entries past it (NaN here: stale values of an earlier, longer conversation) are never
+    read, so they cannot leak into the logits, and the work grows with the context filled."""
+    core = Decoder(hf, _layout(hf, [0, 1]), init_lora_a(_layout(hf, [0, 1]), 2))
+    if any(blk.sliding for blk in core.blocks):
+        pytest.skip("a sliding-window layer scores its whole cache under its mask")
+    c = hf.config
+    hd = c.hidden_size // c.num_attention_heads
+    clean = KVCache(c.num_hidden_layers, 32, c.num_key_value_heads, hd)
+    stale = KVCache(c.num_hidden_layers, 32, c.num_key_value_heads, hd)
+    for buf in stale.buffers():
+        buf.fill_(float("nan"))
+    row = torch.randn(1, _layout(hf, [0, 1]).num_params) * 0.1
+    ids = torch.randint(0, c.vocab_size, (1, 9))
+    out = []
+    with torch.no_grad():
+        for cache in (clean, stale):
+            prefill = InferStep(core, cache, chunk=8, max_context=32)
+            decode = InferStep(core, cache, chunk=1, max_context=32)
+            prefill(ids[:, :8], torch.tensor([0]), torch.tensor([7]), row)
+            out.append(decode(ids[:, 8:9], torch.tensor([8]), torch.tensor([0]), row))
+    assert torch.isfinite(out[1]).all()
+    torch.testing.assert_close(out[1], out[0], atol=0, rtol=0)
+
+
+def test_infer_step_refuses_a_chunk_past_the_context(hf):
+    core = Decoder(hf, _layout(hf, [1]), init_lora_a(_layout(hf, [1]), 0))
+    c = hf.config
+    cache = KVCache(c.num_hidden_layers, 16, c.num_key_value_heads,
+                    c.hidden_size // c.num_attention_heads)
+    prefill = InferStep(core, cache, chunk=8, max_context=16)
+    row = torch.zeros(1, _layout(hf, [1]).num_params)
+    with torch.no_grad(), pytest.raises(RuntimeError):
+        prefill(torch.zeros(1, 8, dtype=torch.long), torch.tensor([9]), torch.tensor([0]), row)
+
+
 def test_a_narrow_target_window_gives_the_same_losses_when_targets_fit(hf):
     """The head sees only K positions; with all targets inside them nothing changes."""
     layout = _layout(hf, [0, 1])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.core.bundle import BUNDLE_FORMAT_VERSION
 from agent.errors import BundleError
 from agent.io.bundle_files import read_manifest
 from agent.io.runtime import InferProgram, TrainProgram
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.runtime
 
 def test_the_weights_are_stored_once(starter_bundle: Path) -> None:
     m = read_manifest(starter_bundle)
-    assert m.format_version == 4 and m.weights is not None
+    assert m.format_version == BUNDLE_FORMAT_VERSION and m.weights is not None
     weights = starter_bundle / m.weights.file
     assert weights.stat().st_size == m.weights.size
     programs = [starter_bundle / m.train.program, starter_bundle / m.infer.program]

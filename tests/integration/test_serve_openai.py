@@ -99,7 +99,13 @@ def test_chat_logprobs_shape_and_stream(client: Client) -> None:
     events = client.chat("hi", stream=True, **kw).events()[:-1]
     streamed = [e for ev in events if ev["choices"] and ev["choices"][0].get("logprobs")
                 for e in ev["choices"][0]["logprobs"]["content"]]
-    assert streamed == content
+    # the same tokens; the logprobs to float rounding: the repeated prompt comes from the prompt
+    # cache, whose last token is re-fed through decode, not the prefill chunk (llama::custom_sdpa
+    # sums in another order there)
+    assert [(e["token"], [t["token"] for t in e["top_logprobs"]]) for e in streamed] == \
+        [(e["token"], [t["token"] for t in e["top_logprobs"]]) for e in content]
+    assert [e["logprob"] for e in streamed] == pytest.approx([e["logprob"] for e in content],
+                                                             rel=1e-6)
     plain = client.chat("hi", max_tokens=2).json["choices"][0]
     assert plain["logprobs"] is None
 

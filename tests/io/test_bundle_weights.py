@@ -66,12 +66,22 @@ def test_format_3_is_still_served_but_re_exported_when_kept(tmp_path: Path) -> N
     assert not is_usable(bundle)  # a kept export is redone in the current layout
 
 
+def test_format_4_without_the_llm_ops_is_still_served_but_re_exported_when_kept(
+        tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "b")
+    raw = json.loads((bundle / "manifest.json").read_text())
+    raw["format_version"] = 4  # attention without llama::custom_sdpa: slower, still correct
+    (bundle / "manifest.json").write_text(json.dumps(raw))
+    assert read_manifest(bundle).format_version == 4
+    assert not is_usable(bundle)
+
+
 def test_format_and_weights_entry_must_agree(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "b")
     raw = json.loads((bundle / "manifest.json").read_text())
     with pytest.raises(BundleError, match="format 3 cannot have a weights file entry"):
         manifest_from_json({**raw, "format_version": 3}, bundle_dir=bundle, path=bundle)
-    with pytest.raises(BundleError, match="format 4 needs a weights file entry"):
+    with pytest.raises(BundleError, match=r"format \d needs a weights file entry"):
         manifest_from_json({**raw, "weights": None}, bundle_dir=bundle, path=bundle)
 
 

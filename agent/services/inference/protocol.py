@@ -236,12 +236,56 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description="text, or token ids (OpenAI's and llama.cpp's forms); a list holding "
+        "one prompt is that prompt, a batch of several is refused (one prompt per request)")
     logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS,
                                  description="report the k likeliest alternatives per token")
 
     def logprob_count(self) -> int | None:
         return self.logprobs
+
+    def check_supported(self, vocab_size: int) -> None:
+        super().check_supported(vocab_size)
+        self.prompt_ids(vocab_size)
+
+    @property
+    def prompt_text(self) -> str | None:
+        """The prompt when it is text (a string, or a list of one); None for token ids."""
+        p = self.prompt
+        if isinstance(p, str):
+            return p
+        return p[0] if len(p) == 1 and isinstance(p[0], str) else None
+
+    def prompt_ids(self, vocab_size: int | None = None) -> list[int] | None:
+        """The prompt when it is token ids (a list of ints, or a list of one such list),
+        checked against the vocabulary (if given); None for text.
+
+        Raises:
+            FieldRefused: a batch of several prompts, an empty list, or an unknown id.
+        """
+        p = self.prompt
+        if isinstance(p, str):
+            return None
+        if not p:
+            raise FieldRefused("prompt", "is an empty list: send the prompt as a string "
+                               "or as a list of token ids")
+        if len(p) > 1 and not isinstance(p[0], int):
+            raise FieldRefused("prompt", f"is a batch of {len(p)} prompts; this service "
+                               "generates for one prompt per request (n and the batch are "
+                               "1): send each prompt in its own request")
+        first = p[0]
+        if isinstance(first, str):
+            return None
+        ids: list[int] = first if isinstance(first, list) else p  # type: ignore[assignment]
+        if not ids:
+            raise FieldRefused("prompt", "holds no token ids")
+        for i, token in enumerate(ids):
+            if token < 0 or (vocab_size is not None and token >= vocab_size):
+                top = "" if vocab_size is None else f" (0 to {vocab_size - 1})"
+                raise FieldRefused(f"prompt[{i}]", f"{token} is not a token id of this "
+                                   f"model{top}; /tokenize shows a text's ids")
+        return list(ids)
 
 
 class TokenizeRequest(_Request):
@@ -294,79 +338,3 @@ class FeedbackRequest(_Request):
 def error_body(message: str, kind: str, **extra: Any) -> dict[str, Any]:
     """OpenAI-style error envelope."""
     return {"error": {"message": message, "type": kind, **extra}}
-
-
-def timings(prompt_n: int, prompt_s: float, predicted_n: int, predicted_s: float
-            ) -> dict[str, float]:
-    """Speed of one request, in llama.cpp server's ``timings`` shape."""
-    return {
-        "prompt_n": prompt_n, "prompt_ms": prompt_s * 1000,
-        "prompt_per_second": prompt_n / prompt_s if prompt_s > 0 else 0.0,
-        "predicted_n": predicted_n, "predicted_ms": predicted_s * 1000,
-        "predicted_per_second": predicted_n / predicted_s if predicted_s > 0 else 0.0,
-    }
-
-
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
-          truncated_messages: int = 0) -> dict[str, Any]:
-    """OpenAI's ``usage``, with the prompt cache's reuse (``prompt_tokens_details``) and, when
-    the context policy dropped old turns, ``truncated_messages``."""
-    body: dict[str, Any] = {
-        "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": cached_tokens}}
-    if truncated_messages:
-        body["truncated_messages"] = truncated_messages
-    return body
-
-
-def chat_response(iid: str, created: int, model: str, text: str, finish: str,
-                  usage: dict[str, Any], adapter: str,
-                  logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "id": iid, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "logprobs": logprobs, "finish_reason": finish}],
-        "usage": usage, "adapter_version": adapter,
-    }
-
-
-def completion_response(iid: str, created: int, model: str, text: str, finish: str,
-                        usage: dict[str, Any], adapter: str,
-                        logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "id": iid, "object": "text_completion", "created": created, "model": model,
-        "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}],
-        "usage": usage, "adapter_version": adapter,
-    }
-
-
-def chat_chunk(iid: str, created: int, model: str, delta: dict[str, str],
-               finish: str | None, adapter: str,
-               logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "id": iid, "object": "chat.completion.chunk", "created": created, "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
-                     "finish_reason": finish}],
-        "adapter_version": adapter,
-    }
-
-
-def completion_chunk(iid: str, created: int, model: str, text: str,
-                     finish: str | None, adapter: str,
-                     logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "id": iid, "object": "text_completion", "created": created, "model": model,
-        "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}],
-        "adapter_version": adapter,
-    }
-
-
-def usage_chunk(iid: str, created: int, model: str, kind: str, usage: dict[str, Any],
-                adapter: str) -> dict[str, Any]:
-    """The last chunk of a stream with ``stream_options.include_usage``: no choices."""
-    return {
-        "id": iid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
-        "created": created, "model": model, "choices": [], "usage": usage,
-        "adapter_version": adapter,
-    }

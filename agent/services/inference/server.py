@@ -40,7 +40,7 @@ import json
 import queue
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from agent.core.prompt_format import PromptError
@@ -60,6 +60,8 @@ from agent.services.inference.protocol import (
     CompletionRequest,
     FeedbackRequest,
     FieldRefused,
+)
+from agent.services.inference.responses import (
     chat_chunk,
     chat_response,
     completion_chunk,
@@ -73,7 +75,7 @@ from agent.services.inference.tokenize_routes import TokenizeRoutes
 from agent.services.inference.worker import Job, JobDone
 
 if TYPE_CHECKING:
-    from agent.services.inference.generation import TextDelta
+    from agent.services.inference.generation import GenerationResult, TextDelta
 
 __all__ = ["ApiContext", "Handler", "ServedApp", "serve_connection"]
 
@@ -228,7 +230,9 @@ class Handler(TokenizeRoutes):
             messages = req.text_messages() if isinstance(req, ChatCompletionRequest) else None
         except PromptError as exc:
             raise HttpError(400, str(exc), param=exc.field) from exc
-        prompt = req.prompt if isinstance(req, CompletionRequest) else None
+        given_ids = req.prompt_ids() if isinstance(req, CompletionRequest) else None
+        prompt = None if not isinstance(req, CompletionRequest) else \
+            req.prompt_text if given_ids is None else app.codec.decode(given_ids)
         check_stops(req.stop_list, app.config.max_stop_strings, app.config.max_stop_chars)
         chars = len(prompt) if prompt is not None else \
             sum(len(m["content"]) for m in messages or [])
@@ -236,17 +240,10 @@ class Handler(TokenizeRoutes):
         if chars > limit:
             raise HttpError(413, f"prompt of {chars} characters is over the limit of {limit}",
                             limit_chars=limit)
-        ctx, dropped = app.generator.max_context, 0
+        ctx = app.generator.max_context
         want = req.token_limit or app.config.default_max_tokens
-        try:
-            if messages is not None and app.config.context_policy == "truncate":
-                fitted = fit_messages(messages, app.codec.encode_chat, lambda n: n + want <= ctx)
-                ids, messages, dropped = fitted.ids, fitted.messages, fitted.dropped
-            else:
-                ids = app.codec.encode_chat(messages) if messages is not None else \
-                    app.codec.encode_prompt(prompt or "")
-        except PromptError as exc:  # e.g. a chat template that refuses the roles' order
-            raise HttpError(400, str(exc), param=exc.field) from exc
+        ids, messages, dropped = self._prompt_ids(messages, prompt, given_ids,
+                                                  lambda n: n + want <= ctx)
         if not ids:
             raise HttpError(400, "the prompt is empty")
         if len(ids) >= ctx:
@@ -265,6 +262,24 @@ class Handler(TokenizeRoutes):
             self._stream(kind, job, req.include_usage)
         else:
             self._complete(kind, job)
+
+    def _prompt_ids(self, messages: list[dict[str, str]] | None, prompt: str | None,
+                    given_ids: list[int] | None, fits: Callable[[int], bool]
+                    ) -> tuple[list[int], list[dict[str, str]] | None, int]:
+        """The prompt's token ids, the messages kept and how many old ones were dropped
+        (the context policy); ids a completion gave are used as they are."""
+        app = self.app
+        try:
+            if given_ids is not None:
+                return given_ids, None, 0
+            if messages is None:
+                return app.codec.encode_prompt(prompt or ""), None, 0
+            if app.config.context_policy == "truncate":
+                fitted = fit_messages(messages, app.codec.encode_chat, fits)
+                return fitted.ids, fitted.messages, fitted.dropped
+            return app.codec.encode_chat(messages), messages, 0
+        except PromptError as exc:  # e.g. a chat template that refuses the roles' order
+            raise HttpError(400, str(exc), param=exc.field) from exc
 
     def _next_event(self, job: Job) -> tuple[str, Any]:
         try:
@@ -290,7 +305,7 @@ class Handler(TokenizeRoutes):
                      usage(r.prompt_tokens, r.completion_tokens, r.cached_tokens,
                            job.truncated_messages), done.adapter_version,
                      self._logprobs(kind, job, r.logprobs, 0)[0])
-        body["timings"] = timings(r.prompt_tokens, r.prefill_s, r.completion_tokens, r.decode_s)
+        body["timings"] = _timings(r)
         self._send_json(200, body, {"x-interaction-id": job.id,
                                     "x-adapter-version": done.adapter_version,
                                     **_truncated_header(job)})
@@ -354,8 +369,7 @@ class Handler(TokenizeRoutes):
                      completion_chunk(job.id, created, model, "", r.finish_reason, version))
             final["usage"] = usage(r.prompt_tokens, r.completion_tokens, r.cached_tokens,
                                    job.truncated_messages)
-            final["timings"] = timings(r.prompt_tokens, r.prefill_s, r.completion_tokens,
-                                       r.decode_s)
+            final["timings"] = _timings(r)
             if done.ticket is not None:
                 done.ticket.wait(self.app.config.commit_ack_timeout_s)
             send(final)
@@ -364,6 +378,12 @@ class Handler(TokenizeRoutes):
             send("[DONE]")
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             job.cancelled.set()  # the client left (or stopped reading): stop generating
+
+
+def _timings(r: GenerationResult) -> dict[str, float]:
+    """llama.cpp's ``timings``: the prompt tokens fed in the prefill, and those reused."""
+    return timings(r.prompt_tokens - r.cached_tokens, r.prefill_s, r.completion_tokens,
+                   r.decode_s, cache_n=r.cached_tokens)
 
 
 def _truncated_header(job: Job) -> dict[str, str]:

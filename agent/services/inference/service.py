@@ -217,9 +217,10 @@ class InferenceService:
                                                        self.config.threads))
                 self.generator.use_codec(codec)  # and an empty prompt cache
                 self.codec, self.manifest, self.registry = codec, manifest, registry
+                # the adapter first: /health must not show the new bundle with the old one
+                version = self.slot.rebind(registry)
                 self.bundle_path, self.bundle_id = target, manifest.bundle_id
                 self.model_name = _model_name(manifest.base.source)
-                version = self.slot.rebind(registry)
                 self.bundle_error = None
                 self.bundle_switches.append((time.time(), self.bundle_id))
                 del self.bundle_switches[:-256]
