@@ -15,6 +15,8 @@ quantization scheme, e.g. an fp32 and an 8da8w export of the same model):
 4. **one process**: the infer and train programs loaded in one process (the other way to hold
    one copy: XNNPACK's weight cache shares the packed weights inside a process).
 
+The children run as the systemd units run them, without CAP_IPC_LOCK (:func:`as_on_the_board`):
+as root the runtime's ``mlock`` of the weights file would pin pages a board does not pin.
 Everything is printed against the weight bytes in the bundle's scheme (:func:`weight_bytes`)
 and the bundle's bytes against the same, side by side;
 ``--json F`` writes the numbers.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,6 +63,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here")
 
 
+def as_on_the_board(argv: list[str]) -> list[str]:
+    """``argv`` run without CAP_IPC_LOCK, as the systemd units run the service and the trainer
+    (``User=mobizo``, an empty ``CapabilityBoundingSet=``).
+
+    The ExecuTorch runtime ``mlock``s the weights file it maps; a root benchmark process would
+    pin what a board's unprivileged process cannot (its ``RLIMIT_MEMLOCK`` is 8 MiB), and the
+    numbers would not be the board's. Unchanged where we are not root or ``setpriv`` is missing.
+    """
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        return argv
+    return [setpriv, "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock", "--", *argv]
+
+
 class _Service:
     """``mobizo-agent serve`` in a child process, with a client for its API."""
 
@@ -72,7 +89,8 @@ class _Service:
         if threads:
             argv += ["--threads", str(threads)]
         self.log = (state.parent / "serve.log").open("w")
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(as_on_the_board(argv), stdout=self.log,
+                                     stderr=subprocess.STDOUT)
         self.client = Client.from_url(f"http://127.0.0.1:{port}", timeout=300,
                                       token_file=state / "inference.token")
 
@@ -122,8 +140,8 @@ def _burst(svc: _Service, bundle: Path, data: Path, out: Path, args: argparse.Na
             "--progress", "json"]
     if args.threads:
         argv += ["--threads", str(args.threads)]
-    trainer = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                               text=True)
+    trainer = subprocess.Popen(as_on_the_board(argv), stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
     sampler = Sampler(lambda: (svc.proc.pid, trainer.pid)).start()
     stepped = threading.Event()
 
@@ -172,8 +190,8 @@ def _one_process_mb(bundle: Path, args: argparse.Namespace) -> float:
         "tr.losses(t, torch.ones_like(t, dtype=torch.float32), "
         "torch.zeros(tr.slices, tr.num_params))\n"
         "print([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])")
-    out = subprocess.run([sys.executable, "-c", code, str(bundle)], capture_output=True,
-                         text=True, timeout=600, check=False)
+    out = subprocess.run(as_on_the_board([sys.executable, "-c", code, str(bundle)]),
+                         capture_output=True, text=True, timeout=600, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"the one-process probe failed: {out.stderr.strip()[-500:]}")
     return int(out.stdout.strip().splitlines()[-1]) / 1024

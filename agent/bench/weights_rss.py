@@ -8,7 +8,8 @@ For each bundle, in a fresh process per measurement (so nothing loaded before co
   weight bytes (parameters × 4);
 - ``rss infer`` / ``rss train``: resident memory (PSS) after the imports (the baseline), after
   ``load_program`` and after each ``load_method`` (``prefill``, ``decode``; the P-RGE method
-  and ``head_loss``), as the service and the trainer load them (agent/io/runtime.py);
+  and ``head_loss``), then after the weights file's mapped pages are let go
+  (``release_file_pages``), as the service and the trainer load them (agent/io/runtime.py);
 - ``speed``: decode and prefill tokens/s through ``InferProgram`` and the P-RGE step time
   (prge-dual, ``--q``/``--batch``) through ``TrainProgram``.
 
@@ -56,6 +57,7 @@ def _rss_steps(bundle: Path, which: str, q: int, batch: int, cache: bool) -> dic
     """Resident memory after each load step, loading as agent/io/runtime.py does."""
     from agent.io import xnnpack_options
     from agent.io.bundle_files import read_manifest, weights_path
+    from agent.io.file_pages import release_file_pages
     from agent.io.pybindings import load_program, pybindings
 
     pybindings()
@@ -81,6 +83,10 @@ def _rss_steps(bundle: Path, which: str, q: int, batch: int, cache: bool) -> dic
         before = _rss_mb()
         loaded.append(prog.load_method(name))
         steps[name] = _rss_mb() - before
+    if data is not None:  # as agent/io/runtime.py does once the methods are loaded
+        before = _rss_mb()
+        release_file_pages(data)
+        steps["release_file_pages"] = _rss_mb() - before
     return {"baseline_mb": base, "steps_mb": steps, "total_mb": _rss_mb() - base,
             "weights_check_s": check_s, "weight_cache": cache}
 

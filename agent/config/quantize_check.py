@@ -33,19 +33,23 @@ def warn_if_scheme_differs(loaded: LoadedConfig, log: logging.Logger) -> str | N
 def bundle_scheme_warning(loaded: LoadedConfig) -> str | None:
     """The warning for the bundle at ``service.bundle_dir``, or None when it matches.
 
-    None too when nothing is expected (``any``) or there is no readable bundle: the commands
-    that load the bundle report that themselves, with their own fix.
+    Two checks, one line each: the scheme (None when nothing is expected, ``any``) and the KV
+    cache's context against ``inference.max_context`` (:func:`context_waste`). None too when
+    there is no readable bundle: the commands that load the bundle report that themselves.
     """
     cfg = loaded.config
     expected = cfg.service.quantize
-    if expected == "any" or not (cfg.bundle_dir / MANIFEST_NAME).is_file():
+    if not (cfg.bundle_dir / MANIFEST_NAME).is_file():
         return None
     try:
         manifest = read_manifest(cfg.bundle_dir)
     except BundleError:
         return None
-    return scheme_mismatch(expected, manifest, cfg.bundle_dir,
-                           origin=loaded.source_of("service.quantize"))
+    found = [scheme_mismatch(expected, manifest, cfg.bundle_dir,
+                             origin=loaded.source_of("service.quantize")),
+             context_waste(cfg.inference.max_context, manifest, cfg.bundle_dir,
+                           origin=loaded.source_of("inference.max_context"))]
+    return "\n".join(w for w in found if w is not None) or None
 
 
 def scheme_mismatch(expected: str, manifest: BundleManifest, bundle_dir: Path, *,
@@ -64,6 +68,32 @@ def scheme_mismatch(expected: str, manifest: BundleManifest, bundle_dir: Path, *
         f"{export_command(manifest, new_dir, expected)}` and point service.bundle_dir at "
         f"{new_dir} (adapters trained on {manifest.quantize!r} do not load on it: they are "
         f"retrained), or set service.quantize = {manifest.quantize!r} to keep this bundle"
+    )
+
+
+def context_waste(context: int, manifest: BundleManifest, bundle_dir: Path, *,
+                  origin: str) -> str | None:
+    """Pure: the warning text when the bundle's KV cache holds more tokens than the service
+    may use (``inference.max_context``, set by ``origin``), else None.
+
+    The cache is sized at export (``--max-context``) and is resident whole while the program is
+    loaded, whatever the service uses of it: at the 110M Llama shape each 1024 tokens are 72 MB,
+    a third of its int8 weights (docs/architecture.md, "Memory on the board").
+    """
+    infer = manifest.infer
+    if infer is None or infer.max_context <= context:
+        return None
+    m = manifest.model
+    wasted = 2 * m.num_layers * m.num_kv_heads * m.head_dim * 4 * (infer.max_context - context)
+    new_dir = bundle_dir.with_name(f"{bundle_dir.name}-ctx{context}")
+    command = export_command(manifest, new_dir, manifest.quantize).replace(
+        f"--max-context {infer.max_context}", f"--max-context {context}")
+    return (
+        f"the model bundle {bundle_dir} holds a KV cache of {infer.max_context} tokens, but "
+        f"inference.max_context ({origin}) lets the service use {context}: "
+        f"{wasted / 2**20:.0f} MiB stay resident for nothing. Re-export it with `{command}` and "
+        f"point service.bundle_dir at {new_dir}, or raise inference.max_context to "
+        f"{infer.max_context}"
     )
 
 

@@ -39,6 +39,7 @@ from agent.core.bundle import BundleManifest
 from agent.core.targets import target_window
 from agent.errors import BundleError
 from agent.io.bundle_files import read_manifest, weights_path
+from agent.io.file_pages import release_file_pages
 from agent.io.pybindings import load_program, method_names, pybindings
 from agent.io.xnnpack_options import enable_weight_cache
 
@@ -86,14 +87,23 @@ def _load_program(path: Path, weights: Path | None = None) -> Any:  # executorch
                           "this version of mobizo-export") from exc
 
 
-def _load_methods(program: Any, path: Path, names: Sequence[str]) -> list[Any]:
-    """Load ``names`` of ``program`` (from ``path``); a method that fails is a BundleError."""
+def _load_methods(program: Any, path: Path, names: Sequence[str],
+                  weights: Path | None = None) -> list[Any]:
+    """Load ``names`` of ``program`` (from ``path``); a method that fails is a BundleError.
+
+    Then the pages of ``weights`` that the runtime mapped and pinned are let go
+    (agent/io/file_pages.py): what XNNPACK packed is in its cache by then, and the rest (the
+    embedding table) comes back from the file a row at a time as tokens read it.
+    """
     try:
         have = method_names(program)
         for name in names:  # the KeyError executorch.runtime's Program raised, same message
             if name not in have:
                 raise KeyError(name)
-        return [program.load_method(name) for name in names]
+        methods = [program.load_method(name) for name in names]
+        if weights is not None:
+            release_file_pages(weights)
+        return methods
     except Exception as exc:  # the pybinding raises RuntimeError with the runtime's code
         raise BundleError(f"ExecuTorch cannot load the methods {', '.join(names)} of {path} "
                           f"({exc}); re-export the bundle with this version of "
@@ -141,7 +151,7 @@ class TrainProgram:
         weights = None if program_file else weights_path(self.bundle_dir, self.manifest)
         self._program = _load_program(path, weights)
         self._method, self._head = _load_methods(self._program, path,
-                                                 (shape.method, spec.head_method))
+                                                 (shape.method, spec.head_method), weights)
         self.method_name = shape.method
 
     def losses(self, tokens: torch.Tensor, loss_mask: torch.Tensor,
@@ -221,8 +231,10 @@ class InferProgram:
         self.num_params = self.manifest.lora.num_params
         self.threads = threads
         path = self.bundle_dir / spec.program
-        self._program = _load_program(path, weights_path(self.bundle_dir, self.manifest))
-        self._prefill, self._decode = _load_methods(self._program, path, ("prefill", "decode"))
+        weights = weights_path(self.bundle_dir, self.manifest)
+        self._program = _load_program(path, weights)
+        self._prefill, self._decode = _load_methods(self._program, path, ("prefill", "decode"),
+                                                    weights)
 
     def reset(self) -> None:
         """Start a new sequence (nothing to clear: unwritten positions are masked)."""

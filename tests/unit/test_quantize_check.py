@@ -163,3 +163,31 @@ def test_warn_helper_logs_nothing_when_it_matches(tmp_path: Path,
     with caplog.at_level(logging.WARNING):
         assert warn_if_scheme_differs(load_config(path), logging.getLogger("t")) is None
     assert not caplog.records
+
+
+def test_a_cache_longer_than_the_service_may_use_warns_with_the_command(tmp_path: Path) -> None:
+    """The KV cache is sized at export and resident whole: a profile's shorter context leaves
+    the rest resident for nothing (issue 16)."""
+    from agent.config.quantize_check import context_waste
+
+    bundle = _bundle(tmp_path / "bundle", "8da8w")
+    manifest = read_manifest(bundle)
+    assert manifest.infer is not None and manifest.infer.max_context == 32
+    assert context_waste(32, manifest, bundle, origin="default") is None
+    assert context_waste(512, manifest, bundle, origin="default") is None
+    msg = context_waste(16, manifest, bundle, origin="profile raspberry-pi-4")
+    assert msg is not None
+    assert "KV cache of 32 tokens" in msg
+    assert "inference.max_context (profile raspberry-pi-4)" in msg
+    cmd = shlex.split(msg.split("`")[1])
+    assert cmd[cmd.index("--max-context") + 1] == "16" and "--quantize" in cmd
+    assert cmd[cmd.index("--out") + 1] == str(tmp_path / "bundle-ctx16")
+
+
+def test_config_check_names_both_a_scheme_and_a_context_mismatch(tmp_path: Path) -> None:
+    bundle = _bundle(tmp_path / "bundle", "none")
+    path = _config(tmp_path, f'[service]\nquantize = "8da8w"\nbundle_dir = "{bundle}"\n'
+                             '[inference]\nmax_context = 16\n')
+    warning = bundle_scheme_warning(load_config(path))
+    assert warning is not None and len(warning.splitlines()) == 2
+    assert "quantized with 'none'" in warning and "KV cache of 32 tokens" in warning
