@@ -3,14 +3,18 @@
 Issue 20's benchmark. N simulated devices (8; ``--quick`` 4) on the real ExecuTorch programs,
 each with a slice of a shared task (one reply style for the whole fleet) and its own private
 facts (agent/bench/fleet_sim.py). Side by side, with equal forward passes per device:
-local-only P-RGE, federated P-RGE on Flower (seeds + scalars), centralized P-RGE (all data on
-one device), and dense FedAvg of adapters for the bytes (float32 B up and down each round).
+local-only P-RGE, federated P-RGE on Flower (seeds + scalars; each device starts every round
+from the global adapter and serves it plus its round's own update, as the daemon does),
+centralized P-RGE (all data on one device), and dense FedAvg of adapters (its loss, and its
+bytes: float32 B up and down each round).
 
 Reported: held-out loss on the shared task and on each device's private task, bytes up and
 down per device per round, wall-clock per round, and a second federated run in which a
-quarter of the fleet drops out mid-round. The JSON carries the issue's three headline keys,
-``bytes_per_device_per_round``, ``federated_fraction_of_centralized`` and
-``federated_beats_local_on_shared``, beside the full tables.
+quarter of the fleet drops out mid-round. ``--fedkseed-pro`` adds a federated run with
+FedKSeed-Pro's seed probabilities (key ``fedkseed_pro``, a curve and bars in the plot).
+The JSON carries the issue's three headline keys, ``bytes_per_device_per_round``,
+``federated_fraction_of_centralized`` and ``federated_beats_local_on_shared``, beside the
+full tables.
 """
 
 from __future__ import annotations
@@ -23,8 +27,15 @@ from typing import Any
 
 import torch
 
-from agent.bench.fleet_learn_run import Fleet, Plan, run_centralized, run_federated, run_local
-from agent.bench.fleet_sim import fleet_data, load_bundle
+from agent.bench.fleet_learn_run import (
+    Fleet,
+    Plan,
+    run_centralized,
+    run_fedavg,
+    run_federated,
+    run_local,
+)
+from agent.bench.fleet_sim import SPLITS, fleet_data, load_bundle
 from agent.federated.privacy import epsilon
 
 HELP = "fleet learning on Flower: federated vs local vs centralized P-RGE, bytes per round"
@@ -57,8 +68,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--delta", type=float, default=1e-5,
                         help="the delta the reported client-level epsilon is stated at")
     parser.add_argument("--seed", type=int, default=0, help="tasks, data order, seeds")
+    parser.add_argument("--shared-split", choices=SPLITS, default="by-category",
+                        help="by-category: each device asks about two of the shared task's "
+                             "six categories, held out: new questions over all six; iid: "
+                             "random slices, held out: unseen categories "
+                             "(agent/bench/fleet_sim.py)")
     parser.add_argument("--cache-dir", type=Path, default=Path("build/learn"),
                         help="where the exported starter bundle is cached")
+    parser.add_argument("--fedkseed-pro", action="store_true",
+                        help="also run FedKSeed-Pro: one pool per run, seeds drawn by the "
+                             "magnitude of their aggregated gradients")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--plot", type=Path, default=None, help="write the PNG plot here")
 
@@ -68,7 +87,7 @@ def _plan(args: argparse.Namespace) -> Plan:
     return Plan(devices=args.devices or base["devices"], rounds=args.rounds or base["rounds"],
                 steps=args.steps or base["steps"], q=args.q, lr=args.lr, eps=args.eps,
                 clip=args.clip, pool_size=args.pool_size, seed=args.seed, noise=args.noise,
-                delta=args.delta)
+                delta=args.delta, shared_split=args.shared_split)
 
 
 def _bundle(args: argparse.Namespace, plan: Plan) -> Path:
@@ -104,14 +123,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     path = _bundle(args, plan)
     bundle = load_bundle(path)
     train, evaluate = _programs(path, plan)
-    fleet = Fleet(bundle, fleet_data(bundle, plan.devices, seed=plan.seed), train, evaluate)
+    data = fleet_data(bundle, plan.devices, seed=plan.seed, split=plan.shared_split)
+    fleet = Fleet(bundle, data, train, evaluate)
     init = torch.from_numpy(bundle.init_b.copy())
     log.info("fleet-learn: %d devices x %d rounds x %d steps (q=%d), K=%d", plan.devices,
              plan.rounds, plan.steps, plan.q, plan.pool_size)
     local, central = run_local(fleet, plan), run_centralized(fleet, plan)
     fed = run_federated(fleet, plan)
     dropout = run_federated(fleet, plan, drop_share=0.25)
-    return _report(fleet, plan, init, local, central, fed, dropout)
+    doc = _report(fleet, plan, init, local, central, fed, dropout)
+    fedavg = run_fedavg(fleet, plan)
+    doc["shared_heldout_loss"]["dense_fedavg"] = fleet.shared_loss([fedavg["global"]])[0]
+    doc["seconds_per_round"]["dense_fedavg"] = fedavg["seconds_per_round"]
+    for row, loss in zip(doc["rounds"], fedavg["shared_curve"], strict=True):
+        row["shared_loss_dense_fedavg"] = loss
+    if args.fedkseed_pro:
+        doc["fedkseed_pro"] = _pro_report(fleet, doc, run_federated(fleet, plan, pro=True))
+        for row, loss in zip(doc["rounds"], doc["fedkseed_pro"]["global_shared_curve"],
+                             strict=True):
+            row["shared_loss_fedkseed_pro_global"] = loss
+    return doc
+
+
+def _pro_report(fleet: Fleet, doc: dict[str, Any], pro: dict[str, Any]) -> dict[str, Any]:
+    """FedKSeed-Pro's shared loss, improvement fraction and bytes beside plain federated's."""
+    shared = doc["shared_heldout_loss"]
+    served = _mean(fleet.shared_loss(pro["served"]))
+    central_gain = shared["start"] - shared["centralized"]
+    return {
+        "shared_loss": served, "shared_loss_global": fleet.shared_loss([pro["global"]])[0],
+        "fraction_of_centralized": ((shared["start"] - served) / central_gain
+                                    if central_gain > 0 else None),
+        "beats_plain_federated_on_shared": served < shared["federated"],
+        "beats_local_on_shared": served < shared["local"],
+        "bytes_per_device_per_round": _mean([(r.bytes_up + r.bytes_down) / max(1, r.sent)
+                                             for r in pro["reports"]]),
+        "private_heldout_loss": fleet.private_loss(pro["served"]),
+        "global_shared_curve": pro["global_shared_curve"],
+        "rounds": [_counts(r) for r in pro["reports"]],
+        "replicas_identical": pro["replicas_identical"]}
 
 
 def _report(fleet: Fleet, plan: Plan, init: torch.Tensor, local: dict[str, Any],
@@ -197,13 +247,20 @@ def _print(doc: dict[str, Any]) -> None:
     s = doc["shared_heldout_loss"]
     print(f"shared held-out loss: start {s['start']:.4f}  local {s['local']:.4f}  federated "
           f"{s['federated']:.4f} (global {s['federated_global']:.4f})  centralized "
-          f"{s['centralized']:.4f}")
+          f"{s['centralized']:.4f}  dense FedAvg {s.get('dense_fedavg', float('nan')):.4f}")
     frac = doc["federated_fraction_of_centralized"]
     print(f"federated / centralized improvement: "
           f"{'n/a' if frac is None else f'{frac:.2f}'}")
     print(f"bytes per device per round: {doc['bytes_per_device_per_round']:.0f} "
           f"(dense FedAvg {doc['dense_fedavg_bytes_per_device_per_round']}, "
           f"{doc['dense_over_federated_bytes']:.0f}x more)")
+    pro = doc.get("fedkseed_pro")
+    if pro is not None:
+        frac = pro["fraction_of_centralized"]
+        print(f"FedKSeed-Pro: shared {pro['shared_loss']:.4f} (global "
+              f"{pro['shared_loss_global']:.4f}), improvement / centralized "
+              f"{'n/a' if frac is None else f'{frac:.2f}'}, "
+              f"{pro['bytes_per_device_per_round']:.0f} bytes per device per round")
     for p in doc["private_heldout_loss"]:
         print(f"device {p['device']}: private start {p['start']:.4f} local {p['local']:.4f} "
               f"federated {p['federated']:.4f}")

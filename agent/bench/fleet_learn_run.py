@@ -5,7 +5,12 @@
   P-RGE steps with pool directions and sends its per-seed scalars; every device replays the
   aggregate and serves global + personal;
 - **centralized**: one device holding every device's data runs as many steps as one device
-  of the fleet (the same forward passes per device).
+  of the fleet (the same forward passes per device);
+- **dense FedAvg**: the usual baseline, whose bytes the report compares: each round every
+  device starts from the global adapter, runs the round's P-RGE steps on its own data, and
+  the server averages the devices' adapters weighted by their example counts;
+- with ``--fedkseed-pro``, **federated (FedKSeed-Pro)** too: one pool for the run and each
+  step's seeds drawn by their importance (agent/federated/pool.py).
 
 Every learner starts from the bundle's initial adapter with the same ZO settings.
 """
@@ -19,7 +24,7 @@ from typing import Any
 
 import torch
 
-from agent.bench.fleet_sim import Bundle, DeviceData, learner, losses
+from agent.bench.fleet_sim import Bundle, DeviceData, Split, learner, losses
 from agent.core import zo
 from agent.federated.client_app import make_client_app
 from agent.federated.inprocess import InProcessGrid, run_fleet
@@ -44,6 +49,7 @@ class Plan:
     seed: int
     noise: float = 0.0
     delta: float = 1e-5
+    shared_split: Split = "by-category"  # agent/bench/fleet_sim.py: how the shared task is split
 
 
 @dataclass
@@ -109,14 +115,43 @@ def run_centralized(fleet: Fleet, plan: Plan) -> dict[str, Any]:
             "seconds_per_round": seconds / plan.rounds}
 
 
-def run_federated(fleet: Fleet, plan: Plan, *, drop_share: float = 0.0) -> dict[str, Any]:
-    """The fleet on Flower; ``drop_share`` of the devices drop out of every round (rotating)."""
+def run_fedavg(fleet: Fleet, plan: Plan) -> dict[str, Any]:
+    """Dense FedAvg of adapters: the global adapter, its shared-loss curve, time per round."""
+    glob, buffers, seconds = _init(fleet), zo.StepBuffers(), 0.0
+    streams = [BatchStream(d.train, fleet.train.batch, plan.seed + d.node_id)
+               for d in fleet.data]
+    total = sum(len(d.train) for d in fleet.data)
+    curve: list[torch.Tensor] = []
+    for r in range(plan.rounds):
+        t0 = time.perf_counter()
+        new = torch.zeros_like(glob)
+        for d, stream in zip(fleet.data, streams, strict=True):
+            b = glob.clone()
+            for s in range(plan.steps):
+                t = r * plan.steps + s
+                tokens, mask = stream.batch_at(t)
+                b = zo.zo_step(fleet.train, "prge", b, tokens, mask,
+                               run_seed=plan.seed + d.node_id, step=t, q=plan.q, eps=plan.eps,
+                               lr=plan.lr, clip=plan.clip, buffers=buffers).lora_b
+            new.add_(b, alpha=len(d.train) / total)
+        glob = new
+        seconds += time.perf_counter() - t0
+        curve.append(glob.clone())
+    return {"global": glob, "shared_curve": fleet.shared_loss(curve),
+            "seconds_per_round": seconds / plan.rounds}
+
+
+def run_federated(fleet: Fleet, plan: Plan, *, drop_share: float = 0.0,
+                  pro: bool = False) -> dict[str, Any]:
+    """The fleet on Flower; ``drop_share`` of the devices drop out of every round (rotating);
+    ``pro``: FedKSeed-Pro's seed probabilities. Devices start every round from the global
+    adapter and serve it plus their last round's update (DeviceLearner)."""
     devices = {d.node_id: learner(d, fleet.bundle, fleet.train, seed=plan.seed)
                for d in fleet.data}
     strategy = SeedStrategy(FleetSettings(
         bundle_id=fleet.bundle.bundle_id, pool_size=plan.pool_size, steps=plan.steps,
         q=plan.q, lr=plan.lr, eps=plan.eps, clip=plan.clip, seed=plan.seed, noise=plan.noise,
-        delta=plan.delta))
+        delta=plan.delta, fedkseed_pro=pro))
     n_drop = math.ceil(plan.devices * drop_share)
 
     def drop(rnd: int, node: int) -> bool:  # a different quarter of the fleet each round

@@ -43,6 +43,7 @@ from agent.controller.desired import run_config
 from agent.controller.push import add_push_parsers
 from agent.controller.watch import WatchLimits, watch
 from agent.core.commands import COMMANDS
+from agent.core.fleet_documents import FederatedInfo
 from agent.core.topics import valid_segment
 from agent.errors import MobizoError
 
@@ -103,11 +104,20 @@ def _row(view: DeviceView) -> list[str]:
         f"{st.state}" if st else "-",
         str(st.adapter.version) if st and st.adapter.version is not None else "-",
         burst_text,
+        _federated_text(st.federated if st else None),
     ]
 
 
+def _federated_text(fed: FederatedInfo | None) -> str:
+    """The last federated round: ``r4 trained: serving v7``, ``r5 declined: power: ...``."""
+    if fed is None:
+        return "-"
+    detail = fed.reason or fed.served
+    return f"r{fed.round} {fed.status}" + (f": {detail[:60]}" if detail else "")
+
+
 def _table(views: dict[str, DeviceView]) -> str:
-    head = ["DEVICE", "AVAILABLE", "STATE", "ADAPTER", "LAST BURST"]
+    head = ["DEVICE", "AVAILABLE", "STATE", "ADAPTER", "LAST BURST", "FEDERATED"]
     rows = [head] + [_row(views[k]) for k in sorted(views)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join(

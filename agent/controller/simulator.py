@@ -39,6 +39,7 @@ from agent.core.fleet_documents import (
     ApplyResult,
     BurstInfo,
     ConstraintsInfo,
+    FederatedInfo,
     StateDocument,
 )
 from agent.io.atomic import atomic_write_text
@@ -59,6 +60,7 @@ class SimDevice:
         self.active = 1
         self.interactions = 100
         self.last_burst: BurstInfo | None = None
+        self.federated: FederatedInfo | None = None  # its last federated round (issue 20)
         self.log_level = "INFO"
         self._calls: Any = None
         overrides = state_dir / "overrides.json"
@@ -169,6 +171,7 @@ class SimDevice:
                     power="mains", battery_pct=None, thermal="nominal", idle=True
                 ),
                 store_counts={"interactions": self.interactions},
+                federated=self.federated,
                 versions={"agent": "sim", "overrides": json.dumps(self.overrides, sort_keys=True)},
             )
 

@@ -9,7 +9,7 @@ repeated, easy to ``grep``.
 The columns come from the retained ``available`` and ``state`` documents and the live
 ``telemetry``: the link (online / offline / stopped), the daemon's state, the active adapter
 version, the last loss (the newest telemetry point, else the last burst's), the SoC
-temperature.
+temperature, and the last federated round (``r4:trained``, ``r5:declined``; issue 20).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import paho.mqtt.client as paho
 
 from agent.controller.client import DeviceView, FleetClient
 
-COLUMNS = ("DEVICE", "LINK", "STATE", "ADAPTER", "LOSS", "TEMP")
-_WIDTHS = (20, 8, 10, 8, 9, 6)  # plain-line mode cannot measure rows it has not seen yet
+COLUMNS = ("DEVICE", "LINK", "STATE", "ADAPTER", "LOSS", "TEMP", "ROUND")
+_WIDTHS = (20, 8, 10, 8, 9, 6, 12)  # plain-line mode cannot measure rows it has not seen yet
 _TEMP_TEXT = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*C\b")
 
 
@@ -52,6 +52,12 @@ def temperature(view: DeviceView) -> float | None:
     return float(match.group(1)) if match else None
 
 
+def federated_round(view: DeviceView) -> str:
+    """The device's last federated round as one word: ``r4:trained``; ``-`` before any."""
+    fed = view.state.federated if view.state else None
+    return f"r{fed.round}:{fed.status}" if fed is not None else "-"
+
+
 def row(view: DeviceView) -> tuple[str, ...]:
     """One device's cells, in :data:`COLUMNS` order."""
     st = view.state
@@ -64,6 +70,7 @@ def row(view: DeviceView) -> tuple[str, ...]:
         str(st.adapter.version) if st and st.adapter.version is not None else "-",
         f"{loss:.4g}" if loss is not None else "-",
         f"{temp:.0f}C" if temp is not None else "-",
+        federated_round(view),
     )
 
 

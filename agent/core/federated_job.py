@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.core.train_job import RuntimeBackend
+from agent.core.zo_settings import Mode
 
 # Where the daemon keeps a device's federated state (global copy, personal delta, its round).
 FEDERATED_DIR = "federated"
@@ -44,6 +45,8 @@ class FederatedRoundJob(BaseModel):
         instructions: the server's round instructions, as sent (validated by the child).
         salt: which pool seeds this device's steps draw (its Flower node id).
         batch: the batch size (``[training] batch``; 0: the bundle's default).
+        mode: how the round's pool directions are evaluated (``[training] mode``): the same
+            estimator in every mode, so the same accumulators to float rounding.
         backend: the runtime (``[training] backend``).
         threads: runtime threads (``[device] threads``), None: the default.
         max_steps: the most steps a round may ask (``[federated] max_steps_per_round``).
@@ -62,6 +65,7 @@ class FederatedRoundJob(BaseModel):
     instructions: dict[str, Any]
     salt: int = Field(ge=0, lt=1 << 63)
     batch: int = Field(default=0, ge=0, le=64)
+    mode: Mode = "prge"
     backend: RuntimeBackend = "executorch"
     threads: int | None = Field(default=None, ge=1, le=256)
     max_steps: int = Field(default=64, ge=1, le=10_000)

@@ -46,25 +46,45 @@ class LocalRound:
 def pool_estimate(fn: zo.LossFn, mode: zo.Mode, lora_b: torch.Tensor, tokens: torch.Tensor,
                   mask: torch.Tensor, zs: torch.Tensor, eps: float,
                   stack: torch.Tensor) -> tuple[list[float], list[float]]:
-    """The q (L+, L-) pairs for directions ``zs`` [q, P] in ``prge`` or ``prge-dual`` mode."""
+    """The q (L+, L-) pairs for directions ``zs`` [q, P], batched as ``mode`` says.
+
+    The rows are built as :func:`agent.core.zo.estimate` builds them (one fused add or sub
+    into the stack), so every mode gives the same g_i up to the program's float rounding:
+    ``mezo`` calls one slice 2q times, ``prge`` q slices twice, ``prge-dual`` 2q slices once.
+
+    Raises:
+        ValueError: the program has fewer slices than the mode needs.
+    """
     q, p = zs.shape
     need = zo.slices_needed(mode, q)
-    if mode == "mezo" or fn.slices < need:
-        raise ValueError(f"a federated step runs prge or prge-dual with {need} slices; got "
-                         f"mode {mode} on a {fn.slices}-slice program")
+    if fn.slices < need:
+        raise ValueError(f"a federated step in mode {mode} with q={q} needs {need} slices; "
+                         f"the program has {fn.slices}")
     stack[need:].copy_(lora_b.expand(fn.slices - need, p))
+
+    def call(used: int) -> torch.Tensor:
+        return fn.losses(tokens, mask, stack).detach().to(torch.float64).reshape(-1)[:used]
+
+    if mode == "mezo":  # MeZO as its users run it: one direction, one sign per call
+        plus, minus = [], []
+        for i in range(q):
+            torch.add(lora_b, zs[i], alpha=eps, out=stack[0])
+            plus.append(float(call(1)[0]))
+            torch.sub(lora_b, zs[i], alpha=eps, out=stack[0])
+            minus.append(float(call(1)[0]))
+        return plus, minus
     off = 0 if mode == "prge" else q
     for i in range(q):
         torch.add(lora_b, zs[i], alpha=eps, out=stack[i])
     if mode == "prge":
-        plus = fn.losses(tokens, mask, stack).detach().to(torch.float64).reshape(-1)[:q]
+        lp = call(q)
     for i in range(q):
         torch.sub(lora_b, zs[i], alpha=eps, out=stack[off + i])
-    out = fn.losses(tokens, mask, stack).detach().to(torch.float64).reshape(-1)
+    out = call(off + q)
     if mode == "prge-dual":
-        plus = out[:q]
-    minus = out[off: off + q]
-    return [float(v) for v in plus], [float(v) for v in minus]
+        lp = out[:q]
+    lm = out[off: off + q]
+    return [float(v) for v in lp], [float(v) for v in lm]
 
 
 def run_local_round(fn: zo.LossFn, lora_b: torch.Tensor, batch_at: Batch, pool: SeedPool,
@@ -73,7 +93,7 @@ def run_local_round(fn: zo.LossFn, lora_b: torch.Tensor, batch_at: Batch, pool: 
     """``settings.steps`` P-RGE steps from ``lora_b`` with pool directions, accumulated.
 
     Args:
-        fn: the train program (``fn.slices`` >= q for prge, 2q for prge-dual).
+        fn: the train program (``fn.slices`` >= 1 for mezo, q for prge, 2q for prge-dual).
         batch_at: the device's batch of step t (its own data).
         pool: the round's seed pool.
         device_salt: this device's salt: which pool seeds its steps draw.
@@ -99,6 +119,6 @@ def run_local_round(fn: zo.LossFn, lora_b: torch.Tensor, batch_at: Batch, pool: 
             if g != 0.0:
                 b.sub_(zs[i], alpha=float(settings.lr * g / q))
         losses.append((sum(plus) + sum(minus)) / (2 * q))
-    per_step = 2 * q * fn.batch  # forward passes (sequences) of one step
+    per_step = 2 * q * fn.batch  # forward passes (sequences) of one step, in every mode
     mean = sum(losses) / len(losses) if losses else float("nan")
     return LocalRound(b, acc, mean, per_step * settings.steps)

@@ -1,7 +1,8 @@
 """The round's two messages, as strict pydantic models, and the server's checks of a reply.
 
 Server -> device (:class:`RoundInstructions`): round, bundle id, generator, pool (seed base
-+ K), steps, q, lr, eps, clip, and the previous round's aggregated update to replay.
++ K), steps, q, lr, eps, clip, the previous round's aggregated update to replay and, with
+FedKSeed-Pro, each seed's importance level (agent/federated/pool.py).
 Device -> server (:class:`DeviceReply`): the round and pool it answers, its bundle id, its
 per-seed accumulator as sparse (index, value) pairs, and its example count; or a decline
 (busy, hot, no data) with a reason. Only seeds, scalars and counts: no text, no adapter.
@@ -17,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.federated.pool import MAX_POOL
+from agent.federated.pool import LEVELS, MAX_POOL
 from agent.federated.privacy import bound
 
 
@@ -61,6 +62,17 @@ class RoundInstructions(_Strict):
     previous: SparseWire | None = Field(default=None, description="round-1's aggregate A")
     previous_pool_base: int | None = Field(default=None, ge=0, lt=1 << 63,
                                            description="round-1's seed base")
+    seed_levels: tuple[int, ...] | None = Field(
+        default=None, description="FedKSeed-Pro: each pool seed's importance, 0..255; the "
+                                  "device draws its directions with softmax(level / 255)")
+
+    @model_validator(mode="after")
+    def _levels(self) -> RoundInstructions:
+        lv = self.seed_levels
+        if lv is not None and (len(lv) != self.pool_size or
+                               any(not 0 <= v <= LEVELS for v in lv)):
+            raise ValueError(f"seed_levels must hold {self.pool_size} values in 0..{LEVELS}")
+        return self
 
 
 class DeviceReply(_Strict):

@@ -11,6 +11,14 @@ every device's copy.
 
 No arrays travel: Flower's ``ArrayRecord`` stays empty; the global adapter is the bundle's
 initial adapter plus the replayed :attr:`SeedStrategy.history`.
+
+Rounds are numbered by the history, not by Flower's per-run counter: the next round is
+``len(history) + 1``. With a ``state_file`` the history is written after every round
+(agent/federated/history.py) and read back at start, so a restarted ServerApp (a new
+``flwr run``) goes on with round k + 1 and the devices, which replayed 1..k, take it.
+
+FedKSeed-Pro (``FleetSettings.fedkseed_pro``): the pool is the same for the whole run and each
+round carries every seed's importance from the aggregates so far (agent/federated/pool.py).
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,8 +39,9 @@ from flwr.serverapp.strategy import Strategy
 
 from agent.core.zo_directions import step_seed
 from agent.federated.accumulate import SparseAccumulator, aggregate
+from agent.federated.history import ServerHistory, load_history, save_history
 from agent.federated.messages import RoundInstructions, SparseWire, refusal
-from agent.federated.pool import GENERATOR, SeedPool
+from agent.federated.pool import GENERATOR, SeedPool, importance_levels
 from agent.federated.privacy import epsilon
 from agent.federated.replay import GlobalAdapter, RoundUpdate
 from agent.federated.wire import (
@@ -59,6 +70,7 @@ class FleetSettings:
     seed: int = 0  # the seed bases of the rounds derive from it
     noise: float = 0.0  # Gaussian noise multiplier on the devices' scalars (privacy.py)
     delta: float = 1e-5  # the delta the reported epsilon is stated at
+    fedkseed_pro: bool = False  # one pool for the run, seeds drawn by importance (pool.py)
 
 
 @dataclass
@@ -82,12 +94,19 @@ class SeedStrategy(Strategy):
     """FedKSeed-style aggregation of per-seed P-RGE accumulators (see module docstring)."""
 
     def __init__(self, settings: FleetSettings, *, excluded: Iterable[int] = (),
-                 initial: torch.Tensor | None = None) -> None:
+                 initial: torch.Tensor | None = None, state_file: Path | None = None,
+                 min_nodes: int = 1, wait_nodes_s: float = 0.0) -> None:
         """Args:
             settings: the run's fixed settings.
             excluded: node ids never sent a round nor aggregated.
             initial: the bundle's initial flat B; with it the server replays every round
                 too and sends the dense global adapter to a device that says it is behind.
+            state_file: where the round history is kept across restarts (None: memory only).
+            min_nodes: a round waits (up to ``wait_nodes_s``) for this many devices.
+            wait_nodes_s: how long a round waits for ``min_nodes`` connected devices.
+
+        Raises:
+            HistoryError: ``state_file`` is unreadable or was written with other settings.
         """
         self.settings = settings
         self.excluded = set(excluded)
@@ -97,14 +116,52 @@ class SeedStrategy(Strategy):
         self.reports: list[RoundReport] = []
         self._sent: dict[int, RoundInstructions] = {}
         self._t0 = 0.0
+        self.state_file = state_file
+        self.min_nodes, self.wait_nodes_s = min_nodes, wait_nodes_s
+        if state_file is not None:
+            stored = load_history(state_file, self.fingerprint())
+            self.history = stored.rounds
+            self.excluded |= stored.excluded
+            self._behind = stored.behind
+            if self.server is not None:
+                self.server.catch_up(self.history)
+            if self.history:
+                log.info("resuming after round %d from %s", len(self.history), state_file)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings a stored history must match: what the devices' replay depends on."""
+        s = self.settings
+        return {"bundle_id": s.bundle_id, "pool_size": s.pool_size, "lr": s.lr, "q": s.q,
+                "seed": s.seed, "fedkseed_pro": s.fedkseed_pro}
+
+    def _save(self) -> None:
+        if self.state_file is not None:
+            save_history(self.state_file, ServerHistory(self.fingerprint(), self.history,
+                                                        self.excluded, self._behind))
+
+    @property
+    def next_round(self) -> int:
+        """The number of the round the next ``configure_train`` sends."""
+        return len(self.history) + 1
 
     def exclude(self, node_id: int) -> None:
         """Never aggregate this device's replies again (and stop sending it rounds)."""
         self.excluded.add(node_id)
+        self._save()
 
     def pool(self, server_round: int) -> SeedPool:
-        """Round ``server_round``'s seed pool: its base is a pure function of the run seed."""
-        return SeedPool(step_seed(self.settings.seed, server_round), self.settings.pool_size)
+        """Round ``server_round``'s seed pool: its base is a pure function of the run seed
+        (FedKSeed-Pro: one pool for every round, so a seed's importance carries over)."""
+        s = self.settings
+        return SeedPool(step_seed(s.seed, 0 if s.fedkseed_pro else server_round), s.pool_size)
+
+    def seed_levels(self) -> tuple[int, ...] | None:
+        """FedKSeed-Pro's importance of each seed after the rounds so far (None: uniform)."""
+        if not self.settings.fedkseed_pro:
+            return None
+        levels = importance_levels(((u.update.indices, u.update.values) for u in self.history),
+                                   self.settings.pool_size, self.settings.clip)
+        return levels if any(levels) else None
 
     def instructions(self, server_round: int) -> RoundInstructions:
         s = self.settings
@@ -115,16 +172,18 @@ class SeedStrategy(Strategy):
             q=s.q, lr=s.lr, eps=s.eps, clip=s.clip, noise=s.noise,
             previous=None if prev is None else SparseWire(
                 size=prev.update.size, indices=prev.update.indices, values=prev.update.values),
-            previous_pool_base=None if prev is None else prev.pool.base)
+            previous_pool_base=None if prev is None else prev.pool.base,
+            seed_levels=self.seed_levels())
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._t0 = time.perf_counter()
+        server_round = self.next_round  # Flower counts from 1 in every run; the history not
         report = RoundReport(server_round)
         self.reports.append(report)
         ins = self.instructions(server_round)
         content = encode_instructions(ins)
-        nodes = sorted(n for n in grid.get_node_ids() if n not in self.excluded)
+        nodes = self._nodes(grid)
         self._sent = {n: ins for n in nodes}
         report.sent = len(nodes)
         messages = []
@@ -138,10 +197,21 @@ class SeedStrategy(Strategy):
         self._behind.clear()
         return messages
 
+    def _nodes(self, grid: Grid) -> list[int]:
+        """The connected, not excluded devices; waits up to ``wait_nodes_s`` for
+        ``min_nodes`` of them (SuperNodes may still be connecting when a run starts)."""
+        deadline = time.monotonic() + self.wait_nodes_s
+        while True:
+            nodes = sorted(n for n in grid.get_node_ids() if n not in self.excluded)
+            if len(nodes) >= self.min_nodes or time.monotonic() >= deadline:
+                return nodes
+            time.sleep(0.2)
+
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None,
                                                              MetricRecord | None]:
         report = self.reports[-1]
+        server_round = report.round
         good: list[tuple[int, SparseAccumulator, int]] = []
         seen: set[int] = set()
         answered: set[int] = set()
@@ -182,6 +252,7 @@ class SeedStrategy(Strategy):
             self.server.apply(self.history[-1])
         report.seeds_used = len(self.history[-1].update.indices)
         report.seconds = time.perf_counter() - self._t0
+        self._save()
         metrics = MetricRecord({"accepted": report.accepted, "declined": report.declined,
                                 "dropped": report.dropped,
                                 "refused": sum(report.refused.values())})

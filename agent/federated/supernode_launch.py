@@ -6,7 +6,9 @@ the agent's config and execs ``flower-supernode`` with the SuperLink address, TL
 config refuses plaintext elsewhere) and the node config the device's ClientApp reads: the
 daemon's control socket (agent/federated/supernode_app.py). ``--check`` only says whether
 the SuperNode should run: exit 0 when ``[federated] enabled``, 1 when not (the unit's
-``ExecCondition=``: a device that did not opt in never starts one).
+``ExecCondition=``: a device that did not opt in never starts one). Anything else is 255:
+systemd reads 1..254 from an ExecCondition as "skip", so a config it cannot read or a venv
+missing a dependency must not pass for "not opted in" and leave the unit quietly inactive.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from agent.config import AgentConfig
-from agent.config.loader import load_config
-from agent.errors import MobizoError
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
 
 SOCKET_NAME = "control.sock"  # agent.services.daemon.control.SOCKET_NAME (same layer: no import)
 EXIT_DISABLED = 1
+EXIT_BROKEN = 255  # ExecCondition: "fail the unit", not "skip it"
 
 
 def supernode_argv(cfg: AgentConfig, executable: str) -> list[str]:
@@ -47,10 +50,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the SuperNode's command line instead of running it")
     args = parser.parse_args(argv)
     try:
+        # imported here so that a venv missing a dependency fails the unit (255), not skips it
+        from agent.config.loader import load_config
+        from agent.errors import MobizoError
+    except ImportError as exc:
+        print(f"error: the agent's environment is broken ({exc}): reinstall with "
+              "`mobizo-agent install`", file=sys.stderr)
+        return EXIT_BROKEN
+    try:
         cfg = load_config(args.config).config
     except MobizoError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BROKEN
     if not cfg.federated.enabled:
         print("federated learning is off ([federated] enabled = false): no SuperNode",
               file=sys.stderr)

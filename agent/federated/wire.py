@@ -58,7 +58,10 @@ def to_sparse(w: SparseWire) -> SparseAccumulator:
 
 
 def encode_instructions(ins: RoundInstructions) -> RecordDict:
-    doc: dict[str, Any] = ins.model_dump(exclude={"previous", "previous_pool_base"})
+    doc: dict[str, Any] = ins.model_dump(exclude={"previous", "previous_pool_base",
+                                                  "seed_levels"})
+    if ins.seed_levels is not None:  # FedKSeed-Pro: one byte per seed
+        doc["seed_levels"] = bytes(ins.seed_levels)
     if ins.previous is not None and ins.previous_pool_base is not None:
         doc.update({f"prev.{k}": v for k, v in pack(to_sparse(ins.previous)).items()})
         doc["prev.pool_base"] = ins.previous_pool_base
@@ -73,6 +76,10 @@ def decode_instructions(msg: Message) -> RoundInstructions:
         prev = unpack(doc.pop("prev.size"), doc.pop("prev.indices", None),
                       doc.pop("prev.values", None))
     prev_base = doc.pop("prev.pool_base", None)
+    levels = doc.pop("seed_levels", None)
+    if levels is not None and not isinstance(levels, bytes):
+        raise WireError("seed_levels must be bytes, one per pool seed")
+    doc["seed_levels"] = None if levels is None else tuple(levels)
     try:
         return RoundInstructions(**doc, previous=prev, previous_pool_base=prev_base)
     except (ValidationError, TypeError) as exc:

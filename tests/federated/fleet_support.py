@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -36,7 +36,7 @@ def settings(**kw: object) -> FleetSettings:
     return FleetSettings(**base)  # type: ignore[arg-type]
 
 
-def run(devices: dict[int, RoundLearner], rounds: int, strategy: SeedStrategy,
+def run(devices: Mapping[int, RoundLearner], rounds: int, strategy: SeedStrategy,
         drop: Drop | None = None, offline: Drop | None = None) -> InProcessGrid:
     app = make_client_app(lambda ctx: devices[ctx.node_id])
     grid = InProcessGrid(app, sorted(devices), drop=drop or (lambda r, n: False),

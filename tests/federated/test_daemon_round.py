@@ -3,9 +3,9 @@
 The daemon, its store and the round child are real processes on the real ExecuTorch starter
 bundle; only the device tree (charger, battery, load) is fake. A round the policy allows
 returns the child's clipped per-seed accumulator over the whole pool and the example count,
-and the device's global + personal adapter goes through the eval gate (served when it beats
-the serving adapter, kept out otherwise); a device off its charger declines with the policy's
-reason; a device that did not opt in declines with "off".
+and the device's global adapter plus its round's own update goes through the eval gate
+(served when it beats the serving adapter, kept out otherwise); a device off its charger
+declines with the policy's reason; a device that did not opt in declines with "off".
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def test_an_allowed_round_returns_a_clipped_accumulator_over_the_pool(
         status = daemon.status()
         assert status["daemon"]["federated"]["round"] == 1
         assert status["daemon"]["federated"]["status"] == "trained"
-        # global + personal went through the eval gate against the serving adapter:
+        # global + this round's update went through the eval gate against the serving adapter:
         # served (the registry's active version) or kept with the gate's reason
         served = answer["served"]
         assert served.startswith(("serving v", "kept initial")), served

@@ -13,6 +13,7 @@ from typing import Any
 from flwr.app import Context, RecordDict
 
 from agent.core.fleet_documents import StateDocument
+from agent.federated.compact import compact, expand
 from agent.federated.messages import DeviceReply, RoundInstructions
 from agent.federated.pool import GENERATOR
 from agent.federated.supernode_app import DaemonLearner, learner_for
@@ -58,7 +59,8 @@ def test_the_client_app_relays_a_round_and_returns_the_daemons_reply(tmp_path: P
         server.stop()
     assert reply == TRAINED
     assert len(side.seen) == 3  # asked once, polled while it ran
-    assert side.seen[0] == {"round": 3, "salt": 7, "instructions": INS.model_dump(mode="json")}
+    assert side.seen[0] == {"round": 3, "salt": 7, "instructions": compact(INS)}
+    assert RoundInstructions.model_validate(expand(side.seen[0]["instructions"])) == INS
 
 
 def test_a_declined_round_carries_the_daemons_reason(tmp_path: Path) -> None:
@@ -106,6 +108,15 @@ def test_the_launcher_starts_a_supernode_only_when_enabled(tmp_path: Path) -> No
     assert f'control-socket="{tmp_path / "state" / "control.sock"}"' in shown.stdout
 
 
+def test_a_config_it_cannot_read_fails_the_unit_rather_than_skipping_it(tmp_path: Path) -> None:
+    # systemd reads exit 1..254 from ExecCondition= as "skip": a broken config must be 255
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[federated]\nenabled = maybe\n")
+    done = _launch(broken, "--check")
+    assert done.returncode == 255, done.stderr
+    assert "error:" in done.stderr
+
+
 @needs_systemd_analyze
 def test_the_supernode_unit_verifies(tmp_path: Path) -> None:
     staged = stage_for_verify(REPO / "systemd", tmp_path)
@@ -131,3 +142,25 @@ def test_install_ships_the_unit_but_does_not_enable_it() -> None:
     from agent.deploy.layout import SERVICES, SUPERNODE_UNIT, UNITS
 
     assert SUPERNODE_UNIT in UNITS and SUPERNODE_UNIT not in SERVICES
+
+
+def test_the_largest_round_fits_the_control_sockets_line_and_comes_back_the_same() -> None:
+    import numpy as np
+    import pytest
+
+    from agent.io.control_socket import MAX_LINE
+
+    k = 4096  # [federated] max_pool_size's default: every seed in the aggregate, with levels
+    values = tuple(float(np.float32(v)) for v in np.random.default_rng(0).standard_normal(k))
+    ins = RoundInstructions.model_validate(
+        {**INS.model_dump(), "pool_size": k, "previous_pool_base": 8,
+         "previous": {"size": k, "indices": tuple(range(k)), "values": values},
+         "seed_levels": tuple(i % 256 for i in range(k))})
+    line = json.dumps({"cmd": "federated-round",
+                       "args": {"round": 3, "salt": 7, "instructions": compact(ins)}})
+    plain = json.dumps(ins.model_dump(mode="json"))
+    assert len(line) < MAX_LINE < len(plain)
+    assert RoundInstructions.model_validate(expand(json.loads(line)["args"]["instructions"])) \
+        == ins
+    with pytest.raises(ValueError, match="do not decode"):
+        expand({**compact(ins), "packed": {"seed_levels": "not base64!"}})

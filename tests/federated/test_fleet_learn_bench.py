@@ -21,7 +21,8 @@ def test_tiny_fleet_learn_writes_the_issue_keys(starter_bundle: Path, tmp_path: 
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "fleet.json"
     assert cli.main(["fleet-learn", "--quick", "--bundle", str(starter_bundle), "--rounds",
-                     "2", "--steps", "1", "--pool-size", "256", "--json", str(out),
+                     "2", "--steps", "1", "--pool-size", "256", "--fedkseed-pro",
+                     "--json", str(out),
                      "--plot", str(tmp_path / "fleet.png")]) == 0
     doc = json.loads(out.read_text())
     assert set(doc) >= KEYS
@@ -32,5 +33,15 @@ def test_tiny_fleet_learn_writes_the_issue_keys(starter_bundle: Path, tmp_path: 
     assert doc["dropout_25pct"]["rounds_completed"] == 2
     assert all(r["dropped"] == 1 for r in doc["dropout_25pct"]["rounds"])
     assert isinstance(doc["federated_beats_local_on_shared"], bool)
+    # one federated fleet, the shipped one (rounds from the global adapter), beside FedAvg's
+    assert set(doc["shared_heldout_loss"]) >= {"local", "federated", "federated_global",
+                                              "centralized", "dense_fedavg"}
+    assert "federated_from_global" not in doc
+    pro = doc["fedkseed_pro"]
+    assert pro["replicas_identical"] is True and len(pro["rounds"]) == 2
+    assert all("shared_loss_fedkseed_pro_global" in r and "shared_loss_dense_fedavg" in r
+               for r in doc["rounds"])
+    # round 2 carries one importance byte per seed on top of plain federated's message
+    assert pro["rounds"][1]["bytes_down"] >= doc["rounds"][1]["bytes_down"] + 256 * 4
     assert "bytes per device per round" in capsys.readouterr().out
     assert (tmp_path / "fleet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

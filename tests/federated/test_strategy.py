@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from agent.federated.client_app import DeviceLearner
+from agent.federated.client_app import DeviceLearner, RoundLearner
 from agent.federated.messages import DeviceReply, RoundInstructions, SparseWire, refusal
 from agent.federated.pool import GENERATOR
 from agent.federated.replay import GlobalAdapter
@@ -34,6 +34,25 @@ def test_four_devices_share_a_global_adapter_bit_for_bit() -> None:
     assert float(server.lora_b.mean()) > 0
     for r in strategy.reports:  # seeds and scalars only: a few hundred bytes each way
         assert (r.bytes_up + r.bytes_down) / r.sent < 4096
+
+
+def test_rounds_start_from_global_and_move_it_by_the_mean_of_the_round_updates() -> None:
+    devices = {n: analytic_device(n) for n in (1, 2, 3, 4)}
+    strategy = SeedStrategy(settings())
+    run(devices, 3, strategy)
+    server = GlobalAdapter(torch.zeros(P))
+    server.catch_up(strategy.history[:-1])
+    before = server.lora_b.clone()
+    server.apply(strategy.history[-1])
+    # every device took round 3's steps from the global adapter after round 2 and keeps
+    # only that round's update: global = previous global + the example-weighted mean of them
+    total = sum(d.examples for d in devices.values())
+    mean = sum((d.examples / total) * d.personal for d in devices.values())
+    torch.testing.assert_close(server.lora_b, before + mean, rtol=0, atol=1e-5)
+    for d in devices.values():  # what a device serves: global + its round's update
+        d.catch_up(strategy.history)
+        assert torch.equal(d.served, server.lora_b + d.personal)
+        assert d.personal.abs().sum() > 0
 
 
 def test_a_quarter_dropping_out_and_a_hot_device_still_complete_the_rounds() -> None:
@@ -68,7 +87,7 @@ class _Bad:
         return DeviceReply(**doc)
 
 
-BAD = {
+BAD: dict[str, dict[str, object]] = {
     "bundle": {"bundle_id": "another-bundle"},
     "pool": {"pool_base": 12345},
     "round": {"round": 7},
@@ -81,8 +100,8 @@ BAD = {
 
 @pytest.mark.parametrize("kind", sorted(BAD))
 def test_a_bad_reply_is_refused_counted_and_never_aggregated(kind: str) -> None:
-    devices = {n: analytic_device(n) for n in (1, 2, 3)}
-    devices[4] = _Bad(analytic_device(4), dict(BAD[kind]))  # type: ignore[assignment]
+    devices: dict[int, RoundLearner] = {n: analytic_device(n) for n in (1, 2, 3)}
+    devices[4] = _Bad(analytic_device(4), dict(BAD[kind]))
     strategy = SeedStrategy(settings())
     run(devices, 1, strategy)
     report = strategy.reports[0]
@@ -152,6 +171,7 @@ def test_a_device_rejoining_rounds_later_gets_the_dense_adapter_once() -> None:
     assert (reports[3].declined, reports[4].dense_sent, reports[4].accepted) == (1, 1, 4)
     assert reports[5].dense_sent == 0 and reports[5].accepted == 4
     assert devices[4].rounds_trained == [5, 6]
+    assert strategy.server is not None
     for d in devices.values():
         d.catch_up(strategy.history)
         assert torch.equal(d.glob.lora_b, strategy.server.lora_b)

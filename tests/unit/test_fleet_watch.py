@@ -43,13 +43,14 @@ def test_plain_lines_when_not_a_terminal():
     _feed(watch)
     lines = out.getvalue().splitlines()
     assert "\x1b" not in out.getvalue()
-    assert lines[0].split() == ["DEVICE", "LINK", "STATE", "ADAPTER", "LOSS", "TEMP", "AT"]
+    assert lines[0].split() == ["DEVICE", "LINK", "STATE", "ADAPTER", "LOSS", "TEMP", "ROUND",
+                                "AT"]
     cells = [ln.split()[:-1] for ln in lines[1:]]  # without the time
     assert cells == [
-        ["dev1", "online", "-", "-", "-", "-"],
-        ["dev1", "online", "training", "4", "2.5", "63C"],
-        ["dev1", "online", "training", "4", "1.25", "63C"],  # the newest loss: telemetry's
-        ["dev2", "offline", "-", "-", "-", "-"],
+        ["dev1", "online", "-", "-", "-", "-", "-"],
+        ["dev1", "online", "training", "4", "2.5", "63C", "-"],
+        ["dev1", "online", "training", "4", "1.25", "63C", "-"],  # the newest loss: telemetry's
+        ["dev2", "offline", "-", "-", "-", "-", "-"],
     ]
     assert watch.changes == 4
 
@@ -64,9 +65,9 @@ def test_redrawn_in_place_on_a_terminal():
     last = text.rsplit("\x1b[H", 1)[1]  # the latest frame, drawn over the previous one
     assert last.endswith("\x1b[J")  # whatever the previous frame left below is cleared
     rows = [ln.removesuffix("\x1b[K").split() for ln in last.split("\n")[:-1]]
-    assert rows[0] == ["DEVICE", "LINK", "STATE", "ADAPTER", "LOSS", "TEMP"]
-    assert rows[1] == ["dev1", "online", "training", "4", "1.25", "63C"]
-    assert rows[2] == ["dev2", "offline", "-", "-", "-", "-"]
+    assert rows[0] == ["DEVICE", "LINK", "STATE", "ADAPTER", "LOSS", "TEMP", "ROUND"]
+    assert rows[1] == ["dev1", "online", "training", "4", "1.25", "63C", "-"]
+    assert rows[2] == ["dev2", "offline", "-", "-", "-", "-", "-"]
     assert "2 devices, 4 changes" in last
     before = out.getvalue()
     watch.tick(0.0, force=True)  # nothing changed since: nothing is written

@@ -48,6 +48,7 @@ from agent.errors import AdapterError
 from agent.io.atomic import atomic_write_text
 from agent.io.children.process import ChildProcess, describe_exit
 from agent.services.daemon.commands import CommandTable, DaemonCommand, Reply
+from agent.services.daemon.federated_global import DenseCatchUp
 from agent.services.daemon.lifecycle import RunLifecycle
 from agent.services.daemon.snapshot import remove_snapshot, snapshot_examples
 
@@ -83,10 +84,12 @@ class FederatedRounds:
         self.progress: dict[str, Any] = {}  # shown in the status: round, status, reason
         self.against = INITIAL_VERSION  # the version serving when the round started
         self.data_seq: int | None = None  # the store's seq the round's snapshot covers
+        self.dense = DenseCatchUp(self.ctx, self.busy)  # catch-up of a device far behind
 
     def table(self) -> CommandTable:
-        """The control socket's row: ``federated-round``."""
-        return {"federated-round": DaemonCommand(FederatedRoundRequest, self.request)}
+        """The control socket's rows: ``federated-round`` and ``federated-global``."""
+        return ({"federated-round": DaemonCommand(FederatedRoundRequest, self.request)}
+                | self.dense.table())
 
     # ------------------------------------------------------------------ the request
     def request(self, args: FederatedRoundRequest) -> Reply:
@@ -138,7 +141,7 @@ class FederatedRounds:
         job = FederatedRoundJob(
             bundle=cfg.bundle_dir, data=snap.train, state_dir=self.dir,
             reply=self.dir / ROUND_REPLY_FILE, instructions=args.instructions, salt=args.salt,
-            batch=cfg.training.batch or 0, backend=cfg.training.backend,
+            batch=cfg.training.batch or 0, mode=cfg.training.mode, backend=cfg.training.backend,
             threads=cfg.device.threads or None, max_steps=cfg.federated.max_steps_per_round,
             max_pool=cfg.federated.max_pool_size, heldout=snap.heldout if enough else None,
             against=self.ctx.registry.path_of(self.against))
@@ -153,8 +156,8 @@ class FederatedRounds:
             remove_snapshot(self.dir)
             return self._declined(args.round, f"could not start the round: {exc}")
         self.child, self.round, self.stop_reason = child, args.round, None
-        self._show(args.round, "running", "")
         self.ctx.reporter.set("training", f"federated round {args.round}", blocked_by=())
+        self._show(args.round, "running", "")
         log.info("federated round %d started (pid %s)", args.round, child.pid)
         return {"status": "running", "round": args.round}
 
@@ -186,9 +189,8 @@ class FederatedRounds:
         self.done = (rnd, answer)
         if answer["status"] == "trained":
             answer["served"] = self._serve(rnd)
-        self._show(rnd, answer["status"], answer.get("reason", ""), answer.get("served", ""))
         self.ctx.reporter.set("waiting", f"federated round {rnd} {answer['status']}")
-        self.ctx.state_changed()
+        self._show(rnd, answer["status"], answer.get("reason", ""), answer.get("served", ""))
 
     def _reply_of(self, rnd: int, code: int, child: ChildProcess) -> Reply:
         if self.stop_reason is not None:
@@ -268,6 +270,7 @@ class FederatedRounds:
     def _show(self, rnd: int, status: str, reason: str, served: str = "") -> None:
         self.progress = {"round": rnd, "status": status, "reason": reason[:200],
                          "served": served[:200], "at": self.ctx.clock()}
+        self.ctx.state_changed()  # the fleet link republishes the state document with it
 
     def status(self) -> dict[str, Any] | None:
         """The last round's progress for the status document (None before any round)."""
