@@ -21,9 +21,12 @@ test-all: setup
 # Issue 21: an emulated arm64 board (qemu-user + debootstrap) and systemd as PID 1
 # (systemd-nspawn); root only, slow the first time (root filesystems and wheels are cached
 # under build/platform/). Tests skip with the reason where this machine cannot.
+# The emulated board's cases are independent (one qemu process each): spread them over
+# workers; the systemd cases share one booted container and run in order.
 test-platform: setup
 	@scripts/platform/setup.sh
-	$(BIN)/python -m pytest -m slow tests/platform -v -rs $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m slow tests/platform -v -rs -n 6 --ignore=tests/platform/test_systemd.py $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m slow tests/platform/test_systemd.py -v -rs $(PYTEST_ARGS)
 
 setup: system-packages $(VENV)/.installed
 

@@ -37,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--notify-reload", choices=("auto", "yes", "no"), default="auto",
                         help="Type=notify-reload drop-in (systemd >= 253); auto: when the live "
                         "systemd is new enough")
+    parser.add_argument("--torch-index", choices=("auto", "cpu", "pypi"), default="auto",
+                        help="where torch comes from; auto: PyTorch's CPU-only index on aarch64 "
+                        "(PyPI's is a CUDA build), unless --pip-args name an index; "
+                        "cpu: always; pypi: never")
+    parser.add_argument("--trainer-scope", action="store_true",
+                        help="install the polkit rule that lets the agent run bursts as scopes "
+                        "in mobizo-trainer.slice (systemd >= 257; see systemd/README.md)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -49,6 +56,8 @@ def main(args: argparse.Namespace) -> int:
         venv=not args.no_venv,
         pip_args=tuple(shlex.split(args.pip_args)),
         notify_reload=args.notify_reload,
+        torch_index=args.torch_index,
+        trainer_scope=args.trainer_scope,
         bundle=Path(args.bundle) if args.bundle else None,
         **({"python": args.python} if args.python else {}),
     )

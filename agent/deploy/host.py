@@ -18,7 +18,7 @@ class HostFacts:
     Attributes:
         systemd_running: systemd is PID 1 (sd_booted(3): /run/systemd/system exists).
         systemd_version: e.g. 252, or None when systemctl is missing or says nothing usable.
-        arch: uname -m (only for messages: nothing install writes depends on it).
+        arch: uname -m (where the venv's torch comes from: agent/deploy/torch_index.py).
         service_ids: (uid, gid) of the service user, or None when it does not exist yet.
     """
 

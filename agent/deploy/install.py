@@ -38,18 +38,24 @@ from agent.deploy.layout import (
     NOTIFY_RELOAD_EXAMPLE,
     PINNED_REQUIREMENTS,
     PREFIX_MARKER,
+    PROJECT_EXTRAS,
     STATE_DIR,
     STATE_SUBDIRS,
+    TRAINER_SCOPE_RULE,
     UNITS,
     VENV_STAMP,
     Layout,
 )
 from agent.deploy.render import decide_config, render_board_dropins, render_config, render_unit
+from agent.deploy.torch_index import TorchIndex, torch_source
 from agent.io.bundle_files import read_manifest
 from agent.io.token_file import new_token
 
 NotifyReload = Literal["auto", "yes", "no"]
 NOTIFY_RELOAD_MIN_SYSTEMD = 253  # Type=notify-reload appeared in systemd 253
+# StartTransientUnit passes the unit's name to polkit since systemd 257 (PR #34651): before,
+# a rule cannot tell our scopes from any other transient unit.
+TRAINER_SCOPE_MIN_SYSTEMD = 257
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,10 @@ class InstallOptions:
             on a live root).
         bundle: a model bundle directory to copy to /var/lib/mobizo-agent/bundle (the path
             the inference unit and the config default name), or None.
+        torch_index: where torch comes from: auto (PyTorch's CPU-only index on aarch64, where
+            PyPI's build is CUDA's), cpu, or pypi; see agent/deploy/torch_index.py.
+        trainer_scope: install the polkit rule that lets the daemon start its bursts as scopes
+            in mobizo-trainer.slice (systemd >= 257 only; off by default, see README).
     """
 
     source: Path
@@ -79,6 +89,8 @@ class InstallOptions:
     pip_args: tuple[str, ...] = ()
     notify_reload: NotifyReload = "auto"
     bundle: Path | None = None
+    torch_index: TorchIndex = "auto"
+    trainer_scope: bool = False
 
 
 def find_source(start: Path | None = None) -> Path:
@@ -105,6 +117,7 @@ def check_source(source: Path) -> None:
     needed += [source / "systemd/README.md", source / "systemd" / NOTIFY_RELOAD_EXAMPLE]
     needed += [source / "systemd/sysusers.d/mobizo-agent.conf"]
     needed += [source / "systemd/tmpfiles.d/mobizo-agent.conf"]
+    needed += [source / "systemd" / TRAINER_SCOPE_RULE]
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
         raise DeployError(f"--source {source} is incomplete, missing: {', '.join(missing)}")
@@ -145,7 +158,7 @@ def plan_install(opts: InstallOptions, host: HostFacts) -> tuple[Plan, Layout]:
     caps = board_caps(board, profiles_src)
     plan.notes.append(f"board profile: {board} ({reason}); machine: {host.arch}")
     steps = _Steps(plan)
-    _plan_prefix(steps, opts, layout)
+    _plan_prefix(steps, opts, layout, host)
     _plan_units(steps, opts, layout, host, board, caps)
     owner = host.service_ids if live else None
     _plan_state(steps, opts, layout, owner)
@@ -170,7 +183,8 @@ class _Steps:
             self.plan.add(WriteFile(path, raw, mode, why))
 
 
-def _plan_prefix(steps: _Steps, opts: InstallOptions, layout: Layout) -> None:
+def _plan_prefix(steps: _Steps, opts: InstallOptions, layout: Layout,
+                 host: HostFacts) -> None:
     """The prefix: marker (so uninstall knows it may remove it), profiles, docs, venv."""
     steps.ensure_dir(layout.prefix_dir, 0o755)
     steps.write(layout.prefix_dir / PREFIX_MARKER,
@@ -184,7 +198,7 @@ def _plan_prefix(steps: _Steps, opts: InstallOptions, layout: Layout) -> None:
     for rel in ("README.md", NOTIFY_RELOAD_EXAMPLE):
         steps.write(docs / Path(rel).name, (opts.source / "systemd" / rel).read_bytes())
     if opts.venv:
-        _plan_venv(steps.plan, opts, layout)
+        _plan_venv(steps.plan, opts, layout, host.arch)
     else:
         steps.plan.notes.append(
             f"--no-venv: the units run {layout.executable}; make sure it exists")
@@ -205,10 +219,32 @@ def _plan_units(steps: _Steps, opts: InstallOptions, layout: Layout, host: HostF
                     why="systemd >= 253: Type=notify-reload")
     elif reload_dropin.exists():
         steps.plan.notes.append(f"kept {reload_dropin} (remove it by hand on systemd < 253)")
+    _plan_trainer_scope(steps, opts, layout, host)
     steps.write(layout.sysusers_path,
                 (systemd_src / "sysusers.d/mobizo-agent.conf").read_bytes())
     steps.write(layout.tmpfiles_path,
                 (systemd_src / "tmpfiles.d/mobizo-agent.conf").read_bytes())
+
+
+def _plan_trainer_scope(steps: _Steps, opts: InstallOptions, layout: Layout,
+                        host: HostFacts) -> None:
+    """The polkit rule for burst scopes: only when asked, and only where it can be narrow."""
+    rule = layout.polkit_rule_path
+    if not opts.trainer_scope:
+        if rule.exists():
+            steps.plan.notes.append(f"kept {rule} (remove it to have bursts fork again)")
+        return
+    live = Path(opts.root).resolve() == Path("/")
+    version = host.systemd_version
+    if live and version is not None and version < TRAINER_SCOPE_MIN_SYSTEMD:
+        raise DeployError(
+            f"--trainer-scope needs systemd >= {TRAINER_SCOPE_MIN_SYSTEMD} (this is {version}): "
+            "older managers give polkit no unit name for a transient unit, so the rule could "
+            "not be narrowed to the burst scopes; leave it off and bursts fork inside "
+            "mobizo-agent.service under its MemoryMax (systemd/README.md)")
+    steps.write(rule, (opts.source / "systemd" / TRAINER_SCOPE_RULE).read_bytes(),
+                why=f"bursts as scopes in mobizo-trainer.slice (systemd >= "
+                f"{TRAINER_SCOPE_MIN_SYSTEMD}; polkitd must be installed)")
 
 
 def _plan_state(steps: _Steps, opts: InstallOptions, layout: Layout,
@@ -267,13 +303,16 @@ def _plan_system(plan: Plan, layout: Layout, host: HostFacts, live: bool) -> Non
         )
 
 
-def _plan_venv(plan: Plan, opts: InstallOptions, layout: Layout) -> None:
+def _plan_venv(plan: Plan, opts: InstallOptions, layout: Layout, arch: str) -> None:
     python = layout.venv_dir / "bin" / "python"
     stamp_path = layout.venv_dir / VENV_STAMP
+    torch = torch_source(opts.torch_index, arch, opts.pip_args, PINNED_REQUIREMENTS)
+    plan.notes.append(torch.note)
     stamp = json.dumps({
-        "requirements": list(PINNED_REQUIREMENTS),
+        "requirements": list(torch.requirements),
+        "extras": list(PROJECT_EXTRAS),
         "source_digest": source_digest(opts.source),
-        "pip_args": list(opts.pip_args),
+        "pip_args": list(opts.pip_args) + list(torch.pip_args),
     }, indent=2, sort_keys=True) + "\n"
     try:
         current = stamp_path.read_text(encoding="utf-8")
@@ -286,8 +325,8 @@ def _plan_venv(plan: Plan, opts: InstallOptions, layout: Layout) -> None:
                             why="virtual environment"))
     # ONE pip command: torch and executorch resolved together (see layout.PINNED_REQUIREMENTS).
     plan.add(RunCommand(
-        (str(python), "-m", "pip", "install", "--upgrade", *opts.pip_args,
-         *PINNED_REQUIREMENTS, str(opts.source)),
+        (str(python), "-m", "pip", "install", "--upgrade", *opts.pip_args, *torch.pip_args,
+         *torch.requirements, f"{opts.source}[{','.join(PROJECT_EXTRAS)}]"),
         why="mobizo-agent with torch and executorch pinned together",
     ))
     plan.add(WriteFile(stamp_path, stamp.encode("utf-8"), 0o644, "what the venv was built from"))

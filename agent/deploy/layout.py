@@ -26,6 +26,13 @@ BOARD_DROPIN = "50-board.conf"  # written from the board profile; ours, rewritte
 NOTIFY_RELOAD_DROPIN = "60-notify-reload.conf"  # only with --notify-reload (systemd >= 253)
 NOTIFY_RELOAD_EXAMPLE = "mobizo-agent.service.d/notify-reload.conf.example"
 
+# polkit rule letting user mobizo start its burst scopes in mobizo-trainer.slice; only with
+# --trainer-scope, and narrow only on systemd >= 257 (systemd/README.md, "How the daemon
+# launches a burst").
+TRAINER_SCOPE_RULE = "polkit-1/50-mobizo-trainer.rules"
+# The project's extras the venv gets: [federated] runs mobizo-supernode.service (flwr).
+PROJECT_EXTRAS = ("federated",)
+
 SYSUSERS_NAME = "mobizo-agent.conf"
 TMPFILES_NAME = "mobizo-agent.conf"
 
@@ -80,6 +87,10 @@ class Layout:
     @property
     def sysusers_path(self) -> Path:
         return under(self.root, "/usr/lib/sysusers.d") / SYSUSERS_NAME
+
+    @property
+    def polkit_rule_path(self) -> Path:
+        return under(self.root, "/etc/polkit-1/rules.d") / PurePosixPath(TRAINER_SCOPE_RULE).name
 
     @property
     def tmpfiles_path(self) -> Path:

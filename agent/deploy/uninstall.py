@@ -66,7 +66,7 @@ def plan_uninstall(
                 plan.notes.append(f"kept your drop-ins in {dropins}: {', '.join(others)}")
             else:
                 plan.add(RemovePath(dropins, only_if_empty=True))
-    for path in (layout.sysusers_path, layout.tmpfiles_path):
+    for path in (layout.sysusers_path, layout.tmpfiles_path, layout.polkit_rule_path):
         if path.exists():
             plan.add(RemovePath(path))
 

@@ -19,6 +19,9 @@ cache=$(realpath -m "${2:?cache directory}")
 py=${HOST_PYTHON:-$repo/.venv/bin/python}
 wheels=$cache/wheels
 mkdir -p "$wheels" "$cache/project"
+# One caller at a time (pytest-xdist workers each set up the board): the others wait here.
+exec 9>"$cache/.arm64-venv.lock"
+flock 9
 platforms=(--platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64
            --platform manylinux2014_aarch64 --platform linux_aarch64)
 
@@ -50,9 +53,24 @@ if [ ! -e "$rootfs/opt/venv/.complete" ]; then
     touch "$rootfs/opt/venv/.complete"
 fi
 
-# The working tree, as a wheel (pure Python), reinstalled each time so the board runs this code.
+# The working tree, as a wheel (pure Python), reinstalled when it changed so the board runs
+# this code. Its digest (names and CRCs of its files) is stamped into the venv. BOARD_SESSION
+# (one pytest run; its xdist workers share it) installs once: a later worker must not
+# reinstall under a board another worker is running.
+session_stamp=$rootfs/opt/venv/.project-session
+if [ -n "${BOARD_SESSION:-}" ] && [ "$(cat "$session_stamp" 2>/dev/null)" = "$BOARD_SESSION" ]; then
+    exit 0
+fi
 rm -f "$cache/project"/*.whl
 (cd "$repo" && nice -n 19 "$py" -m pip wheel -q --no-deps --no-build-isolation \
     -w "$cache/project" . >/dev/null)
-"$here/arm64-run.sh" "$rootfs" "$cache/project" sh -c \
-    'pip install -q --no-index --no-deps --force-reinstall --disable-pip-version-check /share/*.whl'
+digest=$("$py" -c 'import hashlib, sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+print(hashlib.sha256(repr(sorted((i.filename, i.CRC) for i in z.infolist())).encode()).hexdigest())' \
+    "$cache"/project/*.whl)
+if [ "$(cat "$rootfs/opt/venv/.project" 2>/dev/null)" != "$digest" ]; then
+    "$here/arm64-run.sh" "$rootfs" "$cache/project" sh -c \
+        'pip install -q --no-index --no-deps --force-reinstall --disable-pip-version-check /share/*.whl'
+    echo "$digest" > "$rootfs/opt/venv/.project"
+fi
+[ -z "${BOARD_SESSION:-}" ] || echo "$BOARD_SESSION" > "$session_stamp"

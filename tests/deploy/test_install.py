@@ -210,7 +210,7 @@ def test_venv_is_built_with_one_pinned_pip_command(tmp_path: Path) -> None:
     assert len(pip) == 1, calls
     for requirement in PINNED_REQUIREMENTS:
         assert requirement in pip[0].split()
-    assert pip[0].split()[-1] == str(SOURCE)
+    assert pip[0].split()[-1] == f"{SOURCE}[federated]"  # flwr for mobizo-supernode.service
 
     # Same source, same pins: the venv is not touched again.
     assert install(root, "--board", "dev", "--python", str(fake)) == 0

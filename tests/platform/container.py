@@ -9,6 +9,7 @@ of the working tree and a local wheel directory (no index inside).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -41,12 +42,16 @@ def prepare(host_python: str) -> str | None:
                           capture_output=True, text=True, timeout=3600, check=False)
     if proc.returncode != 0:
         return f"rootfs.sh amd64 failed: {proc.stderr.strip()[-600:]}"
-    if not (WHEELS / ".complete").exists():
-        # torch's +cpu build comes from the find-links dir pip is configured with, if any.
+    # Keyed by pyproject.toml: a new dependency of the project fetches the wheels again.
+    digest = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()[:12]
+    stamp = WHEELS / f".complete-{digest}"
+    if not stamp.exists():
+        # torch's +cpu build comes from the find-links dir pip is configured with, if any;
+        # [federated] is what install puts in the venv (flwr, for mobizo-supernode.service).
         subprocess.run([host_python, "-m", "pip", "download", "-q", "-d", str(WHEELS),
-                        "torch==2.13.0", "executorch==1.5.1", str(REPO), "setuptools>=68",
-                        "wheel"], check=True, capture_output=True, timeout=3600)
-        (WHEELS / ".complete").touch()
+                        "torch==2.13.0", "executorch==1.5.1", f"{REPO}[federated]",
+                        "setuptools>=68", "wheel"], check=True, capture_output=True, timeout=3600)
+        stamp.touch()
     # The working tree as git sees it (tracked + untracked, not ignored): what install copies.
     shutil.rmtree(SRC, ignore_errors=True)
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
