@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "bounds its [rows, vocab] logits, the biggest tensor of a step")
     p.add_argument("--max-context", type=int, default=1024, help="generation context (KV cache)")
     p.add_argument("--prefill-chunk", type=int, default=32)
+    p.add_argument("--attention", choices=["llm-ops", "masked"], default="llm-ops",
+                   help="infer.pte's attention: ExecuTorch's LLM ops (default; fastest; their "
+                        "library needs an ARMv8.1+ CPU on Arm) or a masked matmul over the "
+                        "whole cache (any CPU: the Raspberry Pi 4's Cortex-A72)")
     p.add_argument("--backend", choices=["xnnpack", "portable"], default="xnnpack")
     p.add_argument("--quantize", choices=["none", "8da8w", "8da4w"], default="none",
                    help="quantize the frozen base linears and the LM head (LoRA, embeddings "
@@ -78,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rank=args.rank, alpha=args.alpha, lora_layers=args.lora_layers,
             slices=args.slices, batch=args.batch, max_length=args.max_length,
             max_context=args.max_context, prefill_chunk=args.prefill_chunk,
+            attention=args.attention,
             backend=args.backend, quantize=args.quantize, seed=args.seed,
             bench_forward=args.bench_forward, max_targets=args.max_targets,
             train_only=args.train_only, head_rows=args.head_rows,

@@ -219,7 +219,8 @@ def _draft_manifest(opts: ExportOptions, shape: ModelShape, tok: Any, layers: tu
             TrainShape(method=train_method_name(s, b), slices=s, batch=b)
             for s, b in opts.train_shapes())),
         infer=None if opts.train_only else InferProgramSpec(
-            max_context=opts.max_context, prefill_chunk=opts.prefill_chunk),
+            max_context=opts.max_context, prefill_chunk=opts.prefill_chunk,
+            attention=opts.attention),
         tokenizer=TokenizerSpec(
             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else (

@@ -15,8 +15,9 @@ the programs' methods:
   (Chunking inside one method does not bound them: XNNPACK fuses the chunks into one
   partition that outputs them all at once, and a chunk per partition packs the head's
   weights once per chunk.)
-- Inference (:class:`InferStep`) writes a KV cache of mutable buffers shared by its methods,
-  through ExecuTorch's LLM ops (the runtime loads their kernels: agent/io/llm_ops.py).
+- Inference (:class:`exporter.infer_step.InferStep`) writes a KV cache of mutable buffers
+  shared by its methods, through ExecuTorch's LLM ops (the runtime loads their kernels:
+  agent/io/llm_ops.py) or, for CPUs that cannot load them, with a masked matmul.
 
 Rows are slice-major: row ``s·b + j`` is sequence j evaluated with slice s. With LoRA only on
 the last k layers, the frozen prefix runs once on the b sequences ("prefix sharing", DESIGN §3).
@@ -50,14 +51,13 @@ from exporter.layers import (
     ModelDims,
     RMSNorm,
     attention,
-    cached_attention,
     frozen_linear,
     rotate_half_matrix,
 )
 
 # The building blocks stay importable from here (tests and benchmarks import them so).
 __all__ = [
-    "NEG_INF", "Block", "Decoder", "HeadLoss", "InferStep", "KVCache", "LoraLinear",
+    "NEG_INF", "Block", "Decoder", "HeadLoss", "LoraLinear",
     "LossMethod", "ModelDims", "RMSNorm", "TrainForward", "TrainMethod", "attention",
     "rotate_half_matrix", "target_nll",
 ]
@@ -320,70 +320,3 @@ class LossMethod(nn.Module):
         return (torch.zeros(f.batch, f.length, dtype=torch.long),
                 torch.zeros(f.batch, f.max_targets, dtype=torch.long),
                 torch.ones(f.batch, f.max_targets), torch.zeros(rows, num_params))
-
-
-class KVCache(nn.Module):
-    """Per-layer key/value caches [1, max_ctx, KV, hd]: mutable buffers shared by methods."""
-
-    def __init__(self, layers: int, max_context: int, kv_heads: int, head_dim: int) -> None:
-        super().__init__()
-        for i in range(layers):
-            self.register_buffer(f"k{i}", torch.zeros(1, max_context, kv_heads, head_dim))
-            self.register_buffer(f"v{i}", torch.zeros(1, max_context, kv_heads, head_dim))
-
-    def layer(self, i: int) -> tuple[Tensor, Tensor]:
-        return getattr(self, f"k{i}"), getattr(self, f"v{i}")
-
-
-class InferStep(nn.Module):
-    """``(tokens[1,C], start_pos[1], last[1], lora_b[1,P]) -> logits[1, vocab]``.
-
-    Feeds C tokens at positions start_pos..start_pos+C-1, writes their keys/values into the
-    cache (in place: mutable buffers that every method of the program shares) and returns the
-    logits at chunk index ``last``. The cache write and the attention are ExecuTorch's LLM ops
-    (:func:`exporter.layers.cached_attention`: ``llama::update_cache``, ``llama::custom_sdpa``),
-    which take ``start_pos`` as a value: a causal layer reads only the positions written so
-    far (0..start_pos+i for chunk index i), so stale or padding entries past them are never
-    read before being overwritten. A sliding-window layer scores the whole cache under its
-    window mask, built without slicing (a symbolic slice of a fixed buffer adds guards and
-    breaks delegation, DESIGN §3).
-    """
-
-    def __init__(self, core: Decoder, cache: KVCache, *, chunk: int, max_context: int) -> None:
-        super().__init__()
-        self.core, self.cache = core, cache
-        self.chunk, self.max_context = chunk, max_context
-        core.register_rope(self, max_context, (max_context, -1))  # cos_i, sin_i [ctx, hd]
-        self.sliding = any(blk.sliding for blk in core.blocks)
-        self.register_buffer("ctx_pos", torch.arange(max_context), persistent=False)
-        self.register_buffer("chunk_pos", torch.arange(chunk), persistent=False)
-
-    def forward(self, tokens: Tensor, start_pos: Tensor, last: Tensor, lora_b: Tensor) -> Tensor:
-        core, d = self.core, self.core.dims
-        # the first position as a value: the cache ops take it so (a SymInt when exported)
-        start = start_pos[0].item()
-        torch._check(start >= 0)
-        torch._check(start + self.chunk <= self.max_context)
-        pos = start_pos + self.chunk_pos  # [C]
-        rope = [(torch.index_select(getattr(self, f"cos_{i}"), 0, pos)[:, None, :],  # [C,1,hd]
-                 torch.index_select(getattr(self, f"sin_{i}"), 0, pos)[:, None, :])
-                for i in range(len(core.layer_kinds))]
-        window_mask = None
-        if self.sliding:  # q attends to q-W+1..q (transformers'), [C, ctx]
-            seen = self.ctx_pos[None, :] <= pos[:, None]
-            near = self.ctx_pos[None, :] > pos[:, None] - d.window
-            window_mask = torch.where(seen & near, 0.0, NEG_INF)
-        h = core.embed_tokens(tokens)  # [1, C, d]
-        for i, blk in enumerate(core.blocks):
-            lb = lora_b if blk.has_lora else None
-            cos, sin = rope[core.kind_of(blk)]
-            x = blk.input_norm(h)
-            q, k, v = blk.qkv(x, lb, 1, cos, sin, core.rot)
-            k_cache, v_cache = self.cache.layer(i)
-            o = cached_attention(q, k, v, k_cache, v_cache, start, core.scale,
-                                 window_mask if blk.sliding else None)
-            h = h + blk.attn_out(o, lb, 1)
-            h = h + blk.ffn(h, lb, 1)
-        if self.chunk > 1:  # one token is its own last (no op between the trunk and the head)
-            h = torch.index_select(h, 1, last)  # [1, 1, d]
-        return core.logits(core.norm(h), packed=True).reshape(1, d.vocab)

@@ -34,6 +34,12 @@ class ExportOptions(BaseModel):
     max_length: int = Field(default=256, description="T of the train program")
     max_context: int = Field(default=1024, description="KV cache length of the infer program")
     prefill_chunk: int = Field(default=32, ge=1, le=512)
+    attention: Literal["llm-ops", "masked"] = Field(
+        default="llm-ops",
+        description="how infer.pte attends: ExecuTorch's LLM ops (llama::custom_sdpa over the "
+                    "filled positions; the runtime's ops library needs an ARMv8.1+ CPU on Arm) "
+                    "or a masked matmul over the whole cache (any CPU, e.g. the Pi 4's "
+                    "Cortex-A72; slower decode)")
     backend: Literal["xnnpack", "portable"] = "xnnpack"
     quantize: Literal["none", "8da8w", "8da4w"] = Field(
         default="none", description="base-linear quantization (exporter/quantize.py)")

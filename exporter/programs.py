@@ -19,12 +19,11 @@ from typing import Any
 import torch
 
 from agent.core.bundle import WEIGHTS_FILE, BundleManifest, WeightsFileSpec
+from exporter.infer_step import InferStep, KVCache
 from exporter.lower import data_file_of, lower_methods
 from exporter.model import (
     Decoder,
     HeadLoss,
-    InferStep,
-    KVCache,
     LossMethod,
     TrainForward,
     TrainMethod,
@@ -98,7 +97,8 @@ def infer_methods(core: Decoder, opts: ExportOptions, manifest: BundleManifest) 
     infer: Methods = {}
     for name, chunk in (("prefill", opts.prefill_chunk), ("decode", 1)):
         infer[name] = (
-            InferStep(core, cache, chunk=chunk, max_context=opts.max_context),
+            InferStep(core, cache, chunk=chunk, max_context=opts.max_context,
+                      llm_ops=opts.attention == "llm-ops"),
             (torch.zeros(1, chunk, dtype=torch.long), torch.tensor([0]), torch.tensor([0]),
              torch.zeros(1, p)),
         )

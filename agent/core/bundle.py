@@ -115,6 +115,9 @@ class InferProgramSpec(_Strict):
     max_context: int = Field(ge=2, description="KV cache length: prompt + generated tokens")
     prefill_chunk: int = Field(ge=1, description="tokens per prefill call")
     methods: tuple[str, ...] = ("prefill", "decode")
+    attention: Literal["llm-ops", "masked"] = Field(
+        default="masked", description="llm-ops: the program calls llama::update_cache / "
+        "llama::custom_sdpa (agent/io/llm_ops.py must load); masked: plain ops (format <= 4)")
 
 
 class WeightsFileSpec(_Strict):

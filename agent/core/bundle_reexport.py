@@ -17,7 +17,7 @@ from agent.core.lora_layout import CANONICAL_TARGETS
 # mobizo-export's defaults (exporter/cli.py): an option equal to its default is not repeated
 _DEFAULTS = {"--quantize": "none", "--backend": "xnnpack", "--max-length": "256",
              "--max-context": "1024", "--prefill-chunk": "32", "--rank": "16", "--alpha": "32.0",
-             "--head-rows": "512", "--seed": "0"}
+             "--head-rows": "512", "--seed": "0", "--attention": "llm-ops"}
 
 
 def _get(raw: Any, *keys: str) -> Any:
@@ -78,6 +78,7 @@ def reexport_command(raw: Any, bundle_dir: Path) -> str:
     if isinstance(infer, dict):
         options["--max-context"] = infer.get("max_context")
         options["--prefill-chunk"] = infer.get("prefill_chunk")
+        options["--attention"] = infer.get("attention")
     max_length = options["--max-length"]
     if isinstance(max_length, int) and options["--max-targets"] == max_length - 1:
         options["--max-targets"] = None  # the default: every position

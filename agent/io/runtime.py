@@ -36,10 +36,12 @@ import numpy as np
 import torch
 
 from agent.core.bundle import BundleManifest
+from agent.core.bundle_reexport import reexport_command
 from agent.core.targets import target_window
 from agent.errors import BundleError
 from agent.io.bundle_files import read_manifest, weights_path
 from agent.io.file_pages import release_file_pages
+from agent.io.llm_ops import llm_ops_problem
 from agent.io.pybindings import load_program, method_names, pybindings
 from agent.io.xnnpack_options import enable_weight_cache
 
@@ -85,6 +87,19 @@ def _load_program(path: Path, weights: Path | None = None) -> Any:  # executorch
     except Exception as exc:  # the pybinding raises RuntimeError/ValueError with codes
         raise BundleError(f"ExecuTorch cannot load {path} ({exc}); re-export the bundle with "
                           "this version of mobizo-export") from exc
+
+
+def _check_llm_ops(bundle_dir: Path, manifest: BundleManifest) -> None:
+    """Refuse, before its methods load, an infer program that calls ExecuTorch's LLM ops
+    where they could not be loaded (agent/io/llm_ops.py), with the command that fixes it."""
+    attention = manifest.infer.attention if manifest.infer else "masked"
+    problem = llm_ops_problem() if attention == "llm-ops" else None
+    if problem is not None:
+        raw = manifest.model_dump(mode="json")
+        raw["infer"]["attention"] = "masked"
+        raise BundleError(f"{bundle_dir}'s infer program attends with ExecuTorch's LLM ops, "
+                          f"which cannot run here: {problem}; re-export it: "
+                          f"{reexport_command(raw, bundle_dir)}")
 
 
 def _load_methods(program: Any, path: Path, names: Sequence[str],
@@ -233,6 +248,7 @@ class InferProgram:
         path = self.bundle_dir / spec.program
         weights = weights_path(self.bundle_dir, self.manifest)
         self._program = _load_program(path, weights)
+        _check_llm_ops(self.bundle_dir, self.manifest)
         self._prefill, self._decode = _load_methods(self._program, path, ("prefill", "decode"),
                                                     weights)
 

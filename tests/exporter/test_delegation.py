@@ -81,3 +81,35 @@ def test_infer_methods_attend_through_the_llm_ops(family_bundle):
     for method, ops in operators(bundle / "infer.pte").items():
         assert {"llama::update_cache", "llama::custom_sdpa"} <= ops, method
         assert "aten::index_put" not in ops, method
+
+
+def test_the_masked_infer_form_calls_no_llm_ops_and_runs(tmp_path):
+    """``--attention masked`` (ARMv8.0 boards, which cannot load the LLM ops library): the
+    infer methods lower without any ``llama::`` op and the runtime gives eager's logits."""
+    import torch
+
+    from agent.io.pybindings import load_program
+    from exporter.infer_step import InferStep, KVCache
+
+    hf = load_model(inspect_checkpoint(make_tiny_checkpoint("llama", tmp_path / "ckpt")))
+    layout = _layout(hf, [0, 1])
+    core = Decoder(hf, layout, init_lora_a(layout, 0))
+    c = hf.config
+    cache = KVCache(c.num_hidden_layers, 32, c.num_key_value_heads,
+                    c.hidden_size // c.num_attention_heads)
+    row = torch.randn(1, layout.num_params) * 0.1
+    methods = {name: (InferStep(core, cache, chunk=chunk, max_context=32, llm_ops=False),
+                      (torch.zeros(1, chunk, dtype=torch.long), torch.tensor([0]),
+                       torch.tensor([0]), torch.zeros(1, layout.num_params)))
+               for name, chunk in (("prefill", 8), ("decode", 1))}
+    lower_methods(methods, tmp_path / "infer.pte", backend="xnnpack",
+                  share_mutable_buffers=True)
+    for method, ops in operators(tmp_path / "infer.pte").items():
+        assert not any(op.startswith("llama::") for op in ops), (method, ops)
+    ids = torch.randint(0, c.vocab_size, (1, 8))
+    args = (ids, torch.tensor([0]), torch.tensor([7]), row)
+    program = load_program(str(tmp_path / "infer.pte"))
+    got = program.load_method("prefill")(list(args))[0]
+    with torch.no_grad():
+        want = methods["prefill"][0](*args)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

@@ -12,8 +12,9 @@ import torch
 from agent.core.lora_layout import CANONICAL_TARGETS, LoraLayout
 from exporter.checkpoint import inspect_checkpoint, load_model
 from exporter.families import family_for
+from exporter.infer_step import InferStep, KVCache
 from exporter.lora_init import init_lora_a
-from exporter.model import Decoder, InferStep, KVCache, RMSNorm, TrainForward, rotate_half_matrix
+from exporter.model import Decoder, RMSNorm, TrainForward, rotate_half_matrix
 from exporter.reference import hf_losses, merged_model
 from tests.exporter.tiny import FAMILY_CASES, LLAMA3_ROPE, make_tiny_checkpoint
 
@@ -139,15 +140,17 @@ def test_last_k_equals_all_layer_math_restricted(hf):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_infer_step_matches_transformers_with_cache(hf):
+@pytest.mark.parametrize("llm_ops", [True, False], ids=["llm-ops", "masked"])
+def test_infer_step_matches_transformers_with_cache(hf, llm_ops):
+    """Both attention forms (the LLM ops, and the masked matmul for ARMv8.0 boards)."""
     layout = _layout(hf, [0, 1])
     lora_a = init_lora_a(layout, 1)
     core = Decoder(hf, layout, lora_a)
     c = hf.config
     cache = KVCache(c.num_hidden_layers, 32, c.num_key_value_heads,
                     c.hidden_size // c.num_attention_heads)
-    prefill = InferStep(core, cache, chunk=8, max_context=32)
-    decode = InferStep(core, cache, chunk=1, max_context=32)
+    prefill = InferStep(core, cache, chunk=8, max_context=32, llm_ops=llm_ops)
+    decode = InferStep(core, cache, chunk=1, max_context=32, llm_ops=llm_ops)
     row = torch.randn(1, layout.num_params) * 0.1
     ids = torch.randint(0, c.vocab_size, (1, 13))
     with torch.no_grad():

@@ -108,15 +108,18 @@ def make_board() -> Board | str:
     return Board(rootfs, CACHE)
 
 
-def export_bundle(scheme: str) -> Path:
-    """A starter bundle exported on the host with ``mobizo-export`` (reused while current)."""
-    out = CACHE / "bundles" / f"starter-{scheme}"
+def export_bundle(scheme: str, attention: str = "llm-ops") -> Path:
+    """A starter bundle exported on the host with ``mobizo-export`` (reused while current);
+    ``attention="masked"`` for ARMv8.0 boards, which cannot load the LLM ops library."""
+    out = CACHE / "bundles" / f"starter-{scheme}" if attention == "llm-ops" else (
+        CACHE / "bundles" / f"starter-{scheme}-{attention}")
     manifest = out / "manifest.json"
     newest_source = max(p.stat().st_mtime for p in (REPO / "exporter").rglob("*.py"))
     if manifest.is_file() and manifest.stat().st_mtime > newest_source:
         return out
     exe = Path(sys.executable).with_name("mobizo-export")
-    subprocess.run([str(exe), *EXPORT_ARGS, "--quantize", scheme, "--force", "--out", str(out)],
+    subprocess.run([str(exe), *EXPORT_ARGS, "--quantize", scheme, "--attention", attention,
+                    "--force", "--out", str(out)],
                    check=True, capture_output=True, text=True, timeout=3600)
     return out
 
