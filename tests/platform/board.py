@@ -168,6 +168,7 @@ class SideRun:
     greedy_s: float
     load_s: float
     generate_s: float
+    margins: tuple[float, ...] = ()
 
 
 def _side(metrics: Path, probe_stdout: str, train_s: float, greedy_s: float) -> SideRun:
@@ -179,7 +180,7 @@ def _side(metrics: Path, probe_stdout: str, train_s: float, greedy_s: float) -> 
                    step_s=[float(r["seconds"]) for r in steps],
                    tokens=probe["tokens"], first_logits=probe["first_logits"],
                    train_s=train_s, greedy_s=greedy_s, load_s=probe["load_s"],
-                   generate_s=probe["generate_s"])
+                   generate_s=probe["generate_s"], margins=tuple(probe.get("margins", ())))
 
 
 def run_host(scheme: str, bundle: Path, data: Path) -> SideRun:

@@ -41,13 +41,17 @@ def greedy(bundle: Path, new_tokens: int) -> dict[str, object]:
     logits = program.forward(PROMPT_IDS, 0, lora_b)
     first = [float(x) for x in np.asarray(logits, dtype=np.float32)]
     tokens: list[int] = []
+    margins: list[float] = []  # top-1 minus top-2 logit at each pick: how near a tie it was
     pos = len(PROMPT_IDS)
     while len(tokens) < new_tokens and pos < program.max_context:
-        token = int(np.argmax(np.asarray(logits)))
+        row = np.asarray(logits, dtype=np.float32)
+        token = int(np.argmax(row))
+        top2 = np.partition(row, -2)[-2:]
+        margins.append(float(top2[1] - top2[0]))
         tokens.append(token)
         logits = program.forward([token], pos, lora_b)
         pos += 1
-    return {"tokens": tokens, "first_logits": first, "load_s": t1 - t0,
+    return {"tokens": tokens, "margins": margins, "first_logits": first, "load_s": t1 - t0,
             "generate_s": time.perf_counter() - t1}
 
 

@@ -119,7 +119,30 @@ def test_board_matches_host(arm_board: Board, train_data: Path, scheme: str, cpu
         assert loss_rel <= INT8_LOSS_REL_TOL, f"{scheme}: losses differ by {loss_rel:.2e}"
         for h, b, bound in zip(host.g, board.g, int8_g_bound(host), strict=True):
             assert abs(h - b) <= bound, f"{scheme}: g_i {h} vs {b} (bound {bound:.2e})"
-    assert host.tokens == board.tokens, f"{scheme}: greedy {host.tokens} vs {board.tokens}"
+    same = greedy_prefix_to_compare(scheme, host)
+    assert host.tokens[:same] == board.tokens[:same], (
+        f"{scheme}: greedy {host.tokens} vs {board.tokens} (compared the first {same})")
+
+
+# Int8/int4 logits move with the same quantization jumps as the losses: the first logits of
+# 8da8w differ by up to 8.3e-3 relative between x86_64 and a correct Arm core (max,sme=off,
+# report-ARM). Where the host's top two logits are closer than that, the pick is a tie within
+# int8's noise, either token is right, and the sequences may part from there on. Measured:
+# 8da4w on cortex-a76 with the LLM ops, token 16 of 16: host margin 0.0038 on logits of
+# 0.92 (0.4 %), host 10, board 256.
+INT8_LOGIT_REL_NOISE = 2 * 8.3e-3
+
+
+def greedy_prefix_to_compare(scheme: str, host: SideRun) -> int:
+    """How many greedy tokens must agree: all for fp32; for int8 schemes, those before the
+    first pick whose host margin is within int8's logit noise (a tie either way)."""
+    if scheme == "none" or not host.margins:
+        return len(host.tokens)
+    scale = max(abs(x) for x in host.first_logits)
+    for i, margin in enumerate(host.margins):
+        if margin <= INT8_LOGIT_REL_NOISE * scale:
+            return i
+    return len(host.tokens)
 
 
 def test_an_llm_ops_bundle_is_refused_on_armv8_0_not_killed(arm_board: Board) -> None:
