@@ -21,9 +21,9 @@ import binascii
 import hashlib
 import math
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from agent.core.fleet_documents import WireIn, WireOut
 from agent.core.topics import valid_id
@@ -42,6 +42,15 @@ CHUNK_ENVELOPE_BYTES = 512
 DEFAULT_CHUNK_SIZE = 44 * 1024  # 60,076 bytes of base64: fits the default 64 KiB payload
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _hex64(value: str) -> str:
+    if not _HEX64.match(value):
+        raise ValueError("must be 64 lowercase hex digits")
+    return value
+
+
+Sha256Hex = Annotated[str, AfterValidator(_hex64)]
 _HEXCHUNK = re.compile(rf"^[0-9a-f]{{{CHUNK_HASH_HEX}}}$")
 _PATH_PART = re.compile(r"^[A-Za-z0-9_.+-]{1,128}$")
 
@@ -83,7 +92,7 @@ class ArtifactFile(WireIn):
 
     path: str = Field(max_length=512, description="relative POSIX path inside the artifact")
     size: int = Field(ge=0, le=1 << 40)
-    sha256: str
+    sha256: Sha256Hex
 
     @field_validator("path")
     @classmethod
@@ -93,13 +102,6 @@ class ArtifactFile(WireIn):
             raise ValueError(
                 f"{value[:80]!r} is not a safe relative path (parts of A-Z a-z 0-9 _ . + -, "
                 "no '..', no leading '/')")
-        return value
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, value: str) -> str:
-        if not _HEX64.match(value):
-            raise ValueError("must be 64 lowercase hex digits")
         return value
 
 
@@ -117,7 +119,7 @@ class ArtifactManifest(WireIn):
 
     kind: ArtifactKind
     total_size: int = Field(ge=1, le=1 << 40, description="bytes of all files together")
-    sha256: str = Field(description="sha256 of the files' concatenation, in order")
+    sha256: Sha256Hex = Field(description="sha256 of the files' concatenation, in order")
     chunk_size: int = Field(ge=1024, le=16 << 20)
     chunk_sha256: list[str] = Field(
         min_length=1, max_length=MAX_CHUNKS,
@@ -127,13 +129,6 @@ class ArtifactManifest(WireIn):
         min_length=1, max_length=128,
         description="adapter: the bundle it was trained for; bundle: its own id")
     lora: LoraSummary | None = Field(default=None, description="adapter: its LoRA layout")
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, value: str) -> str:
-        if not _HEX64.match(value):
-            raise ValueError("must be 64 lowercase hex digits")
-        return value
 
     @field_validator("chunk_sha256")
     @classmethod
