@@ -3,10 +3,12 @@
 Real processes, measured whole from /proc (agent/bench/memory_procs.py), per bundle (one per
 quantization scheme, e.g. an fp32 and an 8da8w export of the same model):
 
-1. **service alone**: ``mobizo-agent serve`` after answering one request (Rss, Pss);
+1. **service alone**: ``mobizo-agent serve`` after answering one request (Rss, Pss), the sum
+   over its process tree: its front and its engine child (agent/io/engine.py), each printed;
 2. **burst, program released** (what the daemon does, docs/architecture.md "Memory on the
    board"): the service releases its program, ``mobizo-agent train`` runs ``--steps`` P-RGE
-   steps; the peak Pss of service + trainer before any request, the trainer's own peak
+   steps; the peak Pss of service + trainer before any request (the released service is its
+   front alone: the engine child has exited), the trainer's own peak
    (``wait4`` ru_maxrss) and the drop of ``MemAvailable`` from before the service started.
    After the trainer's first step a request is sent: it is answered after the program loads
    again; its latency against a warm request is the price of the release;
@@ -33,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,20 +45,30 @@ from agent.bench.memory_procs import (
     free_port,
     import_baseline_mb,
     mem_available_mb,
-    proc_memory,
+    process_tree,
+    tree_memory,
     wait_until,
 )
 
 HELP = "resident memory of the service, the trainer and the board during a burst"
 
-# What the service process imports before it loads anything (its import baseline).
-SERVICE_IMPORTS = ("agent.services.inference.service", "agent.io.runtime")
+# What the service's two processes import before they load anything (import baselines): the
+# front (HTTP, tokenizer, store: no torch) and the engine child (the ExecuTorch runtime).
+FRONT_IMPORTS = ("agent.services.inference.service",)
+ENGINE_IMPORTS = ("agent.io.engine_child", "agent.io.runtime")
+
+
+# slices per train call by mode, from q (agent/core/zo.py): MeZO 1, P-RGE q, P-RGE dual 2q
+_SLICES: dict[str, Callable[[int], int]] = {
+    "mezo": lambda q: 1, "prge": lambda q: q, "prge-dual": lambda q: 2 * q}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundles", type=Path, nargs="+",
                         help="model bundles (one per scheme: fp32, 8da8w, ...)")
     parser.add_argument("--steps", type=int, default=3, help="P-RGE steps of each burst")
+    parser.add_argument("--mode", choices=tuple(_SLICES), default="prge-dual",
+                        help="the trainer's mode (mezo fits a bundle with only 1 x b shapes)")
     parser.add_argument("--q", type=int, default=2, help="queries per step")
     parser.add_argument("--batch", type=int, default=2, help="sequences per query")
     parser.add_argument("--threads", type=int, default=None, help="runtime threads, both")
@@ -136,13 +149,16 @@ def _burst(svc: _Service, bundle: Path, data: Path, out: Path, args: argparse.Na
     """One trainer run beside the service; the board's peaks, and a request during it."""
     argv = [sys.executable, "-m", "agent", "train", "--bundle", str(bundle), "--data", str(data),
             "--out", str(out), "--steps", str(args.steps), "--q", str(args.q), "--batch",
-            str(args.batch), "--mode", "prge-dual", "--heldout-share", "0", "--no-eval",
+            str(args.batch), "--mode", args.mode, "--heldout-share", "0", "--no-eval",
             "--progress", "json"]
     if args.threads:
         argv += ["--threads", str(args.threads)]
-    trainer = subprocess.Popen(as_on_the_board(argv), stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
-    sampler = Sampler(lambda: (svc.proc.pid, trainer.pid)).start()
+    log_path = out.with_suffix(".log")
+    with log_path.open("w") as log:
+        trainer = subprocess.Popen(as_on_the_board(argv), stdout=subprocess.PIPE, stderr=log,
+                                   text=True)
+    # the service's tree: its front, and its engine child whenever one runs
+    sampler = Sampler(lambda: (*process_tree(svc.proc.pid), trainer.pid)).start()
     stepped = threading.Event()
 
     def read() -> None:
@@ -150,6 +166,7 @@ def _burst(svc: _Service, bundle: Path, data: Path, out: Path, args: argparse.Na
         for line in trainer.stdout:
             if '"step"' in line:
                 stepped.set()
+        stepped.set()  # it exited: nothing more to wait for
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
@@ -158,6 +175,9 @@ def _burst(svc: _Service, bundle: Path, data: Path, out: Path, args: argparse.Na
         sampler.sample()
         out_row["board_pss_mb"] = sampler.peak_pss_mb  # the burst before the request
         out_row["board_rss_mb"] = sampler.peak_rss_mb
+        out_row["service_side_pss_mb"] = sum(  # the two sides of the board, before it
+            v for pid, v in sampler.peak_pss_by_pid.items() if pid != trainer.pid)
+        out_row["trainer_side_pss_mb"] = sampler.peak_pss_by_pid.get(trainer.pid, 0.0)
         out_row["request_during_ms"] = svc.ask()
         out_row["program_load_s"] = svc.program().get("last_load_s")
     _, status, usage = os.wait4(trainer.pid, 0)
@@ -165,7 +185,8 @@ def _burst(svc: _Service, bundle: Path, data: Path, out: Path, args: argparse.Na
     reader.join(10)
     sampler.stop()
     if trainer.returncode != 0:
-        raise RuntimeError(f"the trainer exited {trainer.returncode} on {bundle}")
+        tail = log_path.read_text().strip().splitlines()[-1:] or [""]
+        raise RuntimeError(f"the trainer exited {trainer.returncode} on {bundle}: {tail[0]}")
     out_row.setdefault("board_pss_mb", sampler.peak_pss_mb)
     out_row.setdefault("board_rss_mb", sampler.peak_rss_mb)
     out_row.update(trainer_peak_mb=usage.ru_maxrss / 1024, overall_pss_mb=sampler.peak_pss_mb,
@@ -176,14 +197,14 @@ def _burst(svc: _Service, bundle: Path, data: Path, out: Path, args: argparse.Na
 
 def _one_process_mb(bundle: Path, args: argparse.Namespace) -> float:
     """RSS of one process holding the infer program and the burst's train method, each run
-    once (the trainer's shape: 2q slices of ``--batch`` sequences)."""
+    once (the trainer's shape: ``--mode``'s slices of ``--batch`` sequences)."""
     code = (
         "import sys, numpy as np\n"
         "from pathlib import Path\n"
         "from agent.io.runtime import InferProgram, TrainProgram\n"
         "b = Path(sys.argv[1])\n"
         "inf = InferProgram(b)\n"
-        f"tr = TrainProgram(b, slices={2 * args.q}, batch={args.batch})\n"
+        f"tr = TrainProgram(b, slices={_SLICES[args.mode](args.q)}, batch={args.batch})\n"
         "inf.forward([1, 2, 3], 0, np.zeros(tr.manifest.lora.num_params, np.float32))\n"
         "import torch\n"
         "t = torch.ones(tr.batch, tr.max_length, dtype=torch.long)\n"
@@ -243,9 +264,9 @@ def measure(bundle: Path, work: Path, args: argparse.Namespace) -> dict[str, Any
     try:
         svc.ask()
         warm_ms = min(svc.ask() for _ in range(3))
-        alone = proc_memory(svc.proc.pid)
+        alone = tree_memory(svc.proc.pid)
         svc.resident(False)
-        released = proc_memory(svc.proc.pid)
+        released = tree_memory(svc.proc.pid)
         release = _burst(svc, bundle, data, work / "release", args, ask_during=True)
         svc.resident(True)
         keep = _burst(svc, bundle, data, work / "keep", args, ask_during=True)
@@ -254,8 +275,11 @@ def measure(bundle: Path, work: Path, args: argparse.Namespace) -> dict[str, Any
     return {
         "bundle": str(bundle), "scheme": scheme, "weights_mb": weights / MB,
         "weights_basis": basis, "bundle_mb": bundle_bytes(bundle) / MB,
-        "import_baseline_mb": import_baseline_mb(sys.executable, SERVICE_IMPORTS),
-        "service": alone.as_dict(), "service_released": released.as_dict(),
+        "import_baseline_mb": import_baseline_mb(sys.executable, FRONT_IMPORTS),
+        "engine_import_baseline_mb": import_baseline_mb(sys.executable, ENGINE_IMPORTS),
+        "service": alone["total"].as_dict(), "service_front": alone["front"].as_dict(),
+        "service_engine": alone["engine"].as_dict(),
+        "service_released": released["total"].as_dict(),
         "trainer_peak_mb": release["trainer_peak_mb"],
         "trainer_peak_pss_mb": release["trainer_peak_pss_mb"],
         "burst_released": release, "burst_kept": keep,
@@ -292,9 +316,17 @@ def _print(rows: list[dict[str, Any]]) -> None:
     print(f"{'':34}" + "".join(f"{n:>{width + 2}}" for n in names))
     lines: list[tuple[str, list[Any]]] = [
         ("weights MB", [r["weights_mb"] for r in rows]),
-        ("service import baseline MB", [r["import_baseline_mb"] for r in rows]),
-        ("service Pss MB (1 request)", [r["service"]["pss_mb"] for r in rows]),
+        ("front import baseline MB (RSS)", [r["import_baseline_mb"] for r in rows]),
+        ("engine import baseline MB (RSS)", [r["engine_import_baseline_mb"] for r in rows]),
+        ("service front Pss MB (1 request)", [r["service_front"]["pss_mb"] for r in rows]),
+        ("service engine Pss MB", [r["service_engine"]["pss_mb"] for r in rows]),
+        ("service Pss MB (front + engine)", [r["service"]["pss_mb"] for r in rows]),
         ("service Pss MB, released", [r["service_released"]["pss_mb"] for r in rows]),
+        ("board in burst: service side MB",
+         [r["burst_released"].get("service_side_pss_mb") for r in rows]),
+        ("board in burst: trainer side MB",
+         [r["burst_released"].get("trainer_side_pss_mb") for r in rows]),
+        ("board in burst: both MB", [r["burst_released"]["board_pss_mb"] for r in rows]),
         ("trainer peak MB (RSS)", [r["trainer_peak_mb"] for r in rows]),
         ("trainer peak Pss MB (sampled)", [r["trainer_peak_pss_mb"] for r in rows]),
         ("MemAvailable drop MB (released)", [r["memavailable_drop_mb"] for r in rows]),

@@ -3,8 +3,10 @@
 ``Rss`` and ``Pss`` come from ``/proc/PID/smaps_rollup`` (Pss splits shared pages, such as a
 memory-mapped weights file or the runtime's libraries, between the processes that map them,
 so the Pss of service + trainer is what they cost the board together); ``VmHWM`` from
-``/proc/PID/status``; ``MemAvailable`` from ``/proc/meminfo``. A :class:`Sampler` polls a few
-processes in a thread and keeps the largest sums and the lowest ``MemAvailable`` seen.
+``/proc/PID/status``; ``MemAvailable`` from ``/proc/meminfo``. The service is two processes
+(its front and its engine child, agent/io/engine.py): :func:`tree_memory` adds up its tree.
+A :class:`Sampler` polls a few processes in a thread and keeps the largest sums and the lowest
+``MemAvailable`` seen.
 """
 
 from __future__ import annotations
@@ -52,6 +54,33 @@ def proc_memory(pid: int) -> ProcMemory:
     status = _fields_kb(Path(f"/proc/{pid}/status"), ("VmHWM",))
     return ProcMemory(roll.get("Rss", 0) / 1024, roll.get("Pss", 0) / 1024,
                       status.get("VmHWM", 0) / 1024)
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the service's engine child), parents first."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop(0)
+        out.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in task.read_text().split()]
+            except (OSError, ValueError):  # the task or the process is gone
+                continue
+    return out
+
+
+def tree_memory(pid: int) -> dict[str, ProcMemory]:
+    """The memory of ``pid`` (``front``), of its descendants together (``engine``: the
+    service's engine child; zero when it has none) and of all of them (``total``)."""
+    pids = process_tree(pid)
+    front, rest = proc_memory(pids[0]), [proc_memory(p) for p in pids[1:]]
+
+    def total(mems: Sequence[ProcMemory]) -> ProcMemory:
+        return ProcMemory(sum(m.rss_mb for m in mems), sum(m.pss_mb for m in mems),
+                          sum(m.hwm_mb for m in mems))
+
+    return {"front": front, "engine": total(rest), "total": total([front, *rest])}
 
 
 def mem_available_mb() -> float:

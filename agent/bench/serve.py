@@ -31,6 +31,9 @@ Against llama.cpp (issue 18 item 5): ``--vs-llamacpp`` runs our service beside l
 the same weights as GGUF, fp32/8da8w/8da4w beside f32/q8_0/q4_0, with and without the same
 LoRA (agent/bench/serve_vs_llamacpp.py says what is measured how; ``--shape 110m`` exports
 the shape the issue's targets are set on).
+
+Where the program runs: ``--bundle B --engines inline,process`` measures the service with its
+program inline and in its engine child side by side (agent/bench/serve_engines.py).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from agent.bench.serve_common import (
     switches_under_load,
     write_adapters,
 )
+from agent.bench.serve_engines import parse_engines
 from agent.bench.serve_vs_cli import add_arguments as add_vs_arguments
 from agent.core.bundle import QUANT_SCHEMES, QuantScheme
 
@@ -88,6 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for both engines")
     parser.add_argument("--out", "--json", type=Path, default=None,
                         help="also write the results as JSON")
+    parser.add_argument("--engines", type=parse_engines, default=None, metavar="ENGINES",
+                        help="compare where the program runs on --bundle instead: "
+                             "comma-separated inline,process (agent/bench/serve_engines.py)")
     add_vs_arguments(parser)
 
 
@@ -286,6 +293,10 @@ def main(args: argparse.Namespace) -> int:
         from agent.bench import serve_vs_cli
 
         return serve_vs_cli.main(args)
+    if getattr(args, "engines", None):
+        from agent.bench import serve_engines
+
+        return serve_engines.main(args)
     kwargs = dict(prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
                   repeats=args.repeats, switches=args.switches, threads=args.threads)
     if args.bundle is None and args.quantize is None:

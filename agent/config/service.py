@@ -80,6 +80,12 @@ class InferenceConfig(Section):
         "'truncate' drops its oldest whole turns (system messages stay; usage.truncated_messages "
         "says how many), 'error' answers 400 once the prompt itself does not fit"
     )
+    engine: Literal["process", "inline"] = Field(
+        default="process", description="where the ExecuTorch program runs: 'process', an "
+        "engine child of the service (its HTTP and control threads never wait for a forward; "
+        "released during bursts, the child exits and the service holds no torch), or "
+        "'inline', in the service process itself (docs/architecture.md, 'Memory on the board')"
+    )
     memory_max_mb: int = Field(
         default=0, ge=0, le=1 << 20, description="memory cap of the service (MiB); 0 = none"
     )

@@ -44,4 +44,8 @@ def test_memory_bench_prints_ratios_and_writes_json(
                 "one_process_mb", "ratios"):
         assert key in row, key
     assert {"rss_mb", "pss_mb", "hwm_mb"} <= set(row["service"])
+    # the service is its front and its engine child; released, the engine has exited
+    assert row["service_engine"]["pss_mb"] > 0 and row["service_front"]["pss_mb"] > 0
+    assert row["service"]["pss_mb"] >= row["service_front"]["pss_mb"]
+    assert row["service_released"]["pss_mb"] <= row["service_front"]["pss_mb"] * 1.5
     assert "board, kept / weights" in row["ratios"]

@@ -112,3 +112,45 @@ def test_a_request_during_a_burst_is_answered_and_stops_it(
         if daemon is not None:
             daemon.kill()
         svc.stop()
+
+
+def test_the_service_is_warm_again_once_the_burst_and_its_evaluation_end(
+    starter_bundle: Path, tmp_path: Path
+) -> None:
+    """The daemon releases the program for the burst and asks it back when the board is quiet
+    again (no trainer, no evaluator): the user's next request finds a warm engine."""
+    device = FakeDevice(tmp_path / "device")
+    state = tmp_path / "state"
+    seed_store(state, n=24)
+    svc = InferenceService(starter_bundle, state, ServeConfig(listen="127.0.0.1:0"))
+    svc.start()
+    daemon: DaemonProcess | None = None
+    try:
+        assert svc.address is not None
+        client = Client(*svc.address, token=svc.token)
+        _ask(client)
+        before = _program(client)
+        url = f"http://127.0.0.1:{svc.address[1]}"
+        sections = base_config(tmp_path, device, starter_bundle, url=url,
+                               constraints={"idle_minutes": 0.02},
+                               training={"steps_per_burst": 2})
+        daemon = DaemonProcess(write_config(tmp_path / "agent.toml", sections), state,
+                               tmp_path / "daemon.log", tick=0.2)
+        daemon.wait_socket()
+        daemon.wait_status(lambda s: s.get("last_run") is not None
+                           or (s.get("last_burst") or {}).get("outcome") is not None,
+                           180, "the burst to end")
+        deadline = time.monotonic() + 60
+        program = _program(client)  # /health never loads the program itself
+        while not program["resident"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            program = _program(client)
+        assert program["resident"], program
+        assert program["releases"] > before["releases"]
+        assert program["loads"] > before["loads"]
+        assert "loaded its program again after the burst" in daemon.log()
+        assert daemon.terminate() == 0
+    finally:
+        if daemon is not None:
+            daemon.kill()
+        svc.stop()

@@ -120,3 +120,40 @@ def test_counters_move_after_real_requests(service: InferenceService, starter_bu
         raise AssertionError(f"adapter {version} was not swapped in within 10 s")
     assert value(swapped, "mobizo_inference_adapter_swaps_total") - \
         value(after, "mobizo_inference_adapter_swaps_total") == 1
+
+
+def test_each_request_of_a_kept_alive_connection_and_a_broken_one_is_counted(
+        service: InferenceService) -> None:
+    """Counted per request, not per connection (keep-alive reuses one handler), and before
+    the answer goes out; a request line too broken to parse counts as ``other``."""
+    import http.client
+    import socket
+
+    client = _client(service)
+    before = _scrape(client)
+    assert service.address is not None
+    host, port = service.address
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        headers = {"Authorization": f"Bearer {service.token}"}
+        for path, status in (("/no/such/route", 404), ("/v1/models", 200)):
+            conn.request("GET", path, headers=headers)
+            reply = conn.getresponse()
+            reply.read()
+            assert reply.status == status
+    finally:
+        conn.close()
+    with socket.create_connection((host, port), timeout=10) as raw:
+        raw.sendall(b"NOT A REQUEST LINE AT ALL\r\n\r\n")
+        # a line the server cannot parse is answered the HTTP/0.9 way: the error page alone
+        answer = raw.recv(4096)
+        assert b"Error code: 400" in answer, answer
+    after = _scrape(client)
+
+    def moved(**labels: str) -> float:
+        return (value(after, "mobizo_inference_requests_total", **labels)
+                - value(before, "mobizo_inference_requests_total", **labels))
+
+    assert moved(endpoint="other", status="404") == 1
+    assert moved(endpoint="/v1/models", status="200") == 1
+    assert moved(endpoint="other", status="400") == 1

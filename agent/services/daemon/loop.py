@@ -51,6 +51,7 @@ from agent.services.daemon.ports import ExampleStore, Registry, Sensors, Service
 from agent.services.daemon.publish import RunOutcome
 from agent.services.daemon.run_context import ChildLauncher, RunContext
 from agent.services.daemon.run_files import RunFiles
+from agent.services.daemon.service_residency import ServiceResidency
 from agent.services.daemon.status import StatusReporter, heavy_modules_loaded, rss_kb
 from agent.services.daemon.wishes import UserWishes
 
@@ -159,6 +160,9 @@ class Daemon:
             wishes=self.wishes, runs=self.runs, reporter=self.reporter, registry=registry,
             tell_service=self.tell_service, status_document=self.status_document)
         self.federated = FederatedRounds(self.runs)  # rounds asked by the Flower SuperNode
+        self.residency = ServiceResidency(
+            lambda: self.ports.service,
+            lambda: self.config.service.release_program_during_bursts)
         self.runs.recover()
 
     # ------------------------------------------------------------------ config, status
@@ -256,6 +260,10 @@ class Daemon:
         held = self._disk_hold()
         if held is None and runs.check_purges():  # the store may not open on a full card
             self.federated.forget_learning()
+        # the burst and its evaluation are over: the user's next request finds a warm engine
+        self.residency.restore_if_quiet(busy=runs.bursts.child is not None
+                                        or runs.evaluation.child is not None
+                                        or self.federated.busy())
         if runs.bursts.child is not None:
             runs.bursts.follow()
         elif runs.evaluation.child is not None:
@@ -335,14 +343,7 @@ class Daemon:
 
     def release_service(self) -> str | None:
         """A burst starts: ask the service to release its program; a note if it did not."""
-        service = self.ports.service
-        if service is None or not self.config.service.release_program_during_bursts:
-            return None
-        try:
-            reply = service.set_program_resident(False)
-        except OSError as exc:  # not running: nothing resident to release
-            return f"the inference service did not answer ({exc})"
-        return None if reply.status == 200 else f"the inference service answered {reply.status}"
+        return self.residency.release()
 
     # ------------------------------------------------------------------ reload / stop
     def reload(self) -> bool:

@@ -12,6 +12,13 @@ the request waits for is :attr:`ReleasableProgram.last_load_s`, reported in ``/h
 sees the user is back and stops the burst within one step, as it always did. A release
 waits for the request in progress (the program is never dropped in the middle of one) and
 forgets the prompt cache, whose keys and values went with the program.
+
+With the engine in its own process (agent/io/engine.py, ``[inference] engine = "process"``),
+releasing the program is the engine child exiting: :meth:`ReleasableProgram.release` closes it
+and waits for it (bounded, then a kill), so its memory is gone before the trainer loads. An
+engine that dies (the OOM killer, ``kill -9``) fails the request in progress with a 500 naming
+what happened; the program is then dropped like a release (the prompt cache forgets), and the
+next request starts a new engine (counted in ``restarts``).
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+from agent.io.engine import EngineGone
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +68,7 @@ class ReleasableProgram:
         # held by the generation worker for a whole request, and by release(): a program is
         # never dropped between two forwards of one request
         self.lock = threading.RLock()
-        self.loads = self.releases = 0
+        self.loads = self.releases = self.restarts = 0
         self.last_load_s: float | None = None
         self.released_at: float | None = None  # wall time of the last release, if released
         self._program: Any = None
@@ -69,11 +78,16 @@ class ReleasableProgram:
 
     @property
     def resident(self) -> bool:
-        """Whether the program is loaded now."""
-        return self._program is not None
+        """Whether the program is loaded now (an engine that died is not)."""
+        return self._program is not None and bool(getattr(self._program, "alive", True))
 
     def _ensure(self) -> Any:
         program = self._program
+        if program is not None and not getattr(program, "alive", True):
+            with self.lock:  # the engine died between requests: this one gets a new engine
+                if self._program is program:
+                    self._dead(program, "between requests")
+            program = self._program
         if program is None:
             with self.lock:
                 if self._program is None:
@@ -88,12 +102,59 @@ class ReleasableProgram:
                 program = self._program
         return program
 
+    def _dead(self, program: Any, when: str) -> None:
+        """Drop an engine that died (the caller holds :attr:`lock`); the next call loads."""
+        self.restarts += 1
+        self._drop()
+        log.warning("the inference engine (pid %s) died %s; the next request starts a new one",
+                    getattr(program, "pid", "?"), when)
+
     def reset(self) -> None:
-        self._ensure().reset()
+        program = self._ensure()
+        try:
+            program.reset()
+        except EngineGone:
+            with self.lock:
+                if self._program is program:
+                    self._dead(program, "during a reset")
+            raise
 
     def forward(self, token_ids: Sequence[int], start_pos: int,
                 lora_b: np.ndarray) -> np.ndarray:
-        return self._ensure().forward(token_ids, start_pos, lora_b)  # type: ignore[no-any-return]
+        program = self._ensure()
+        try:
+            return program.forward(token_ids, start_pos, lora_b)  # type: ignore[no-any-return]
+        except EngineGone:  # this request fails (a 500 naming it); the next one reloads
+            with self.lock:
+                if self._program is program:
+                    self._dead(program, "during a request")
+            raise
+
+    def _drop(self) -> None:
+        """Let the program go (the caller holds :attr:`lock`): an engine child exits and is
+        waited for; an in-process program is collected and the heap trimmed. Either way its
+        memory is gone when this returns, and the prompt cache forgets."""
+        program, self._program = self._program, None
+        close = getattr(program, "close", None)
+        if close is not None:
+            close()
+        del program, close
+        self._on_release()
+        # the runtime frees the packed weights when the last method goes; collect now
+        # and hand glibc's free pages back, so they are gone before the trainer loads
+        gc.collect()
+        _trim_heap()
+
+    def close(self, timeout_s: float = RELEASE_WAIT_S) -> None:
+        """Let the program go for good (the service stops). A request still running after
+        ``timeout_s`` keeps it: an engine child then dies with the service."""
+        if not self.lock.acquire(timeout=timeout_s):
+            return
+        try:
+            if self._program is not None:
+                self._drop()
+        finally:
+            self.lock.release()
 
     def load(self) -> float:
         """Load the program now if it is released; seconds it took (0.0 when resident)."""
@@ -109,14 +170,9 @@ class ReleasableProgram:
         try:
             if self._program is None:
                 return True
-            self._program = None
+            self._drop()
             self.releases += 1
             self.released_at = time.time()
-            self._on_release()
-            # the runtime frees the packed weights when the last method goes; collect now
-            # and hand glibc's free pages back, so they are gone before the trainer loads
-            gc.collect()
-            _trim_heap()
         finally:
             self.lock.release()
         log.info("program released (a training burst runs); the next request loads it again")
@@ -131,10 +187,7 @@ class ReleasableProgram:
         again) and the error is raised.
         """
         with self.lock:  # no request is between two forwards while the program changes
-            self._program = None
-            self._on_release()
-            gc.collect()
-            _trim_heap()
+            self._drop()
             t0 = self._clock()
             program = load()
             self._load_program, self._program = load, program
@@ -146,6 +199,9 @@ class ReleasableProgram:
         return self.last_load_s
 
     def status(self) -> dict[str, Any]:
-        """For ``/health``: resident, loads, releases and the last load's seconds."""
+        """For ``/health``: resident, loads, releases, engine restarts, the last load's
+        seconds and the engine's pid (None in process or released)."""
         return {"resident": self.resident, "loads": self.loads, "releases": self.releases,
-                "last_load_s": self.last_load_s, "released_at": self.released_at}
+                "restarts": self.restarts, "last_load_s": self.last_load_s,
+                "released_at": self.released_at,
+                "engine_pid": getattr(self._program, "pid", None)}

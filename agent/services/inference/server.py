@@ -84,6 +84,7 @@ class Handler(TokenizeRoutes):
     """The API's routes (see the module docstring); the plumbing is :class:`ApiHandler`."""
 
     _status: int | None = None  # the first status sent (GET /metrics counts it)
+    _routes: dict[str, Any] = {}  # noqa: RUF012 - replaced per request, never mutated
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         self._dispatch({"/health": self._health, "/v1/models": self._models,
@@ -101,16 +102,18 @@ class Handler(TokenizeRoutes):
         })
 
     def _dispatch(self, routes: dict[str, Any]) -> None:
-        try:
-            super()._dispatch(routes)
-        finally:  # every answered request, by route (unknown paths: "other") and status
-            path = self.path.split("?", 1)[0].rstrip("/") or "/"
-            if self._status is not None:
-                self.app.metrics.request(path if path in routes else "other", self._status)
+        # per request: a kept-alive connection's handler serves several
+        self._status, self._routes = None, routes
+        super()._dispatch(routes)
 
     def send_response(self, code: int, message: str | None = None) -> None:
-        if self._status is None:
+        if self._status is None:  # every answered request, by route (unknown paths:
+            # "other") and status, counted before its status line goes out: a client that
+            # has read the answer and scrapes /metrics next finds it counted
             self._status = code
+            # (a request line too broken to parse is answered before self.path exists)
+            path = str(getattr(self, "path", "")).split("?", 1)[0].rstrip("/") or "/"
+            self.app.metrics.request(path if path in self._routes else "other", code)
         super().send_response(code, message)
 
     def _metrics(self) -> None:

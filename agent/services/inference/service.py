@@ -20,6 +20,7 @@ from agent.config.service import TOKEN_FILE_NAME
 from agent.core.bundle import BundleManifest
 from agent.io.adapter_fs import AdapterValidator
 from agent.io.bundle_files import read_manifest
+from agent.io.engine import EngineProgram
 from agent.io.registry import AdapterRegistry
 from agent.io.store import InteractionStore
 from agent.io.token_file import ensure_token
@@ -45,7 +46,9 @@ class InferenceService:
         bundle_dir: the model bundle.
         state_dir: holds ``interactions.sqlite3`` and ``adapters/``.
         config: service settings.
-        program_factory: builds the inference program (default: ExecuTorch ``InferProgram``).
+        program_factory: builds the inference program (default: ExecuTorch's ``InferProgram``
+            in an engine child process, agent/io/engine.py, or in this process with
+            ``engine="inline"``).
     """
 
     def __init__(
@@ -72,11 +75,14 @@ class InferenceService:
         self.metrics = ServiceMetrics(queue_depth=lambda: self.worker.depth,
                                       adapter_version=lambda: self.slot.version)
         self.slot = AdapterSlot(self.registry, hook=self.metrics.counting_swaps(hook))
-        # the ExecuTorch pool is sized before the program loads ([inference] threads); an
+        # the ExecuTorch pool is sized before the program loads ([inference] threads): here
+        # inline, by the engine child in process mode (it reports its size when ready); an
         # injected program has no such pool (None)
+        inline = program_factory is None and self.config.engine == "inline"
         self.runtime_threads: int | None = (
-            _size_thread_pool(self.config.threads) if program_factory is None else None)
-        self._factory = program_factory or _executorch_program
+            _size_thread_pool(self.config.threads) if inline else None)
+        self._factory = program_factory or (
+            _executorch_program if inline else self._engine_program)
         prompt_cache = PromptCache(self.config.prompt_cache_slots)
         # released while a training burst runs (residency.py): its KV cache goes with it
         self.program = ReleasableProgram(
@@ -152,6 +158,7 @@ class InferenceService:
         self.bundle_watcher.stop()
         self.watcher.stop()
         self.worker.stop()
+        self.program.close()  # the engine child exits with the service
         if self.store is not None:
             self.store.close()
 
@@ -190,6 +197,12 @@ class InferenceService:
                 "dropped_full_queue": store.dropped_full_queue},
         }
 
+    def _engine_program(self, bundle_dir: Path, threads: int | None) -> InferProgramLike:
+        """The program in an engine child process (agent/io/engine.py); its pool's size is
+        what ``/health`` reports as ``runtime_threads``."""
+        program = EngineProgram(bundle_dir, threads)
+        self.runtime_threads = program.threads
+        return program
 
     def _registry_for(self, bundle: Path, manifest: BundleManifest) -> AdapterRegistry:
         """The adapter registry in the state dir, validated against ``bundle``."""

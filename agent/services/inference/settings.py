@@ -27,6 +27,8 @@ class ServeConfig(BaseModel):
     listen: str | None = Field(default="127.0.0.1:8780", description="HOST:PORT, or None")
     unix_socket: Path | None = Field(default=None, description="also listen on this socket")
     threads: int | None = Field(default=None, ge=1, le=256, description="runtime CPU threads")
+    engine: Literal["process", "inline"] = Field(
+        default="process", description="run the program in an engine child process, or inline")
     max_context: int | None = Field(default=None, ge=16, le=131_072,
                                     description="cap on prompt + generated tokens; "
                                     "default: the bundle's exported KV cache")
@@ -123,6 +125,7 @@ def serve_config(cfg: AgentConfig, *, listen: str | None = None,
     url_listen, url_socket = listen_address(cfg.service.inference_url)
     values: dict[str, Any] = {
         "listen": url_listen, "unix_socket": url_socket, "threads": inf.threads or None,
+        "engine": inf.engine,
         "max_context": inf.max_context, "max_queue": inf.max_queue,
         "default_max_tokens": inf.max_new_tokens, "prompt_cache_slots": inf.prompt_cache_slots,
         "context_policy": inf.context_policy, "request_timeout_s": inf.request_timeout_s,
