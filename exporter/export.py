@@ -47,6 +47,7 @@ from exporter.programs import (
     BENCH_INFER_PROGRAM,
     adapter_forward_method_name,
     forward_method_name,
+    infer_method_names,
     lower_programs,
     train_method_name,
 )
@@ -220,7 +221,7 @@ def _draft_manifest(opts: ExportOptions, shape: ModelShape, tok: Any, layers: tu
             for s, b in opts.train_shapes())),
         infer=None if opts.train_only else InferProgramSpec(
             max_context=opts.max_context, prefill_chunk=opts.prefill_chunk,
-            attention=opts.attention),
+            attention=opts.attention, methods=infer_method_names(opts.attention)),
         tokenizer=TokenizerSpec(
             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else (

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from agent.core.bundle import WEIGHTS_FILE, BundleManifest, WeightsFileSpec
+from agent.core.bundle import LONG_PREFILL_METHOD, WEIGHTS_FILE, BundleManifest, WeightsFileSpec
 from exporter.infer_step import InferStep, KVCache
 from exporter.lower import data_file_of, lower_methods
 from exporter.model import (
@@ -90,15 +90,34 @@ def bench_forward_methods(core: Decoder, opts: ExportOptions, num_params: int) -
     return bench
 
 
+LONG_PREFILL = LONG_PREFILL_METHOD
+
+
+def infer_method_names(attention: str) -> tuple[str, ...]:
+    """The infer program's methods: with the LLM ops, also ``prefill_long``, a prefill chunk
+    attended with XNNPACK's matmuls over the whole cache (the masked form). ExecuTorch's
+    ``custom_sdpa`` multiplies with a scalar GEMM, so its cost grows with the context: on the
+    110M shape (8da8w) a 32-token chunk took 48 / 55 / 131 / 162 ms at 64 / 256 / 600 / 960
+    tokens of context, the masked form a flat 56-70 ms. The runtime picks it for chunks far
+    enough into the context (agent/io/runtime.py); both write the same KV cache."""
+    if attention == "llm-ops":
+        return ("prefill", "decode", LONG_PREFILL)
+    return ("prefill", "decode")
+
+
 def infer_methods(core: Decoder, opts: ExportOptions, manifest: BundleManifest) -> Methods:
-    """``prefill`` (a chunk of tokens) and ``decode`` (one token) over one KV cache."""
+    """``prefill`` (a chunk of tokens) and ``decode`` (one token) over one KV cache, and
+    ``prefill_long`` where the LLM ops attend (:func:`infer_method_names`)."""
     shape, p = manifest.model, manifest.lora.num_params
     cache = KVCache(shape.num_layers, opts.max_context, shape.num_kv_heads, shape.head_dim)
+    llm_ops = opts.attention == "llm-ops"
+    steps = {"prefill": (opts.prefill_chunk, llm_ops), "decode": (1, llm_ops),
+             LONG_PREFILL: (opts.prefill_chunk, False)}
     infer: Methods = {}
-    for name, chunk in (("prefill", opts.prefill_chunk), ("decode", 1)):
+    for name in infer_method_names(opts.attention):
+        chunk, ops = steps[name]
         infer[name] = (
-            InferStep(core, cache, chunk=chunk, max_context=opts.max_context,
-                      llm_ops=opts.attention == "llm-ops"),
+            InferStep(core, cache, chunk=chunk, max_context=opts.max_context, llm_ops=ops),
             (torch.zeros(1, chunk, dtype=torch.long), torch.tensor([0]), torch.tensor([0]),
              torch.zeros(1, p)),
         )
@@ -127,7 +146,7 @@ def lower_programs(core: Decoder, opts: ExportOptions, manifest: BundleManifest,
               staging / BENCH_INFER_PROGRAM)
     if manifest.infer is not None:
         infer = infer_methods(core, opts, manifest)
-        log.info("lowering infer program: prefill (chunk %d), decode", opts.prefill_chunk)
+        log.info("lowering infer program: %s (chunk %d)", ", ".join(infer), opts.prefill_chunk)
         # no run-time weights: a tied head is packed once here, not per token (model.py)
         infer_pte = staging / manifest.infer.program
         lower_methods(infer, infer_pte, backend=opts.backend, share_mutable_buffers=True,

@@ -142,13 +142,20 @@ def summarize(etdump: Path, skip: int = WARMUP) -> dict[str, Any]:
 
 
 def profile(bundle: Path, *, context: int, steps: int, threads: int) -> dict[str, Any]:
-    """Trace ``decode`` and ``prefill`` of ``bundle`` (each in its own program load)."""
+    """Trace ``decode``, ``prefill`` and (where the bundle has it) ``prefill_long`` of
+    ``bundle``, each in its own program load."""
+    from agent.core.bundle import LONG_PREFILL_METHOD
+    from agent.io.bundle_files import read_manifest
     from agent.io.runtime import size_thread_pool
 
     size_thread_pool(threads)
     out: dict[str, Any] = {"bundle": str(bundle), "context": context, "threads": threads}
+    spec = read_manifest(bundle).infer
+    methods = [("decode", steps), ("prefill", max(4, steps // 4))]
+    if spec is not None and LONG_PREFILL_METHOD in spec.methods:  # the masked-form prefill
+        methods.append((LONG_PREFILL_METHOD, max(4, steps // 4)))
     with tempfile.TemporaryDirectory() as work:
-        for method, n in (("decode", steps), ("prefill", max(4, steps // 4))):
+        for method, n in methods:
             etdump = Path(work) / f"{method}.etdp"
             calls, skip = _calls(bundle, method, context, n)
             _trace(bundle, method, calls, etdump)
@@ -158,8 +165,10 @@ def profile(bundle: Path, *, context: int, steps: int, threads: int) -> dict[str
 
 def format_profile(result: dict[str, Any], top: int) -> str:
     lines = [f"{result['bundle']}: context {result['context']}, {result['threads']} threads"]
-    for method in ("decode", "prefill"):
-        r = result[method]
+    for method in ("decode", "prefill", "prefill_long"):
+        r = result.get(method)
+        if r is None:  # a bundle without prefill_long
+            continue
         lines.append(f"  {method}: {r['ms']:.2f} ms per call, {r['delegate_calls']} "
                      "XNNPACK delegate calls")
         lines.append(f"    {'operator':54s} {'per call':>8s} {'ms':>8s} {'share':>6s}")

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agent.core.bundle import BundleManifest
+from agent.core.bundle import LONG_PREFILL_METHOD, BundleManifest
 from agent.core.bundle_reexport import reexport_command
 from agent.core.targets import target_window
 from agent.errors import BundleError
@@ -222,6 +222,16 @@ class TrainProgram:
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
+# The infer program's method for prefill chunks deep in the context, where it has one
+# (format 5 bundles exported with the LLM ops, from this version on; older ones lack it and
+# are served as before), and the first position from which the runtime uses it. Measured on
+# the 110M shape (8da8w, 2 threads): a 32-token chunk with custom_sdpa took 48 / 55 / 131 /
+# 162 ms at 64 / 256 / 600 / 960 tokens of context, the masked form 67 / 65 / 70 / 56 ms;
+# they cross near 300.
+LONG_PREFILL = LONG_PREFILL_METHOD
+LONG_PREFILL_FROM = 320
+
+
 class InferProgram:
     """The generation program: a KV cache shared by ``prefill`` (fixed chunk) and ``decode``.
 
@@ -232,7 +242,8 @@ class InferProgram:
     """
 
     def __init__(self, bundle_dir: Path, *, threads: int | None = None,
-                 manifest: BundleManifest | None = None) -> None:
+                 manifest: BundleManifest | None = None,
+                 long_prefill_from: int = LONG_PREFILL_FROM) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest or read_manifest(self.bundle_dir)
         spec = self.manifest.infer
@@ -249,8 +260,13 @@ class InferProgram:
         weights = weights_path(self.bundle_dir, self.manifest)
         self._program = _load_program(path, weights)
         _check_llm_ops(self.bundle_dir, self.manifest)
-        self._prefill, self._decode = _load_methods(self._program, path, ("prefill", "decode"),
-                                                    weights)
+        names = ("prefill", "decode") + ((LONG_PREFILL,) if LONG_PREFILL in spec.methods else ())
+        methods = _load_methods(self._program, path, names, weights)
+        self._prefill, self._decode = methods[0], methods[1]
+        # a chunk that starts this far into the context is attended by the masked form
+        # (exporter/programs.py infer_method_names: custom_sdpa's cost grows with the context)
+        self._prefill_long = methods[2] if len(methods) > 2 else None
+        self.long_prefill_from = long_prefill_from
 
     def reset(self) -> None:
         """Start a new sequence (nothing to clear: unwritten positions are masked)."""
@@ -279,8 +295,10 @@ class InferProgram:
                 chunk[0, :n] = torch.tensor(ids[i : i + n])
                 # padding beyond n writes cache slots that later tokens overwrite before
                 # anything attends to them
-                logits = self._prefill(
-                    [chunk, torch.tensor([pos]), torch.tensor([n - 1]), row])[0]
+                prefill = self._prefill
+                if self._prefill_long is not None and pos >= self.long_prefill_from:
+                    prefill = self._prefill_long
+                logits = prefill([chunk, torch.tensor([pos]), torch.tensor([n - 1]), row])[0]
             else:
                 n = 1
                 logits = self._decode(

@@ -93,3 +93,33 @@ def test_loading_programs_imports_only_the_runtime_extension(starter_bundle):
                           env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[] True"
+
+
+def test_a_long_prefill_gives_the_same_logits_and_greedy_ids(starter_bundle):
+    """Chunks deep in the context go through ``prefill_long`` (the masked form: XNNPACK's
+    matmuls over the whole cache) instead of custom_sdpa, whose cost grows with the context.
+    Both write the one KV cache; turn by turn the logits agree to float rounding and greedy
+    picks are the same, whichever method fed which chunk."""
+    assert "prefill_long" in read_manifest(starter_bundle).infer.methods
+    rng = np.random.default_rng(5)
+    b = (rng.standard_normal(read_manifest(starter_bundle).lora.num_params) * 0.02
+         ).astype(np.float32)
+    prompt = [int(t) for t in rng.integers(3, 250, 70)]  # 5 chunks of 16: long from 32 on
+    runs = []
+    for long_from in (10**9, 32, 0):
+        prog = InferProgram(starter_bundle, long_prefill_from=long_from)
+        logits = prog.forward(prompt, 0, b)
+        picks, steps = [], [logits]
+        for i in range(12):
+            picks.append(int(np.argmax(logits)))
+            logits = prog.forward([picks[-1]], len(prompt) + i, b)
+            steps.append(logits)
+        # a follow-up turn fed past the first 70 positions (a prompt-cache hit's suffix)
+        steps.append(prog.forward(prompt[:20], len(prompt) + 12, b))
+        runs.append((picks, steps))
+        del prog
+    base_picks, base_steps = runs[0]
+    for picks, steps in runs[1:]:
+        assert picks == base_picks
+        for a, c in zip(base_steps, steps, strict=True):
+            np.testing.assert_allclose(c, a, rtol=0, atol=2e-4)
