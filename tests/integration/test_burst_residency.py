@@ -5,8 +5,10 @@ the burst. Real service, real daemon process, real trainer, real ExecuTorch runt
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,27 +77,45 @@ def test_release_and_reload_never_drop_a_request(starter_bundle: Path, tmp_path:
         svc.stop()
 
 
-def test_a_request_during_a_burst_is_answered_and_stops_it(
-    starter_bundle: Path, tmp_path: Path
-) -> None:
+@contextlib.contextmanager
+def _service_beside_a_daemon(bundle: Path, tmp_path: Path, steps_per_burst: int
+                             ) -> Iterator[tuple[Client, Callable[[], DaemonProcess]]]:
+    """A real service on a seeded store, its client, and a starter for a real daemon whose
+    burst may begin 1.2 s after the last request; both are stopped on the way out."""
     device = FakeDevice(tmp_path / "device")
     state = tmp_path / "state"
     seed_store(state, n=24)
-    svc = InferenceService(starter_bundle, state, ServeConfig(listen="127.0.0.1:0"))
+    svc = InferenceService(bundle, state, ServeConfig(listen="127.0.0.1:0"))
     svc.start()
-    daemon: DaemonProcess | None = None
-    try:
+    daemons: list[DaemonProcess] = []
+
+    def start_daemon() -> DaemonProcess:
         assert svc.address is not None
-        client = Client(*svc.address, token=svc.token)
-        expected, warm_s = _ask(client)
-        url = f"http://127.0.0.1:{svc.address[1]}"
-        # a burst may start 1.2 s after the last request; one arriving during it stops it
-        sections = base_config(tmp_path, device, starter_bundle, url=url,
+        sections = base_config(tmp_path, device, bundle, url=f"http://127.0.0.1:{svc.address[1]}",
                                constraints={"idle_minutes": 0.02},
-                               training={"steps_per_burst": 200})
+                               training={"steps_per_burst": steps_per_burst})
         daemon = DaemonProcess(write_config(tmp_path / "agent.toml", sections), state,
                                tmp_path / "daemon.log", tick=0.2)
+        daemons.append(daemon)
         daemon.wait_socket()
+        return daemon
+
+    try:
+        assert svc.address is not None
+        yield Client(*svc.address, token=svc.token), start_daemon
+    finally:
+        for daemon in daemons:
+            daemon.kill()
+        svc.stop()
+
+
+def test_a_request_during_a_burst_is_answered_and_stops_it(
+    starter_bundle: Path, tmp_path: Path
+) -> None:
+    with _service_beside_a_daemon(starter_bundle, tmp_path, 200) as (client, start_daemon):
+        expected, warm_s = _ask(client)
+        # a burst may start 1.2 s after the last request; one arriving during it stops it
+        daemon = start_daemon()
         daemon.wait_status(lambda s: s["state"] == "training"
                            and (s.get("progress") or {}).get("step", 0) >= 1, 120, "a step")
         assert _program(client)["resident"] is False  # the trainer holds the only copy
@@ -108,10 +128,6 @@ def test_a_request_during_a_burst_is_answered_and_stops_it(
         print(f"request during a burst: {during_s * 1000:.0f} ms (warm {warm_s * 1000:.0f} ms, "
               f"program load {reload_s * 1000:.0f} ms)")
         assert daemon.terminate() == 0
-    finally:
-        if daemon is not None:
-            daemon.kill()
-        svc.stop()
 
 
 def test_the_service_is_warm_again_once_the_burst_and_its_evaluation_end(
@@ -119,24 +135,10 @@ def test_the_service_is_warm_again_once_the_burst_and_its_evaluation_end(
 ) -> None:
     """The daemon releases the program for the burst and asks it back when the board is quiet
     again (no trainer, no evaluator): the user's next request finds a warm engine."""
-    device = FakeDevice(tmp_path / "device")
-    state = tmp_path / "state"
-    seed_store(state, n=24)
-    svc = InferenceService(starter_bundle, state, ServeConfig(listen="127.0.0.1:0"))
-    svc.start()
-    daemon: DaemonProcess | None = None
-    try:
-        assert svc.address is not None
-        client = Client(*svc.address, token=svc.token)
+    with _service_beside_a_daemon(starter_bundle, tmp_path, 2) as (client, start_daemon):
         _ask(client)
         before = _program(client)
-        url = f"http://127.0.0.1:{svc.address[1]}"
-        sections = base_config(tmp_path, device, starter_bundle, url=url,
-                               constraints={"idle_minutes": 0.02},
-                               training={"steps_per_burst": 2})
-        daemon = DaemonProcess(write_config(tmp_path / "agent.toml", sections), state,
-                               tmp_path / "daemon.log", tick=0.2)
-        daemon.wait_socket()
+        daemon = start_daemon()
         daemon.wait_status(lambda s: s.get("last_run") is not None
                            or (s.get("last_burst") or {}).get("outcome") is not None,
                            180, "the burst to end")
@@ -150,7 +152,3 @@ def test_the_service_is_warm_again_once_the_burst_and_its_evaluation_end(
         assert program["loads"] > before["loads"]
         assert "loaded its program again after the burst" in daemon.log()
         assert daemon.terminate() == 0
-    finally:
-        if daemon is not None:
-            daemon.kill()
-        svc.stop()
