@@ -18,7 +18,13 @@ from typing import Any
 
 import torch
 
-from agent.core.bundle import LONG_PREFILL_METHOD, WEIGHTS_FILE, BundleManifest, WeightsFileSpec
+from agent.core.bundle import (
+    LONG_DECODE_METHOD,
+    LONG_PREFILL_METHOD,
+    WEIGHTS_FILE,
+    BundleManifest,
+    WeightsFileSpec,
+)
 from exporter.infer_step import InferStep, KVCache
 from exporter.lower import data_file_of, lower_methods
 from exporter.model import (
@@ -90,29 +96,31 @@ def bench_forward_methods(core: Decoder, opts: ExportOptions, num_params: int) -
     return bench
 
 
-LONG_PREFILL = LONG_PREFILL_METHOD
+LONG_PREFILL, LONG_DECODE = LONG_PREFILL_METHOD, LONG_DECODE_METHOD
 
 
 def infer_method_names(attention: str) -> tuple[str, ...]:
-    """The infer program's methods: with the LLM ops, also ``prefill_long``, a prefill chunk
-    attended with XNNPACK's matmuls over the whole cache (the masked form). ExecuTorch's
-    ``custom_sdpa`` multiplies with a scalar GEMM, so its cost grows with the context: on the
-    110M shape (8da8w) a 32-token chunk took 48 / 55 / 131 / 162 ms at 64 / 256 / 600 / 960
-    tokens of context, the masked form a flat 56-70 ms. The runtime picks it for chunks far
-    enough into the context (agent/io/runtime.py); both write the same KV cache."""
+    """The infer program's methods: with the LLM ops, also ``prefill_long`` and
+    ``decode_long``, the same steps attended with XNNPACK's matmuls over the whole cache (the
+    masked form). ExecuTorch's ``custom_sdpa`` multiplies with a scalar GEMM, so its cost
+    grows with the context: on the 110M shape (8da8w) a 32-token chunk took 48 / 55 / 131 /
+    162 ms at 64 / 256 / 600 / 960 tokens of context, the masked form a flat 56-70 ms; a
+    decoded token (fp32) 22.7 / 28.7 / 41.4 / 37.7 ms at 64 / 256 / 768 / 960, the masked
+    form a flat 30-32 ms. The runtime picks them far enough into the context
+    (agent/io/runtime.py); all of them write the same KV cache."""
     if attention == "llm-ops":
-        return ("prefill", "decode", LONG_PREFILL)
+        return ("prefill", "decode", LONG_PREFILL, LONG_DECODE)
     return ("prefill", "decode")
 
 
 def infer_methods(core: Decoder, opts: ExportOptions, manifest: BundleManifest) -> Methods:
     """``prefill`` (a chunk of tokens) and ``decode`` (one token) over one KV cache, and
-    ``prefill_long`` where the LLM ops attend (:func:`infer_method_names`)."""
+    ``prefill_long`` / ``decode_long`` where the LLM ops attend (:func:`infer_method_names`)."""
     shape, p = manifest.model, manifest.lora.num_params
     cache = KVCache(shape.num_layers, opts.max_context, shape.num_kv_heads, shape.head_dim)
     llm_ops = opts.attention == "llm-ops"
     steps = {"prefill": (opts.prefill_chunk, llm_ops), "decode": (1, llm_ops),
-             LONG_PREFILL: (opts.prefill_chunk, False)}
+             LONG_PREFILL: (opts.prefill_chunk, False), LONG_DECODE: (1, False)}
     infer: Methods = {}
     for name in infer_method_names(opts.attention):
         chunk, ops = steps[name]

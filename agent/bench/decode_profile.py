@@ -8,7 +8,8 @@ backend is built with its profiler). Each method is loaded and traced on its own
 trace of one method holds only its own calls. Each method first fills the cache up to
 ``context`` itself (left out of the medians); then ``decode`` runs at positions
 ``context..context+steps-1`` (what a reply at that context length costs per token), and
-``prefill`` chunks at ``context``. Medians per call are printed in ms, grouped by
+``prefill`` chunks at ``context``; ``prefill_long`` and ``decode_long`` (the masked forms,
+where the bundle has them) likewise. Medians per call are printed in ms, grouped by
 operator (``#N`` instance numbers dropped), with the LM head (the biggest operator of the
 method's last delegate call) on its own row.
 
@@ -80,14 +81,14 @@ def _calls(bundle: Path, method: str, context: int, steps: int) -> tuple[list[li
     manifest = read_manifest(bundle)
     assert manifest.infer is not None
     spec, vocab = manifest.infer, manifest.model.vocab_size
-    chunk = 1 if method == "decode" else spec.prefill_chunk
+    chunk = 1 if method.startswith("decode") else spec.prefill_chunk
     if context + chunk + steps > spec.max_context:
         raise ValueError(f"--context {context} + {steps} steps do not fit the bundle's "
                          f"context of {spec.max_context}; lower them")
     gen = torch.Generator().manual_seed(0)
     row = torch.randn(1, manifest.lora.num_params, generator=gen) * 0.01
     fill = list(range(0, context, chunk))
-    measured = ([context + i for i in range(steps + WARMUP)] if method == "decode"
+    measured = ([context + i for i in range(steps + WARMUP)] if method.startswith("decode")
                 else [context] * (steps + WARMUP))
     calls = []
     for pos in fill + measured:
@@ -142,9 +143,9 @@ def summarize(etdump: Path, skip: int = WARMUP) -> dict[str, Any]:
 
 
 def profile(bundle: Path, *, context: int, steps: int, threads: int) -> dict[str, Any]:
-    """Trace ``decode``, ``prefill`` and (where the bundle has it) ``prefill_long`` of
-    ``bundle``, each in its own program load."""
-    from agent.core.bundle import LONG_PREFILL_METHOD
+    """Trace ``decode``, ``prefill`` and (where the bundle has them) ``prefill_long`` and
+    ``decode_long`` of ``bundle``, each in its own program load."""
+    from agent.core.bundle import LONG_DECODE_METHOD, LONG_PREFILL_METHOD
     from agent.io.bundle_files import read_manifest
     from agent.io.runtime import size_thread_pool
 
@@ -152,8 +153,9 @@ def profile(bundle: Path, *, context: int, steps: int, threads: int) -> dict[str
     out: dict[str, Any] = {"bundle": str(bundle), "context": context, "threads": threads}
     spec = read_manifest(bundle).infer
     methods = [("decode", steps), ("prefill", max(4, steps // 4))]
-    if spec is not None and LONG_PREFILL_METHOD in spec.methods:  # the masked-form prefill
-        methods.append((LONG_PREFILL_METHOD, max(4, steps // 4)))
+    for method, n in ((LONG_PREFILL_METHOD, max(4, steps // 4)), (LONG_DECODE_METHOD, steps)):
+        if spec is not None and method in spec.methods:  # the masked forms
+            methods.append((method, n))
     with tempfile.TemporaryDirectory() as work:
         for method, n in methods:
             etdump = Path(work) / f"{method}.etdp"
@@ -165,14 +167,14 @@ def profile(bundle: Path, *, context: int, steps: int, threads: int) -> dict[str
 
 def format_profile(result: dict[str, Any], top: int) -> str:
     lines = [f"{result['bundle']}: context {result['context']}, {result['threads']} threads"]
-    for method in ("decode", "prefill", "prefill_long"):
+    for method in ("decode", "prefill", "prefill_long", "decode_long"):
         r = result.get(method)
-        if r is None:  # a bundle without prefill_long
+        if r is None:  # a bundle without the masked forms
             continue
         lines.append(f"  {method}: {r['ms']:.2f} ms per call, {r['delegate_calls']} "
                      "XNNPACK delegate calls")
         lines.append(f"    {'operator':54s} {'per call':>8s} {'ms':>8s} {'share':>6s}")
-        for row in r["ops"][:top] + r["ops"][-1:]:
+        for row in r["ops"][:-1][:top] + r["ops"][-1:]:  # the top rows, then "rest"
             share = row["ms"] / r["ms"] if r["ms"] else 0.0
             lines.append(f"    {row['op'][:54]:54s} {row['calls']:8d} {row['ms']:8.3f} "
                          f"{share:6.1%}")

@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--turns", type=int, default=6, help="messages before the follow-up turn")
     g.add_argument("--conversation-tokens", type=int, default=750,
                    help="about how long the multi-turn conversation is")
+    g.add_argument("--long-context", type=int, default=800,
+                   help="prompt tokens before the deep-context decode row (0: skip it)")
     g.add_argument("--ttft-repeats", type=int, default=2,
                    help="cold + follow-up turns timed per engine (median)")
     g.add_argument("--parity-steps", type=int, default=8,
@@ -76,7 +78,8 @@ def main(args: argparse.Namespace) -> int:
                      prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
                      repeats=args.repeats, switches=args.switches, turns=args.turns,
                      conversation_tokens=args.conversation_tokens,
-                     parity_steps=args.parity_steps, ttft_repeats=args.ttft_repeats)
+                     parity_steps=args.parity_steps, ttft_repeats=args.ttft_repeats,
+                     long_context=args.long_context)
     results = run(bundles, opts, partial=args.out)
     results["targets"] = targets(results)
     print(format_vs_table(results))

@@ -13,7 +13,8 @@ fp32 / f32, 8da8w / q8_0, 8da4w / q4_0):
   turn: the client sends back the reply the service generated for the turn before (as a chat
   client does), and the prompt cache re-reads only what follows the longest common prefix;
   ``--switches`` adapter switches while a client keeps generating (control-request p99,
-  failed requests).
+  failed requests); decode tokens/s deep in the context: ``--gen-tokens`` after a
+  ``--long-context``-token prompt (where a long conversation's replies are decoded).
 - **Our generator in-process** (the same program object, before the HTTP front starts): the
   host's time per token (sampling, detokenizing, stop scan: what is not the program) as a
   share of a decode step, and the greedy token ids.
@@ -21,7 +22,8 @@ fp32 / f32, 8da8w / q8_0, 8da4w / q4_0):
   checkpoint (agent/bench/gguf_writer.py), without and with our active adapter as a GGUF
   LoRA; prompt and decode tokens/s, the same multi-turn time to first token with its prompt
   cache (the longest common prefix stays in the KV cache, like llama.cpp server's
-  ``cache_prompt``), its own reply sent back in the follow-up.
+  ``cache_prompt``), its own reply sent back in the follow-up; with the LoRA, decode deep in
+  the context after a prompt of ``--long-context`` tokens.
 - **Parity** (fp32 vs f32): max |logits difference| over the first ``--parity-steps`` steps
   (teacher-forced on our greedy tokens), and the greedy token ids of both, compared as ids.
 
@@ -75,6 +77,7 @@ class VsOptions:
     reply_tokens: int = 16  # what the previous turn generated before the follow-up
     ttft_repeats: int = 2
     parity_steps: int = 8
+    long_context: int = 800  # prompt tokens before the deep-context decode (0: not measured)
 
 
 TEMPLATE_TOKENS = 14  # "<|assistant|>\n" ... "</s>\n" around each message
@@ -229,8 +232,9 @@ def service_ttft(client: Any, messages: list[dict[str, str]], reply_tokens: int,
 
 def llama_side(files: dict[str, Path], lora: Path, kind: str, prompt_ids: list[int],
                conv: tuple[list[int], list[int], Callable[[list[int]], list[int]]],
-               args: VsOptions) -> dict[str, Any]:
-    """llama.cpp at ``kind``: speeds without and with the LoRA, multi-turn TTFT with it."""
+               args: VsOptions, long_ids: list[int] | None = None) -> dict[str, Any]:
+    """llama.cpp at ``kind``: speeds without and with the LoRA, multi-turn TTFT and (given
+    ``long_ids``) decode deep in the context with it."""
     out: dict[str, Any] = {}
     for label, adapter in (("base", None), ("lora", lora)):
         progress(f"llama.cpp {kind} {'with' if adapter else 'without'} the LoRA")
@@ -241,6 +245,8 @@ def llama_side(files: dict[str, Path], lora: Path, kind: str, prompt_ids: list[i
         if adapter is not None:
             out[label]["ttft"] = lc.time_to_first_token(
                 engine, conv[0], conv[1], conv[2], args.reply_tokens, args.ttft_repeats)
+            if long_ids:
+                out[label]["long"] = lc.speed(engine, long_ids, args.gen_tokens, 1)
         del engine
         gc.collect()
     return out
@@ -291,16 +297,22 @@ def run_scheme(bundle: Path, scheme: QuantScheme, files: dict[str, Path],
 
     conv = (codec.encode_chat(OTHER), codec.encode_chat(messages[:-2]), follow_up_ids)
     longest = len(codec.encode_chat(messages)) + args.reply_tokens  # a generous bound
-    need = max(longest + 1, args.prompt_tokens + args.gen_tokens)
+    need = max(longest + 1, args.prompt_tokens + args.gen_tokens,
+               args.long_context + args.gen_tokens)
     if need > args.n_ctx:
         raise BundleError(f"{bundle} holds {args.n_ctx} tokens of context, the benchmark needs "
                           f"{need} (conversation {longest} + 1, prompt + generated "
-                          f"{args.prompt_tokens + args.gen_tokens}); lower "
-                          "--conversation-tokens / --prompt-tokens / --gen-tokens or give a "
-                          "bundle exported with a larger --max-context")
+                          f"{args.prompt_tokens + args.gen_tokens}, long context + generated "
+                          f"{args.long_context + args.gen_tokens}); lower "
+                          "--conversation-tokens / --prompt-tokens / --gen-tokens / "
+                          "--long-context or give a bundle exported with a larger "
+                          "--max-context")
+    # the deep-context decode: a prompt of its own (not a prefix of the others: no cache hit)
+    long_ids = bench_prompt(svc, args.long_context, 7)[0] if args.long_context else None
     res: dict[str, Any] = {"scheme": scheme, "gguf": GGUF_TYPE[scheme], "bundle": str(bundle),
                            "prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens,
                            "conversation_tokens": len(codec.encode_chat(messages)),
+                           "long_context": args.long_context,
                            "runtime_threads": svc.runtime_threads}
     progress("ours in-process")
     res["in_process"] = ours_in_process(svc, prompt_ids, args.gen_tokens, flats[0],
@@ -322,11 +334,16 @@ def run_scheme(bundle: Path, scheme: QuantScheme, files: dict[str, Path],
         res["conversation_tokens"] = res["http"]["ttft"]["prompt_tokens"]
         progress(f"ours: {args.switches} adapter switches while generating")
         res["switch"] = switches_under_load(svc, client, versions, args.switches)
+        if long_ids:
+            progress(f"ours: decode after a {args.long_context}-token prompt")
+            res["http"]["long"] = http_speeds(client, args.long_context, args.gen_tokens, 1,
+                                              svc)
     finally:
         svc.stop()
     del svc
     gc.collect()
-    res["llama_cpp"] = llama_side(files, lora, GGUF_TYPE[scheme], prompt_ids, conv, args)
+    res["llama_cpp"] = llama_side(files, lora, GGUF_TYPE[scheme], prompt_ids, conv, args,
+                                  long_ids)
     shutil.rmtree(work, ignore_errors=True)  # adapters, LoRA GGUF, store: tens of MB at 110M
     return res
 

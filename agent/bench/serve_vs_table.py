@@ -106,6 +106,13 @@ def _details(scheme: str, r: dict[str, Any]) -> list[str]:
         f"HTTP request outside prefill + decode {http['outside_program_ms_per_request']:.1f} ms"
         f"{_load(http)}; follow-up reused {http['ttft']['reused_tokens']} cached tokens"
         + (f" of {http['ttft']['prompt_tokens']}" if "prompt_tokens" in http["ttft"] else ""))
+    long, their_long = http.get("long"), r["llama_cpp"]["lora"].get("long")
+    if long and their_long:  # not a target: what a long conversation's replies decode at
+        out.append(
+            f"{scheme} decode deep in the context (after a {r.get('long_context', '?')}-token "
+            f"prompt): ours {long['gen_tok_s']:.1f} tok/s, llama.cpp {r['gguf']}+LoRA "
+            f"{their_long['gen_tok_s']:.1f} tok/s, ratio "
+            f"{_ratio(long['gen_tok_s'], their_long['gen_tok_s']):.2f}{_load(long)}")
     out.append(
         f"{scheme} adapter switches while generating: {sw['switches']}, requests during "
         f"{sw['requests_during']}, failed {sw['failed_requests']}; p99 over all "

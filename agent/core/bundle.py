@@ -42,8 +42,10 @@ MANIFEST_NAME = "manifest.json"
 TRAIN_PROGRAM = "train.pte"
 INFER_PROGRAM = "infer.pte"
 HEAD_METHOD = "head_loss"
-# infer.pte's prefill for chunks deep in the context (exporter/programs.py infer_method_names)
+# infer.pte's prefill and decode for positions deep in the context (the masked form:
+# exporter/programs.py infer_method_names); bundles without them are served without them
 LONG_PREFILL_METHOD = "prefill_long"
+LONG_DECODE_METHOD = "decode_long"
 ADAPTER_DIR = "adapter"
 TOKENIZER_DIR = "tokenizer"
 GENERATION_CONFIG = "generation_config.json"  # the checkpoint's, copied when it has one

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agent.core.bundle import LONG_PREFILL_METHOD, BundleManifest
+from agent.core.bundle import LONG_DECODE_METHOD, LONG_PREFILL_METHOD, BundleManifest
 from agent.core.bundle_reexport import reexport_command
 from agent.core.targets import target_window
 from agent.errors import BundleError
@@ -222,14 +222,18 @@ class TrainProgram:
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
-# The infer program's method for prefill chunks deep in the context, where it has one
-# (format 5 bundles exported with the LLM ops, from this version on; older ones lack it and
-# are served as before), and the first position from which the runtime uses it. Measured on
-# the 110M shape (8da8w, 2 threads): a 32-token chunk with custom_sdpa took 48 / 55 / 131 /
-# 162 ms at 64 / 256 / 600 / 960 tokens of context, the masked form 67 / 65 / 70 / 56 ms;
-# they cross near 300.
-LONG_PREFILL = LONG_PREFILL_METHOD
-LONG_PREFILL_FROM = 320
+# The infer program's methods for prefill chunks and decoded tokens deep in the context,
+# where it has them (format 5 bundles exported with the LLM ops; older ones lack one or both
+# and are served without), and from what share of the bundle's context on the runtime uses
+# each: custom_sdpa's work grows with the positions written, the masked form's with the whole
+# cache, so where they cross scales with the context. Measured on the 110M shape with a
+# 1024-token cache (2 threads): a 32-token chunk (8da8w) with custom_sdpa took 48 / 55 / 131 /
+# 162 ms at 64 / 256 / 600 / 960 tokens of context, the masked form 67 / 65 / 70 / 56 ms,
+# crossing near 300; a decoded token (fp32) 27.1 / 28.9 / 30.7 / 41.4 / 37.7 ms at 512 / 640
+# / 704 / 768 / 960, the masked form 30.3-32.4 ms everywhere, crossing near 700.
+LONG_PREFILL, LONG_DECODE = LONG_PREFILL_METHOD, LONG_DECODE_METHOD
+LONG_PREFILL_SHARE = 320 / 1024
+LONG_DECODE_SHARE = 704 / 1024
 
 
 class InferProgram:
@@ -243,7 +247,8 @@ class InferProgram:
 
     def __init__(self, bundle_dir: Path, *, threads: int | None = None,
                  manifest: BundleManifest | None = None,
-                 long_prefill_from: int = LONG_PREFILL_FROM) -> None:
+                 long_prefill_from: int | None = None,
+                 long_decode_from: int | None = None) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest or read_manifest(self.bundle_dir)
         spec = self.manifest.infer
@@ -260,13 +265,18 @@ class InferProgram:
         weights = weights_path(self.bundle_dir, self.manifest)
         self._program = _load_program(path, weights)
         _check_llm_ops(self.bundle_dir, self.manifest)
-        names = ("prefill", "decode") + ((LONG_PREFILL,) if LONG_PREFILL in spec.methods else ())
-        methods = _load_methods(self._program, path, names, weights)
-        self._prefill, self._decode = methods[0], methods[1]
-        # a chunk that starts this far into the context is attended by the masked form
+        names = ("prefill", "decode") + tuple(m for m in (LONG_PREFILL, LONG_DECODE)
+                                              if m in spec.methods)
+        methods = dict(zip(names, _load_methods(self._program, path, names, weights),
+                           strict=True))
+        self._prefill, self._decode = methods["prefill"], methods["decode"]
+        # a chunk or token this far into the context is attended by the masked form
         # (exporter/programs.py infer_method_names: custom_sdpa's cost grows with the context)
-        self._prefill_long = methods[2] if len(methods) > 2 else None
-        self.long_prefill_from = long_prefill_from
+        self._prefill_long, self._decode_long = methods.get(LONG_PREFILL), methods.get(LONG_DECODE)
+        self.long_prefill_from = (round(LONG_PREFILL_SHARE * self.max_context)
+                                  if long_prefill_from is None else long_prefill_from)
+        self.long_decode_from = (round(LONG_DECODE_SHARE * self.max_context)
+                                 if long_decode_from is None else long_decode_from)
 
     def reset(self) -> None:
         """Start a new sequence (nothing to clear: unwritten positions are masked)."""
@@ -301,7 +311,10 @@ class InferProgram:
                 logits = prefill([chunk, torch.tensor([pos]), torch.tensor([n - 1]), row])[0]
             else:
                 n = 1
-                logits = self._decode(
+                decode = self._decode
+                if self._decode_long is not None and pos >= self.long_decode_from:
+                    decode = self._decode_long
+                logits = decode(
                     [torch.tensor([[ids[i]]]), torch.tensor([pos]), torch.tensor([0]), row])[0]
             i += n
             pos += n

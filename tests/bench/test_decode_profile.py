@@ -25,12 +25,14 @@ def test_decode_profile_names_the_attention_op_and_the_head(
         assert ops["llama::custom_sdpa.out"]["calls"] == 4  # one per layer of the starter
         assert ops["LM head (last delegate's biggest linear)"]["ms"] > 0
         assert not any(name.startswith("index_put") for name in ops)  # the cache op writes
-    # the masked-form prefill for chunks deep in the context: XNNPACK's matmuls, no LLM ops
-    long_ops = {row["op"] for row in result["prefill_long"]["ops"]}
-    assert not any(name.startswith("llama::") for name in long_ops), long_ops
-    assert any("Batch Matrix Multiply" in name for name in long_ops), long_ops
+    # the masked forms for positions deep in the context: XNNPACK's matmuls, no LLM ops
+    for method in ("prefill_long", "decode_long"):
+        long_ops = {row["op"] for row in result[method]["ops"]}
+        assert not any(name.startswith("llama::") for name in long_ops), long_ops
+        assert any("Batch Matrix Multiply" in name for name in long_ops), long_ops
     printed = capsys.readouterr().out
-    assert "decode:" in printed and "prefill_long:" in printed
+    assert "decode:" in printed and "prefill_long:" in printed and "decode_long:" in printed
+    assert printed.count("rest (between operators") == 4  # once per method
 
 
 def test_decode_profile_refuses_a_context_past_the_cache(starter_bundle: Path) -> None:

@@ -77,6 +77,19 @@ def test_switch_and_http_lines_carry_the_load_average() -> None:
     assert "a distinct prompt per request" in table and "own reply back" in table
 
 
+def test_the_deep_context_decode_line_compares_with_llama_cpp_and_is_no_target() -> None:
+    scheme = _scheme(60.0, 30.0, 2.0)
+    scheme["long_context"] = 800
+    scheme["http"]["long"] = {**_speeds(31.0, 400.0), "load_avg_1m": 0.5}
+    scheme["llama_cpp"]["lora"]["long"] = _speeds(31.0, 450.0)
+    table = serve_vs_table.format_vs_table(_results(none=scheme))
+    assert ("none decode deep in the context (after a 800-token prompt): ours 31.0 tok/s, "
+            "llama.cpp f32+LoRA 31.0 tok/s, ratio 1.00 (load avg 0.5)") in table
+    assert len(serve_vs_table.targets(_results(none=scheme))) == 5
+    assert "deep in the context" not in serve_vs_table.format_vs_table(
+        _results(none=_scheme(60.0, 30.0, 2.0)))  # results without it: no line
+
+
 def test_targets_pass_and_fail_by_their_thresholds() -> None:
     ok = serve_vs_table.targets(_results(none=_scheme(60.0, 30.0, 2.0)))
     assert all(ok.values()) and len(ok) == 5

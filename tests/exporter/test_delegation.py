@@ -49,10 +49,10 @@ def delegate_calls(program: Path) -> dict[str, int]:
 # around each layer's cache write and attention (ExecuTorch's llama::update_cache and
 # llama::custom_sdpa, outside XNNPACK), and prefill's pick of the last row before the head.
 # A tied head in head_loss is one partition more (its weight is a run-time input,
-# exporter/lower.py). prefill_long (the masked form, for chunks deep in the context) has
-# partitions around each layer's in-place cache write (index_copy) instead.
+# exporter/lower.py). prefill_long and decode_long (the masked form, for positions deep in
+# the context) have partitions around each layer's in-place cache write (index_copy) instead.
 DELEGATES = {"train_s1_b2": 2, "train_s3_b2": 2, "head_loss": 2, "prefill": 4, "decode": 3,
-             "prefill_long": 4}
+             "prefill_long": 4, "decode_long": 3}
 TIED_EXTRA = {"head_loss": 1}
 
 
@@ -79,14 +79,15 @@ def operators(program: Path) -> dict[str, set[str]]:
 def test_infer_methods_attend_through_the_llm_ops(family_bundle):
     """Each layer's cache write and attention are ExecuTorch's LLM ops (exporter/layers.py
     ``cached_attention``): no whole-cache transposes or masked matmuls over the context;
-    except ``prefill_long``, which is that masked form on purpose (its cost does not grow
-    with the context: exporter/programs.py ``infer_method_names``) and calls no LLM op."""
+    except ``prefill_long`` and ``decode_long``, which are that masked form on purpose (its
+    cost does not grow with the context: exporter/programs.py ``infer_method_names``) and
+    call no LLM op."""
     _, bundle = family_bundle
     methods = operators(bundle / "infer.pte")
-    assert set(methods) == {"prefill", "decode", "prefill_long"}
+    assert set(methods) == {"prefill", "decode", "prefill_long", "decode_long"}
     for method, ops in methods.items():
         assert "aten::index_put" not in ops, method
-        if method == "prefill_long":
+        if method.endswith("_long"):
             assert not any(op.startswith("llama::") for op in ops), ops
             assert "aten::index_put_" in ops, ops  # the cache write, in place
         else:

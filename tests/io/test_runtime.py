@@ -95,19 +95,22 @@ def test_loading_programs_imports_only_the_runtime_extension(starter_bundle):
     assert done.stdout.strip().splitlines()[-1] == "[] True"
 
 
-def test_a_long_prefill_gives_the_same_logits_and_greedy_ids(starter_bundle):
-    """Chunks deep in the context go through ``prefill_long`` (the masked form: XNNPACK's
-    matmuls over the whole cache) instead of custom_sdpa, whose cost grows with the context.
-    Both write the one KV cache; turn by turn the logits agree to float rounding and greedy
-    picks are the same, whichever method fed which chunk."""
-    assert "prefill_long" in read_manifest(starter_bundle).infer.methods
+def test_long_prefill_and_decode_give_the_same_logits_and_greedy_ids(starter_bundle):
+    """Chunks and tokens deep in the context go through ``prefill_long`` / ``decode_long``
+    (the masked form: XNNPACK's matmuls over the whole cache) instead of custom_sdpa, whose
+    cost grows with the context. All write the one KV cache; turn by turn the logits agree to
+    float rounding and greedy picks are the same, whichever method fed which position."""
+    assert {"prefill_long", "decode_long"} <= set(read_manifest(starter_bundle).infer.methods)
     rng = np.random.default_rng(5)
     b = (rng.standard_normal(read_manifest(starter_bundle).lora.num_params) * 0.02
          ).astype(np.float32)
     prompt = [int(t) for t in rng.integers(3, 250, 70)]  # 5 chunks of 16: long from 32 on
     runs = []
-    for long_from in (10**9, 32, 0):
-        prog = InferProgram(starter_bundle, long_prefill_from=long_from)
+    # (prefill, decode) long from: never; chunks from 32 and tokens from 75 (mid-reply);
+    # everything
+    for prefill_from, decode_from in ((10**9, 10**9), (32, 75), (0, 0)):
+        prog = InferProgram(starter_bundle, long_prefill_from=prefill_from,
+                            long_decode_from=decode_from)
         logits = prog.forward(prompt, 0, b)
         picks, steps = [], [logits]
         for i in range(12):
@@ -123,3 +126,36 @@ def test_a_long_prefill_gives_the_same_logits_and_greedy_ids(starter_bundle):
         assert picks == base_picks
         for a, c in zip(base_steps, steps, strict=True):
             np.testing.assert_allclose(c, a, rtol=0, atol=2e-4)
+
+
+def test_a_bundle_without_the_masked_decode_is_served_with_custom_sdpa(starter_bundle,
+                                                                      tmp_path):
+    """A bundle exported before ``decode_long`` existed (its manifest lists prefill, decode and
+    prefill_long) loads and decodes every position through ``decode``, whatever the
+    threshold: the same logits as the full program with the masked decode turned off."""
+    import json
+    import shutil
+
+    older = tmp_path / "older"
+    shutil.copytree(starter_bundle, older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    manifest["infer"]["methods"] = ["prefill", "decode", "prefill_long"]
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    b = np.zeros(read_manifest(starter_bundle).lora.num_params, dtype=np.float32)
+    prompt = list(range(3, 40))
+    got = InferProgram(older, long_decode_from=0)
+    want = InferProgram(starter_bundle, long_decode_from=10**9)
+    assert got._decode_long is None
+    np.testing.assert_array_equal(got.forward(prompt, 0, b), want.forward(prompt, 0, b))
+    for i in range(3):  # decoded tokens
+        pos = len(prompt) + i
+        np.testing.assert_array_equal(got.forward([7 + i], pos, b), want.forward([7 + i], pos, b))
+
+
+def test_the_masked_forms_start_at_a_share_of_the_bundles_context(starter_bundle):
+    """Where custom_sdpa and the masked form cross scales with the cache (the masked form
+    attends over all of it): 320 and 704 of 1024 tokens, the same shares of any context."""
+    prog = InferProgram(starter_bundle)
+    ctx = read_manifest(starter_bundle).infer.max_context
+    assert prog.long_prefill_from == round(ctx * 320 / 1024)
+    assert prog.long_decode_from == round(ctx * 704 / 1024)
